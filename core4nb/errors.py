@@ -1,0 +1,71 @@
+"""The exception tree of core4nb: one root, a handful of meaningful subclasses.
+
+Every message says what happened, the likely cause and the fix, on one line.
+"""
+
+from __future__ import annotations
+
+
+class Core4Error(Exception):
+    """Root of every error core4nb raises on purpose."""
+
+
+class ConfigError(Core4Error, ValueError):
+    """A URL, option or setting is malformed; the message names it and the fix."""
+
+
+class StoreUnavailable(Core4Error, ConnectionError):
+    """The queue's database cannot be reached (server down, path not writable)."""
+
+
+class JobNotFound(Core4Error, KeyError):
+    """No job with this id exists in the queue (never enqueued, or removed)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else "job not found"
+
+
+class IllegalTransition(Core4Error):
+    """A state change the job state machine does not allow (a bug, not user input)."""
+
+
+class PayloadError(Core4Error):
+    """A function, argument or result cannot be serialized or safely deserialized."""
+
+
+class SignatureError(PayloadError):
+    """A payload is unsigned or signed with another key: it is never unpickled."""
+
+
+class FingerprintMismatch(PayloadError):
+    """A payload was pickled by a Python/cloudpickle this process cannot load."""
+
+
+class KeyFileError(Core4Error):
+    """The cluster key file is missing, unreadable or readable by other users."""
+
+
+class JobFailed(Core4Error):
+    """A job ended in error, killed or inactive; the message names the job."""
+
+
+class WorkerLost(Core4Error):
+    """A job's worker stopped heartbeating (node died, paused or cut off)."""
+
+
+class ChildFailed(JobFailed):
+    """A child job in a divide-and-conquer tree ended without a result."""
+
+
+class RemoteError(Core4Error):
+    """An exception raised inside a job whose type cannot be rebuilt here.
+
+    Attributes:
+        type_name: qualified name of the original exception type.
+        remote_traceback: the formatted traceback from the worker.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback

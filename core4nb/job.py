@@ -1,0 +1,189 @@
+"""The job document and its state machine. Pure: no I/O, no clock except defaults.
+
+States and transitions are core4os's (see DESIGN.md §3)::
+
+    pending ──► running ──► complete | error | killed        (final)
+       │          │  ├────► deferred ──► running | inactive | killed
+       │          │  ├────► failed   ──► running | killed
+       │          │  └────► pending  (released: node drained, slot not granted)
+       └► killed  └──────► inactive   (deferred past defer_max)
+
+Every store write names the state it expects to find, and every write that
+leaves ``running`` names the lease token, so a node that lost its lease cannot
+overwrite the work of the node that took the job over (fencing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from core4nb.errors import IllegalTransition
+
+
+class State(enum.StrEnum):
+    """The eight states of a job."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+    COMPLETE = "complete"
+    ERROR = "error"
+    INACTIVE = "inactive"
+    KILLED = "killed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+    @property
+    def is_claimable(self) -> bool:
+        return self in CLAIMABLE_STATES
+
+
+FINAL_STATES = frozenset({State.COMPLETE, State.ERROR, State.INACTIVE, State.KILLED})
+CLAIMABLE_STATES = frozenset({State.PENDING, State.DEFERRED, State.FAILED})
+#: States in which a job still has work ahead of it.
+OPEN_STATES = frozenset(State) - FINAL_STATES
+
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.PENDING: frozenset({State.RUNNING, State.KILLED}),
+    State.RUNNING: frozenset(
+        {
+            State.COMPLETE,
+            State.DEFERRED,
+            State.FAILED,
+            State.ERROR,
+            State.KILLED,
+            State.INACTIVE,
+            State.PENDING,
+        }
+    ),
+    State.DEFERRED: frozenset({State.RUNNING, State.INACTIVE, State.KILLED}),
+    State.FAILED: frozenset({State.RUNNING, State.KILLED}),
+    State.COMPLETE: frozenset(),
+    State.ERROR: frozenset(),
+    State.INACTIVE: frozenset(),
+    State.KILLED: frozenset(),
+}
+
+
+def check_transition(current: State | str, new: State | str) -> None:
+    """Raise :class:`IllegalTransition` unless ``current → new`` is in the table."""
+    current, new = State(current), State(new)
+    if new not in TRANSITIONS[current]:
+        allowed = ", ".join(sorted(TRANSITIONS[current])) or "nothing (final state)"
+        raise IllegalTransition(f"a {current} job cannot become {new}; allowed: {allowed}")
+
+
+def new_job_id() -> str:
+    """A 24-hex-digit id that sorts by creation time (microseconds), like an ObjectId."""
+    return f"{time.time_ns() // 1000:014x}{secrets.token_hex(5)}"
+
+
+def new_token() -> str:
+    """A lease token: proof that the holder's claim is the current one."""
+    return secrets.token_hex(8)
+
+
+@dataclass
+class Lease:
+    """Who runs a job and until when the claim holds without a heartbeat."""
+
+    worker: str
+    node: str
+    pid: int
+    token: str
+    until: float
+
+
+@dataclass
+class JobError:
+    """The last error of a job, as plain text so any process can read it."""
+
+    type: str
+    message: str
+    traceback: str = ""
+    exit_code: int | None = None
+
+    def summary(self) -> str:
+        return f"{self.type}: {self.message}"
+
+
+@dataclass
+class Job:
+    """One document of ``sys.queue``.
+
+    Times are epoch seconds (floats): they compare and sort the same in SQLite,
+    in MongoDB and in the wire-protocol test server.
+    """
+
+    name: str
+    payload: bytes | None = None
+    args_summary: str = ""
+    id: str = field(default_factory=new_job_id)
+    parent_id: str | None = None
+    root_id: str = ""
+    priority: int = 0
+    max_parallel: int | None = None
+    attempts: int = 1
+    attempts_left: int = -1
+    trial: int = 0
+    defer_time: float = 1.0
+    defer_max: float | None = None
+    error_time: float = 1.0
+    wall_time: float | None = None
+    state: State = State.PENDING
+    query_at: float = 0.0
+    lease: Lease | None = None
+    progress_value: float | None = None
+    progress_message: str = ""
+    enqueued_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    deferred_since: float | None = None
+    runtime: float | None = None
+    result: bytes | None = None
+    error: JobError | None = None
+    kill_requested: bool = False
+    restarted_from: str | None = None
+
+    def __post_init__(self) -> None:
+        self.state = State(self.state)
+        if not self.root_id:
+            self.root_id = self.id
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {self.attempts}")
+        if self.attempts_left < 0:
+            self.attempts_left = self.attempts
+        if self.max_parallel is not None and self.max_parallel < 1:
+            raise ValueError(f"max_parallel must be >= 1 or None, got {self.max_parallel}")
+        if not self.enqueued_at:
+            self.enqueued_at = time.time()
+        if not self.query_at:
+            self.query_at = self.enqueued_at
+
+    @property
+    def is_final(self) -> bool:
+        return self.state.is_final
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data view (blobs left out) for JSON output and widgets."""
+        data = dataclasses.asdict(self)
+        data.pop("payload")
+        data.pop("result")
+        data["state"] = str(self.state)
+        return data
+
+
+# Fields a store copies to/from its rows; blobs and nested objects are handled apart.
+SCALAR_FIELDS = tuple(
+    f.name
+    for f in dataclasses.fields(Job)
+    if f.name not in {"payload", "result", "lease", "error"}
+)

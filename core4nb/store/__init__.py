@@ -1,0 +1,48 @@
+"""Storage backends, chosen by URL: ``sqlite:///path`` or ``mongodb://…``.
+
+The only package that imports a database driver.
+"""
+
+from __future__ import annotations
+
+import os
+
+from core4nb.errors import ConfigError
+from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, redact_url
+
+URL_ENV = "CORE4NB_URL"
+
+__all__ = ["DEFAULT_LEASE_SECONDS", "Claimant", "Store", "WorkerInfo", "open_store", "redact_url", "URL_ENV"]
+
+
+def open_store(url: str) -> Store:
+    """Open the store a URL names.
+
+    ``sqlite://PATH`` (``sqlite:///tmp/q.db`` is the absolute path ``/tmp/q.db``)
+    or ``mongodb://[user:pass@]host[:port]/DATABASE[?collection_prefix=sys.]``.
+
+    Raises:
+        ConfigError: the URL is malformed or names an unknown scheme.
+        StoreUnavailable: the database cannot be reached or opened.
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(
+            f"queue URL {url!r} is not a URL: use sqlite:///path/to/queue.db or mongodb://host:27017/dbname"
+        )
+    scheme = url.split("://", 1)[0].lower()
+    if scheme == "sqlite":
+        from core4nb.store.sqlite import SQLiteStore
+
+        return SQLiteStore(url)
+    if scheme in ("mongodb", "mongodb+srv"):
+        from core4nb.store.mongo import MongoStore
+
+        return MongoStore(url)
+    raise ConfigError(
+        f"queue URL {redact_url(url)!r} has unknown scheme {scheme!r}: use sqlite:///path or mongodb://host/dbname"
+    )
+
+
+def default_url() -> str | None:
+    """The queue URL from ``CORE4NB_URL``, or None for the embedded default."""
+    return os.environ.get(URL_ENV) or None

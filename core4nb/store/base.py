@@ -1,0 +1,156 @@
+"""The narrow storage interface every backend implements.
+
+Stores take and return :class:`~core4nb.job.Job` objects, never driver
+documents. Every write that changes a job's state is conditional on the state
+it expects (and, when leaving ``running``, on the lease token), so two
+processes can never both win a transition. Both backends pass the one contract
+suite in ``tests/test_store_contract.py``.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from core4nb.job import Job, Lease, State
+
+#: A claim grants this many seconds before the lease expires without a heartbeat.
+DEFAULT_LEASE_SECONDS = 30.0
+
+
+@dataclass
+class WorkerInfo:
+    """One document of ``sys.worker``: a worker node and what it is doing."""
+
+    name: str
+    host: str
+    pid: int
+    slots: int
+    heartbeat: float = field(default_factory=time.time)
+    started_at: float = field(default_factory=time.time)
+    running: list[str] = field(default_factory=list)
+    state: str = "running"  # running | draining | stopped
+
+
+@dataclass
+class Claimant:
+    """Who asks for a job: the worker node's name, host and process id."""
+
+    worker: str
+    node: str
+    pid: int
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, safe to print in errors and status."""
+    return re.sub(r"(//[^/:@]+):[^@/]*@", r"\1:***@", url)
+
+
+class Store(abc.ABC):
+    """The queue's storage. Thread-safe; open one per process (never share across fork)."""
+
+    url: str
+
+    # -- jobs ------------------------------------------------------------------
+    @abc.abstractmethod
+    def insert(self, jobs: Sequence[Job]) -> None:
+        """Store new jobs (all or nothing)."""
+
+    @abc.abstractmethod
+    def get(self, job_id: str, *, blobs: bool = True) -> Job:
+        """The job with this id; raises :class:`~core4nb.errors.JobNotFound`."""
+
+    @abc.abstractmethod
+    def find(
+        self,
+        *,
+        ids: Iterable[str] | None = None,
+        states: Iterable[State] | None = None,
+        root_id: str | None = None,
+        parent_id: str | None = None,
+        limit: int | None = None,
+        blobs: bool = False,
+    ) -> list[Job]:
+        """Jobs matching every given filter, oldest first. ``blobs`` loads payload/result."""
+
+    @abc.abstractmethod
+    def counts(self, *, root_id: str | None = None, parent_id: str | None = None) -> dict[State, int]:
+        """Number of jobs per state (all eight keys) in a tree, among a parent's
+        children, or in the whole queue when neither is given."""
+
+    @abc.abstractmethod
+    def claim(self, claimant: Claimant, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Job | None:
+        """Atomically take the best claimable job, or None.
+
+        Claimable: state pending/deferred/failed, ``query_at <= now``, no kill
+        request, and fewer than ``max_parallel`` jobs of the same name running
+        (a hard cluster-wide limit). Best: highest priority, then oldest id.
+        The job comes back ``running`` with a fresh lease, ``trial`` + 1 and its
+        payload loaded.
+        """
+
+    @abc.abstractmethod
+    def finish(self, job_id: str, token: str, state: State, **fields: Any) -> bool:
+        """Move a running job held under ``token`` to ``state``, setting ``fields``
+        (result, error, runtime, query_at, attempts_left, progress…).
+
+        Returns False (and changes nothing) when the lease no longer holds.
+        """
+
+    @abc.abstractmethod
+    def heartbeat(self, leases: dict[str, str], *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> set[str]:
+        """Extend the leases ``{job_id: token}``; return the ids whose lease is lost."""
+
+    @abc.abstractmethod
+    def set_progress(self, job_id: str, token: str, value: float | None, message: str) -> bool:
+        """Record a running job's progress (0..1 or None) and message."""
+
+    @abc.abstractmethod
+    def reap(self) -> list[Job]:
+        """Turn running jobs whose lease expired into failed (an attempt spent, a
+        ``WorkerLost`` error) or error when no attempts are left; return them."""
+
+    @abc.abstractmethod
+    def request_kill(self, job_id: str, *, tree: bool = True) -> int:
+        """Kill pending/deferred/failed jobs at once and flag running ones for
+        their node; with ``tree``, the job's whole subtree. Returns how many jobs
+        were killed or flagged. Raises JobNotFound for an unknown id."""
+
+    @abc.abstractmethod
+    def kill_requests(self, job_ids: Iterable[str]) -> set[str]:
+        """Which of these (running) jobs have a kill request."""
+
+    @abc.abstractmethod
+    def remove(self, job_id: str) -> int:
+        """Delete a job and its subtree; returns how many were deleted.
+        Raises JobNotFound for an unknown id."""
+
+    # -- worker nodes -------------------------------------------------------------
+    @abc.abstractmethod
+    def save_worker(self, info: WorkerInfo) -> None:
+        """Insert or replace a node's document (keyed by name)."""
+
+    @abc.abstractmethod
+    def workers(self) -> list[WorkerInfo]:
+        """Every known node, by name."""
+
+    @abc.abstractmethod
+    def remove_worker(self, name: str) -> None:
+        """Forget a node (after it stopped)."""
+
+    def close(self) -> None:
+        """Release connections; the store is unusable afterwards."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def lease_for(claimant: Claimant, token: str, lease_seconds: float, now: float) -> Lease:
+    return Lease(claimant.worker, claimant.node, claimant.pid, token, now + lease_seconds)
