@@ -12,7 +12,7 @@ from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInf
 
 URL_ENV = "CORE4NB_URL"
 
-__all__ = ["DEFAULT_LEASE_SECONDS", "Claimant", "Store", "WorkerInfo", "open_store", "redact_url", "URL_ENV"]
+__all__ = ["DEFAULT_LEASE_SECONDS", "URL_ENV", "Claimant", "Store", "WorkerInfo", "open_store", "redact_url"]
 
 
 def open_store(url: str) -> Store:

@@ -142,6 +142,7 @@ class Store(abc.ABC):
     def remove_worker(self, name: str) -> None:
         """Forget a node (after it stopped)."""
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Release connections; the store is unusable afterwards."""
 

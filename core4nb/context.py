@@ -1,0 +1,127 @@
+"""What a running job can ask of the queue: its identity, progress, defer, children.
+
+Inside a job, ``current_job()`` returns the :class:`JobContext`; a
+:class:`~core4nb.Core4Job` reaches the same methods through ``self``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from core4nb.errors import ChildFailed, Core4Error
+from core4nb.job import OPEN_STATES, Job, State
+
+_current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("core4nb_job", default=None)
+
+
+class Defer(Exception):
+    """Raised by :meth:`JobContext.defer` to end this trial and run again after defer_time."""
+
+
+def current_job() -> JobContext:
+    """The context of the job running in this process.
+
+    Raises:
+        Core4Error: when called outside a job.
+    """
+    ctx = _current.get()
+    if ctx is None:
+        raise Core4Error("current_job() is only available inside a job running on a core4nb worker")
+    return ctx
+
+
+class JobContext:
+    """A running job's view of itself and its tree.
+
+    Args:
+        job: the claimed job.
+        url: the queue URL, to enqueue and watch children.
+        report_progress: sends ``(value, message)`` to the worker node.
+    """
+
+    def __init__(self, job: Job, url: str, report_progress: Callable[[float | None, str], None]) -> None:
+        self.job = job
+        self.url = url
+        self._report_progress = report_progress
+        self._queue = None
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    @property
+    def trial(self) -> int:
+        """1 on the first run, 2 after the first defer or retry, …"""
+        return self.job.trial
+
+    @property
+    def queue(self):  # -> core4nb.queue.Queue, imported lazily: children rarely need it
+        if self._queue is None:
+            from core4nb.queue import Queue
+
+            self._queue = Queue(self.url)
+        return self._queue
+
+    def defer(self, message: str = "") -> NoReturn:
+        """End this trial now; the job runs again after its ``defer_time``."""
+        raise Defer(message)
+
+    def progress(self, value: float | None, message: str = "") -> None:
+        """Report progress: ``value`` in [0, 1] (or None) and a short message."""
+        if value is not None and not 0 <= value <= 1:
+            raise ValueError(f"progress value must be between 0 and 1, got {value}")
+        self._report_progress(value, message)
+
+    def enqueue_child(self, fn: Callable, /, *args: Any, **kwargs: Any) -> str:
+        """Enqueue ``fn(*args, **kwargs)`` (a function or Core4Job class) as a child of this job."""
+        return self.queue.enqueue(fn, *args, parent=self.job, **kwargs)
+
+    def children(self) -> dict[State, int]:
+        """Children per state."""
+        return self.queue.store.counts(parent_id=self.id)
+
+    def children_open(self) -> int:
+        """How many children have not finished yet.
+
+        Raises:
+            ChildFailed: a child ended in error, killed or inactive; the others are
+                killed, so a failed tree never keeps deferring (core4os did).
+        """
+        counts = self.children()
+        if counts[State.ERROR] or counts[State.KILLED] or counts[State.INACTIVE]:
+            self._fail_on_child()
+        return sum(n for state, n in counts.items() if state in OPEN_STATES)
+
+    def child_results(self) -> list[Any]:
+        """The children's results in enqueue order (raises ChildFailed if one failed)."""
+        from core4nb.queue import outcome
+
+        children = self.queue.store.find(parent_id=self.id, blobs=True)
+        if any(c.state in (State.ERROR, State.KILLED, State.INACTIVE) for c in children):
+            self._fail_on_child()
+        open_ids = [c.id for c in children if c.state in OPEN_STATES]
+        if open_ids:
+            raise Core4Error(f"{len(open_ids)} children still open (first: {open_ids[0]}); "
+                             f"defer until children_open() is 0")
+        return [outcome(c) for c in children]
+
+    def _fail_on_child(self) -> NoReturn:
+        bad = self.queue.store.find(parent_id=self.id, states=[State.ERROR, State.KILLED, State.INACTIVE], limit=1)[0]
+        for child in self.queue.store.find(parent_id=self.id, states=OPEN_STATES):
+            self.queue.store.request_kill(child.id)
+        reason = bad.error.summary() if bad.error else bad.state
+        raise ChildFailed(f"child job {bad.id} ({bad.name}) ended {bad.state}: {reason}")
+
+    def close(self) -> None:
+        if self._queue is not None:
+            self._queue.close()
+
+
+def activate(ctx: JobContext) -> contextvars.Token:
+    return _current.set(ctx)
+
+
+def deactivate(token: contextvars.Token) -> None:
+    _current.reset(token)

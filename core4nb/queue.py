@@ -1,0 +1,198 @@
+"""``Queue``: the low-level Python API over a store — enqueue, inspect, kill, restart.
+
+The executor, the magics and the CLI are built on this; user code that wants
+fine control (priorities, trees by hand) can use it directly::
+
+    q = Queue("sqlite:///tmp/q.db")
+    job_id = q.enqueue(count_primes, 1, 100_000, priority=5)
+    q.result(job_id, timeout=60)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from core4nb import serialize
+from core4nb.errors import ConfigError, JobFailed, RemoteError
+from core4nb.job import FINAL_STATES, Job, State
+from core4nb.store import Store, open_store
+from core4nb.store import default_url as env_url
+
+#: Options a job accepts besides its own arguments, with core4os's meanings.
+JOB_OPTIONS = ("priority", "max_parallel", "attempts", "defer_time", "defer_max", "error_time", "wall_time")
+HOME_ENV = "CORE4NB_HOME"
+
+
+def home() -> Path:
+    """Where the embedded default keeps its queue file."""
+    return Path(os.environ.get(HOME_ENV) or Path.home() / ".core4nb").expanduser()
+
+
+def default_url() -> str:
+    """``CORE4NB_URL``, else the embedded queue file in :func:`home`."""
+    return env_url() or f"sqlite://{home() / 'queue.db'}"
+
+
+def describe(fn: Any) -> str:
+    """The job name for a callable: module-qualified name, or its class's."""
+    target = fn if hasattr(fn, "__qualname__") else type(fn)
+    module = getattr(target, "__module__", None) or "?"
+    return f"{module}.{target.__qualname__}"
+
+
+def make_job(fn: Callable, args: tuple = (), kwargs: dict | None = None, *, name: str | None = None,
+             parent: Job | None = None, key: bytes | None = None, **options: Any) -> Job:
+    """Build (not store) a signed job for ``fn(*args, **kwargs)``.
+
+    Option defaults come from ``fn.job_options()`` when ``fn`` provides it (the
+    :class:`~core4nb.Core4Job` class attributes), then from ``options``.
+    Raises PayloadError naming the part that cannot be pickled, TypeError for
+    an unknown option — before anything is stored.
+    """
+    kwargs = kwargs or {}
+    if not callable(fn):
+        raise TypeError(f"{fn!r} is not callable: enqueue a function or a Core4Job class")
+    unknown = set(options) - set(JOB_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown job option(s) {', '.join(sorted(unknown))}; valid: {', '.join(JOB_OPTIONS)}")
+    merged = dict(fn.job_options()) if hasattr(fn, "job_options") else {}
+    merged.update({k: v for k, v in options.items() if v is not None})
+    payload = serialize.dumps_call(fn, args, kwargs, key=key)
+    tree = {"parent_id": parent.id, "root_id": parent.root_id} if parent else {}
+    try:
+        return Job(name=name or describe(fn), payload=payload,
+                   args_summary=serialize.summarize_args(args, kwargs), **tree, **merged)
+    except ValueError as exc:
+        raise ConfigError(f"bad job option: {exc}") from None
+
+
+def outcome(job: Job, key: bytes | None = None) -> Any:
+    """The value of a final job, or raise what it raised.
+
+    An exception from the job is re-raised as its own type with the remote
+    traceback as ``__cause__`` (as ``concurrent.futures`` does); when its type
+    cannot be rebuilt here, as :class:`RemoteError`.
+    """
+    if job.state == State.COMPLETE:
+        return serialize.loads(job.result, key=key, what=f"result of job {job.id}") if job.result else None
+    if job.state == State.ERROR:
+        raise rebuild_exception(job, key)
+    if job.state in (State.KILLED, State.INACTIVE):
+        reason = job.error.summary() if job.error else job.progress_message or "no reason recorded"
+        raise JobFailed(f"job {job.id} ({job.name}) is {job.state}: {reason}")
+    raise JobFailed(f"job {job.id} ({job.name}) is {job.state}, not final; wait for it first")
+
+
+class RemoteTraceback(Exception):
+    """Carries the worker's formatted traceback as the ``__cause__`` of a job's exception."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
+
+
+def rebuild_exception(job: Job, key: bytes | None = None) -> BaseException:
+    error = job.error
+    if error is None:
+        return RemoteError("UnknownError", f"job {job.id} ended in error without a record")
+    exc: BaseException | None = None
+    if job.result:
+        try:
+            exc = serialize.loads(job.result, key=key, what=f"exception of job {job.id}")
+        except Exception:  # type not importable here: fall back to text below
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = RemoteError(error.type, error.message, error.traceback)
+    if error.traceback:
+        exc.__cause__ = RemoteTraceback(error.traceback)
+    return exc
+
+
+def format_exception(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+class Queue:
+    """The job queue at ``url`` (default: ``CORE4NB_URL`` or the embedded file)."""
+
+    def __init__(self, url: str | None = None, *, store: Store | None = None) -> None:
+        self.url = url or (store.url if store else default_url())
+        self.store = store or open_store(self.url)
+
+    def enqueue(self, fn: Callable, /, *args: Any, parent: str | Job | None = None,
+                name: str | None = None, **kwargs: Any) -> str:
+        """Store a job for ``fn(*args, **kwargs)`` and return its id.
+
+        Keyword arguments named like :data:`JOB_OPTIONS` set job options; all
+        others go to ``fn``.
+        """
+        options = {k: kwargs.pop(k) for k in JOB_OPTIONS if k in kwargs}
+        parent_job = self.store.get(parent, blobs=False) if isinstance(parent, str) else parent
+        job = make_job(fn, args, kwargs, name=name, parent=parent_job, **options)
+        self.store.insert([job])
+        return job.id
+
+    def get(self, job_id: str) -> Job:
+        """The job (without its blobs); raises JobNotFound."""
+        return self.store.get(job_id, blobs=False)
+
+    def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.05) -> Job:
+        """Block until the job is final; raises TimeoutError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.store.get(job_id, blobs=False)
+            if job.state in FINAL_STATES:
+                return self.store.get(job_id)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} is still {job.state} after {timeout} s")
+            time.sleep(poll)
+            poll = min(poll * 1.5, 0.5)
+
+    def result(self, job_id: str, timeout: float | None = None) -> Any:
+        """Wait for the job and return its value (or raise its exception)."""
+        return outcome(self.wait(job_id, timeout))
+
+    def kill(self, job_id: str) -> int:
+        """Kill the job and its subtree; returns how many jobs were killed or flagged."""
+        return self.store.request_kill(job_id, tree=True)
+
+    def restart(self, job_id: str) -> str:
+        """Enqueue a fresh copy of a final job (linked by ``restarted_from``); returns its id."""
+        old = self.store.get(job_id)
+        if old.state not in FINAL_STATES:
+            raise JobFailed(f"job {job_id} is {old.state}; only a finished job can be restarted (kill it first)")
+        keep = {f: getattr(old, f) for f in ("name", "payload", "args_summary", "priority", "max_parallel",
+                                             "attempts", "defer_time", "defer_max", "error_time", "wall_time")}
+        tree = {"parent_id": old.parent_id, "root_id": old.root_id} if old.parent_id else {}
+        new = Job(**keep, **tree, restarted_from=old.id)  # a restarted child stays in its tree
+        self.store.insert([new])
+        return new.id
+
+    def remove(self, job_id: str) -> int:
+        """Delete the job and its subtree; returns how many were deleted."""
+        return self.store.remove(job_id)
+
+    def counts(self, root_id: str | None = None) -> dict[State, int]:
+        """Jobs per state in a tree (or the whole queue)."""
+        return self.store.counts(root_id=root_id)
+
+    def jobs(self, state: State | str | None = None, limit: int | None = None) -> list[Job]:
+        states = [State(state)] if state else None
+        return self.store.find(states=states, limit=limit)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,112 @@
+"""The child process: receives claimed jobs from its node, runs them, reports back.
+
+The only place user code runs. The node owns every store write about state; the
+child only verifies and unpickles the payload, calls it, and sends the outcome
+(a signed result or the exception) through its pipe. Children of the job and
+its progress go through :class:`~core4nb.context.JobContext`.
+
+Messages child → node: ``("progress", value, message)`` and
+``("done", Outcome)``.
+"""
+
+from __future__ import annotations
+
+import resource
+import signal
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from core4nb import serialize
+from core4nb.context import Defer, JobContext, activate, deactivate
+from core4nb.errors import PayloadError
+from core4nb.job import Job, JobError
+from core4nb.queue import format_exception
+
+
+@dataclass
+class Outcome:
+    """How one trial of a job ended, as the node needs it to pick the next state."""
+
+    kind: str  # "complete" | "deferred" | "failed" | "rejected" (never retried)
+    runtime: float
+    result: bytes | None = None  # signed value, or the signed exception for "failed"
+    error: JobError | None = None
+    message: str = ""
+
+
+def child_main(conn: Connection, url: str, memory_limit_mb: int | None = None) -> None:
+    """Entry point of a child process: serve jobs until the pipe closes."""
+    # Ctrl-C in a terminal reaches the whole process group; the node decides.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if memory_limit_mb:
+        limit = memory_limit_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    key = serialize.load_key()
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        conn.send(("done", run_job(job, url, key, conn)))
+
+
+def run_job(job: Job, url: str, key: bytes, conn: Connection) -> Outcome:
+    started = time.monotonic()
+
+    def elapsed() -> float:
+        return time.monotonic() - started
+
+    try:
+        fn, args, kwargs = serialize.loads(job.payload, key=key, what=f"payload of job {job.id}")
+    except PayloadError as exc:  # unsigned, tampered or foreign: never unpickled
+        return Outcome("rejected", elapsed(), error=JobError(type(exc).__name__, str(exc)))
+    except Exception as exc:  # signed but cannot load here (missing module…)
+        return Outcome("rejected", elapsed(), error=_job_error(exc))
+
+    ctx = JobContext(job, url, lambda value, message: conn.send(("progress", value, message)))
+    token = activate(ctx)
+    try:
+        value = fn.run_job(ctx, *args, **kwargs) if hasattr(fn, "run_job") else fn(*args, **kwargs)
+    except Defer as defer:
+        return Outcome("deferred", elapsed(), message=str(defer))
+    except BaseException as exc:
+        return Outcome("failed", elapsed(), result=_try_dumps(exc, key), error=_job_error(exc))
+    finally:
+        deactivate(token)
+        ctx.close()
+    try:
+        return Outcome("complete", elapsed(), result=serialize.dumps(value, key=key, what="the job's result"))
+    except PayloadError as exc:
+        return Outcome("failed", elapsed(), error=JobError("PayloadError", str(exc)))
+
+
+def _job_error(exc: BaseException) -> JobError:
+    return JobError(type(exc).__qualname__, str(exc), format_exception(exc))
+
+
+def _try_dumps(exc: BaseException, key: bytes) -> bytes | None:
+    """The exception itself, so the notebook can re-raise its own type; None if unpicklable."""
+    try:
+        blob = serialize.dumps(exc, key=key, what="exception")
+        serialize.loads(blob, key=key)  # some exceptions pickle but cannot be rebuilt
+        return blob
+    except Exception:
+        return None
+
+
+def exit_description(exitcode: int | None) -> str:
+    """Explain a child's exit code the way an ops person needs it."""
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        sig = signal.Signals(-exitcode)
+        hint = {
+            signal.SIGSEGV: "a segfault in native code",
+            signal.SIGKILL: "SIGKILL: the kernel's OOM killer or someone ran kill -9",
+            signal.SIGABRT: "an abort() in native code",
+            signal.SIGBUS: "a bus error in native code",
+        }.get(sig, "a signal")
+        return f"killed by {sig.name} ({hint})"
+    return f"exited with code {exitcode} (os._exit or sys.exit in native code)"
+

@@ -1,0 +1,117 @@
+"""One execution slot of a worker node: a warm child process and the job it runs.
+
+Children come from a ``forkserver`` that preloads core4nb, so a crashed or
+killed child is replaced in milliseconds without forking the node itself
+(which holds database connections and threads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import time
+
+from core4nb.job import Job
+from core4nb.worker.child import child_main
+
+_CONTEXT = multiprocessing.get_context("forkserver")
+_CONTEXT.set_forkserver_preload(["core4nb.worker.child"])
+
+#: After SIGTERM, a child that is still alive this many seconds later gets SIGKILL.
+KILL_GRACE = 3.0
+
+
+class Slot:
+    """A child process that runs one job at a time."""
+
+    def __init__(self, url: str, memory_limit_mb: int | None = None) -> None:
+        self.url = url
+        self.memory_limit_mb = memory_limit_mb
+        self.job: Job | None = None
+        self.started = 0.0  # monotonic time the current job started
+        self.stop_reason: str | None = None  # why the node is stopping this job's child
+        self.term_sent_at: float | None = None
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self.conn, child_end = _CONTEXT.Pipe()
+        self.process = _CONTEXT.Process(
+            target=child_main, args=(child_end, self.url, self.memory_limit_mb), daemon=True, name="core4nb-child"
+        )
+        self.process.start()
+        child_end.close()
+
+    @property
+    def is_busy(self) -> bool:
+        return self.job is not None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def start(self, job: Job) -> None:
+        self.job, self.started = job, time.monotonic()
+        self.stop_reason, self.term_sent_at = None, None
+        self.conn.send(job)
+
+    def release(self) -> Job:
+        """Forget the current job (it finished or was handed back)."""
+        job, self.job = self.job, None
+        return job
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def waitables(self) -> list:
+        return [self.conn, self.process.sentinel]
+
+    def receive(self) -> list[tuple]:
+        """Every message the child has sent so far (without blocking)."""
+        messages = []
+        try:
+            while self.conn.poll():
+                messages.append(self.conn.recv())
+        except (EOFError, OSError):
+            pass  # the child died; is_dead tells
+        return messages
+
+    @property
+    def is_dead(self) -> bool:
+        return not self.process.is_alive()
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.process.exitcode
+
+    def stop_job(self, reason: str) -> None:
+        """SIGTERM the child now; :meth:`enforce_kill` escalates to SIGKILL."""
+        if self.term_sent_at is None:
+            self.stop_reason, self.term_sent_at = reason, time.monotonic()
+            self._signal(signal.SIGTERM)
+
+    def enforce_kill(self) -> None:
+        if self.term_sent_at is not None and time.monotonic() - self.term_sent_at > KILL_GRACE:
+            self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, sig)
+
+    def respawn(self) -> None:
+        """Replace a dead child with a fresh one."""
+        self.process.join(1)
+        self.conn.close()
+        self._spawn()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the child: close its pipe (it exits), then terminate/kill if needed."""
+        self.conn.close()
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(KILL_GRACE)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
