@@ -11,8 +11,10 @@ Messages child → node: ``("progress", value, message)`` and
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -22,6 +24,8 @@ from core4nb.context import Defer, JobContext, activate, deactivate
 from core4nb.errors import PayloadError
 from core4nb.job import Job, JobError
 from core4nb.queue import format_exception
+
+NODE_WATCH_INTERVAL = 0.25
 
 
 @dataclass
@@ -35,10 +39,11 @@ class Outcome:
     message: str = ""
 
 
-def child_main(conn: Connection, url: str, memory_limit_mb: int | None = None) -> None:
+def child_main(conn: Connection, url: str, node_pid: int, memory_limit_mb: int | None = None) -> None:
     """Entry point of a child process: serve jobs until the pipe closes."""
     # Ctrl-C in a terminal reaches the whole process group; the node decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_node, args=(node_pid,), daemon=True, name="core4nb-node-watch").start()
     if memory_limit_mb:
         limit = memory_limit_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -49,6 +54,37 @@ def child_main(conn: Connection, url: str, memory_limit_mb: int | None = None) -
         except (EOFError, OSError):
             return
         conn.send(("done", run_job(job, url, key, conn)))
+
+
+def _exit_with_node(node_pid: int) -> None:
+    """A child outliving its node (SIGKILL, OOM) would finish a job nobody records,
+    while another node reruns it after the lease expires: die with the node."""
+    while True:
+        time.sleep(NODE_WATCH_INTERVAL)
+        if process_is_gone(node_pid):
+            os._exit(70)
+
+
+def process_is_gone(pid: int) -> bool:
+    """True when ``pid`` has exited — including as a zombie nobody reaped yet,
+    which ``kill(pid, 0)`` alone would still report as alive."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return os.path.isdir("/proc") or not _signalable(pid)
+    except OSError:
+        return not _signalable(pid)
+
+
+def _signalable(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # the pid was reused by another user's process
+        return False
+    return True
 
 
 def run_job(job: Job, url: str, key: bytes, conn: Connection) -> Outcome:

@@ -27,7 +27,7 @@ from multiprocessing.connection import wait
 from core4nb.errors import ConfigError
 from core4nb.job import CLAIMABLE_STATES, Job, JobError, State
 from core4nb.store import DEFAULT_LEASE_SECONDS, Claimant, WorkerInfo, open_store
-from core4nb.worker.child import Outcome, exit_description
+from core4nb.worker.child import Outcome, exit_description, process_is_gone
 from core4nb.worker.slot import Slot
 
 log = logging.getLogger("core4nb.worker")
@@ -49,11 +49,13 @@ class WorkerNode:
             are stopped and handed back to the queue.
         memory_limit_mb: address-space limit of each child (a runaway job fails
             with MemoryError instead of taking the machine down).
+        watch_pid: stop (handing running jobs back) when this process is gone;
+            the executor's local workers die with the notebook that started them.
     """
 
     def __init__(self, url: str, *, processes: int | None = None, name: str | None = None, burst: bool = False,
                  lease_seconds: float = DEFAULT_LEASE_SECONDS, grace: float = 30.0,
-                 memory_limit_mb: int | None = None) -> None:
+                 memory_limit_mb: int | None = None, watch_pid: int | None = None) -> None:
         if processes is not None and processes < 1:
             raise ConfigError(f"--processes must be at least 1, got {processes}")
         if lease_seconds <= 0:
@@ -69,6 +71,7 @@ class WorkerNode:
         self.heartbeat_interval = max(lease_seconds / 6, 0.05)
         self.grace = grace
         self.memory_limit_mb = memory_limit_mb
+        self.watch_pid = watch_pid
         self.slots: list[Slot] = []
         self.jobs_done = 0
         self._drain_deadline: float | None = None
@@ -192,6 +195,9 @@ class WorkerNode:
             slot.enforce_kill()
 
     def _lease_tick(self) -> None:
+        if self.watch_pid is not None and process_is_gone(self.watch_pid):
+            log.warning("process %d that this node serves is gone; stopping", self.watch_pid)
+            self.stop(drain=False)
         busy = self._busy()
         lost = self.store.heartbeat({s.job.id: s.job.lease.token for s in busy}, lease_seconds=self.lease_seconds)
         for slot in busy:
@@ -267,3 +273,4 @@ class WorkerNode:
                                      f"{description}; the node carries on", exit_code=slot.exitcode),
                        None, retry=True, runtime=runtime)
         # "lease lost": another node owns the job now; write nothing.
+

@@ -38,7 +38,8 @@ class Slot:
     def _spawn(self) -> None:
         self.conn, child_end = _CONTEXT.Pipe()
         self.process = _CONTEXT.Process(
-            target=child_main, args=(child_end, self.url, self.memory_limit_mb), daemon=True, name="core4nb-child"
+            target=child_main, args=(child_end, self.url, os.getpid(), self.memory_limit_mb),
+            daemon=True, name="core4nb-child",
         )
         self.process.start()
         child_end.close()

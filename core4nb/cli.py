@@ -1,0 +1,137 @@
+"""``core4nb``: run worker nodes and manage the queue from a terminal.
+
+    core4nb worker [URL] [--processes N] [--name NAME] [--burst]
+    core4nb status [URL]
+    core4nb jobs [URL] [--state S] [--limit N] [--json]
+    core4nb kill ID [--url URL]     core4nb restart ID [--url URL]     core4nb remove ID [--url URL]
+    core4nb demo [--end N] [--workers N]
+
+Without a URL, ``CORE4NB_URL`` or the embedded queue file (``~/.core4nb/queue.db``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from core4nb.errors import Core4Error
+from core4nb.job import State
+from core4nb.queue import Queue, default_url
+from core4nb.store import redact_url
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="core4nb", description="core4nb job queue and worker nodes")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    worker = sub.add_parser("worker", help="run a worker node (Ctrl-C or SIGTERM drains it)")
+    worker.add_argument("url", nargs="?", help="queue URL (default: $CORE4NB_URL or the embedded queue)")
+    worker.add_argument("--processes", "-p", type=int, help="parallel child processes (default: cores)")
+    worker.add_argument("--name", help="node name shown by `status` (default: host-pid)")
+    worker.add_argument("--burst", action="store_true", help="exit when nothing is left to claim")
+    worker.add_argument("--lease", type=float, default=30.0, help="seconds a claim holds without heartbeat")
+    worker.add_argument("--grace", type=float, default=30.0, help="seconds running jobs may finish on SIGTERM")
+    worker.add_argument("--memory-limit", type=int, metavar="MB", help="address-space limit per child process")
+    worker.add_argument("--watch-pid", type=int, help=argparse.SUPPRESS)
+    worker.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    for name, text in (("status", "worker nodes and job counts"), ("jobs", "list jobs")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("url", nargs="?", help="queue URL")
+        if name == "jobs":
+            cmd.add_argument("--state", choices=[str(s) for s in State])
+            cmd.add_argument("--limit", type=int, default=50, help="at most this many (newest last)")
+        cmd.add_argument("--json", action="store_true", help="machine-readable output")
+
+    for name, text in (("kill", "kill a job and its subtree"), ("restart", "enqueue a finished job again"),
+                       ("remove", "delete a job and its subtree")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("job_id", metavar="ID")
+        cmd.add_argument("--url", help="queue URL")
+
+    demo = sub.add_parser("demo", help="count primes in parallel and compare with a serial run")
+    demo.add_argument("--end", type=int, default=1_000_000, help="count primes below this number")
+    demo.add_argument("--workers", type=int, help="local worker processes (default: cores)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args) or 0
+    except Core4Error as exc:
+        print(f"core4nb: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from core4nb.worker import WorkerNode
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    node = WorkerNode(args.url or default_url(), processes=args.processes, name=args.name, burst=args.burst,
+                      lease_seconds=args.lease, grace=args.grace, memory_limit_mb=args.memory_limit,
+                      watch_pid=args.watch_pid)
+    node.run()
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    with Queue(args.url or default_url()) as queue:
+        nodes, counts, now = queue.store.workers(), queue.counts(), time.time()
+        if args.json:
+            print(json.dumps({"url": redact_url(queue.url), "counts": {str(k): v for k, v in counts.items()},
+                              "nodes": [vars(n) for n in nodes]}, indent=2))
+            return 0
+        print(f"queue  {redact_url(queue.url)}")
+        print(f"nodes  {len(nodes)}")
+        if nodes:
+            print(f"  {'NAME':<24} {'HOST':<16} {'SLOTS':>5} {'BUSY':>4}  {'HEARTBEAT':<12} STATE")
+        for node in nodes:
+            age = now - node.heartbeat
+            print(f"  {node.name:<24} {node.host:<16} {node.slots:>5} {len(node.running):>4}  "
+                  f"{f'{age:.1f} s ago':<12} {node.state}")
+        print("jobs   " + "  ".join(f"{state} {counts[state]}" for state in State))
+    return 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    with Queue(args.url or default_url()) as queue:
+        jobs = queue.jobs(state=args.state)[-args.limit :]
+        if args.json:
+            print(json.dumps([job.to_dict() for job in jobs], indent=2, default=str))
+            return 0
+        print(f"{'ID':<24} {'STATE':<9} {'TRIAL':>5}  {'NAME':<32} ARGS")
+        for job in jobs:
+            print(f"{job.id:<24} {job.state:<9} {job.trial:>5}  {job.name[-32:]:<32} {job.args_summary[:60]}")
+    return 0
+
+
+def _kill(args: argparse.Namespace) -> int:
+    with Queue(args.url or default_url()) as queue:
+        print(f"kill requested for {queue.kill(args.job_id)} job(s)")
+
+
+def _restart(args: argparse.Namespace) -> int:
+    with Queue(args.url or default_url()) as queue:
+        print(queue.restart(args.job_id))
+
+
+def _remove(args: argparse.Namespace) -> int:
+    with Queue(args.url or default_url()) as queue:
+        print(f"removed {queue.remove(args.job_id)} job(s)")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from core4nb.demo import run_demo
+
+    return run_demo(end=args.end, workers=args.workers)
+
+
+COMMANDS = {"worker": _worker, "status": _status, "jobs": _jobs, "kill": _kill, "restart": _restart,
+            "remove": _remove, "demo": _demo}

@@ -1,0 +1,85 @@
+"""Job functions the tests enqueue: importable by worker children (``tests.jobfuncs``).
+
+Functions that record what they did append one line to a file (O_APPEND writes
+of one short line are atomic), so a test can prove what ran, where and when.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from core4nb.context import current_job
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def fail(message: str = "bad input") -> None:
+    raise ValueError(message)
+
+
+def record(path: str, tag: object, seconds: float = 0.0) -> object:
+    """Append ``tag worker start end`` to ``path`` after sleeping ``seconds``; return tag."""
+    start = time.time()
+    time.sleep(seconds)
+    worker = current_job().job.lease.worker
+    with open(path, "a") as handle:
+        handle.write(f"{tag} {worker} {start:.6f} {time.time():.6f}\n")
+    return tag
+
+
+def read_records(path: str) -> list[tuple[str, str, float, float]]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        return [(t, w, float(s), float(e)) for t, w, s, e in (line.split() for line in handle)]
+
+
+def sleep_then_record(path: str, tag: object, seconds: float) -> object:
+    """Sleep first; the record proves the job ran to its end."""
+    return record(path, tag, seconds)
+
+
+def crash(how: str) -> None:
+    """Die the way native code dies."""
+    if how == "segfault":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    elif how == "exit":
+        os._exit(3)
+    elif how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif how == "memory":
+        hog = []
+        while True:
+            hog.append(bytearray(64 * 1024 * 1024))
+    time.sleep(5)
+
+
+def always_defer(message: str = "waiting") -> None:
+    current_job().defer(message)
+
+
+def defer_once(value: int) -> int:
+    job = current_job()
+    if job.trial == 1:
+        job.defer("first trial")
+    return value * 10
+
+
+def fail_until(path: str, good_trial: int) -> int:
+    """Raise on trials before ``good_trial``; count trials in ``path``."""
+    with open(path, "a") as handle:
+        handle.write("x\n")
+    trial = current_job().trial
+    if trial < good_trial:
+        raise RuntimeError(f"flaky on trial {trial}")
+    return trial
+
+
+def touch(path: str) -> None:
+    """A visible side effect: the test proves it did (or did not) happen."""
+    with open(path, "w") as handle:
+        handle.write("ran\n")

@@ -1,0 +1,45 @@
+"""Real worker node processes for the tests (``python -m core4nb worker``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_node(url: str, name: str, *, processes: int = 2, lease: float = 30.0, burst: bool = False,
+               extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "core4nb", "worker", url, "--processes", str(processes), "--name", name,
+           "--lease", str(lease), "--log-level", "DEBUG", *extra]
+    if burst:
+        cmd.append("--burst")
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.Popen(cmd, env=full_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def stop_node(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30.0) -> str:
+    """Stop a node by pid and return what it logged."""
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+    return out or ""
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
