@@ -99,6 +99,8 @@ class Store(abc.ABC):
         (result, error, runtime, query_at, attempts_left, progress…).
 
         Returns False (and changes nothing) when the lease no longer holds.
+        Raises IllegalTransition when ``running → state`` is not allowed and
+        TypeError for a field a job does not have.
         """
 
     @abc.abstractmethod
@@ -118,7 +120,10 @@ class Store(abc.ABC):
     def request_kill(self, job_id: str, *, tree: bool = True) -> int:
         """Kill pending/deferred/failed jobs at once and flag running ones for
         their node; with ``tree``, the job's whole subtree. Returns how many jobs
-        were killed or flagged. Raises JobNotFound for an unknown id."""
+        were killed or flagged. Raises JobNotFound for an unknown id.
+
+        A flagged job is never claimed again, so when it leaves ``running`` for
+        pending, deferred or failed (``finish`` or ``reap``) it becomes killed instead."""
 
     @abc.abstractmethod
     def kill_requests(self, job_ids: Iterable[str]) -> set[str]:

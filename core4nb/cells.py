@@ -1,0 +1,85 @@
+"""A notebook cell as a job: its body, the notebook globals it uses, and its data in chunks.
+
+``%%core4 --over numbers`` turns the cell into a :class:`CellRunner` called once
+per chunk of ``numbers``. The runner carries the cell's source and only the
+notebook globals the body names (functions defined in the notebook travel by
+value through cloudpickle; modules by reference), never the whole namespace.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import itertools
+import math
+import types
+from collections.abc import Iterable
+from typing import Any
+
+
+class CellRunner:
+    """Run a cell body with ``name`` bound to a chunk; return its last expression's value."""
+
+    def __init__(self, source: str, name: str, user_ns: dict[str, Any]) -> None:
+        tree = ast.parse(source, filename="<core4 cell>", mode="exec")
+        last = tree.body[-1] if tree.body else None
+        self.source = source
+        self.name = name
+        self.body = compile(ast.Module(tree.body[:-1] if isinstance(last, ast.Expr) else tree.body, []),
+                            "<core4 cell>", "exec")
+        self.last = compile(ast.Expression(last.value), "<core4 cell>", "eval") if isinstance(last, ast.Expr) else None
+        self.globals = {n: user_ns[n] for n in _names_used(tree) if n in user_ns and n != name
+                        and not n.startswith("_") and not isinstance(user_ns[n], types.ModuleType | None)}
+        self.modules = {n: user_ns[n].__name__ for n in _names_used(tree)
+                        if isinstance(user_ns.get(n), types.ModuleType)}
+
+    def __call__(self, chunk: Any) -> Any:
+        import importlib
+
+        namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+        namespace.update({alias: importlib.import_module(module) for alias, module in self.modules.items()})
+        namespace.update(self.globals)
+        namespace[self.name] = chunk
+        exec(self.body, namespace)
+        return eval(self.last, namespace) if self.last is not None else None
+
+    def __repr__(self) -> str:
+        first = self.source.strip().splitlines()[0] if self.source.strip() else ""
+        return f"<core4 cell over {self.name}: {first[:40]}>"
+
+
+def _names_used(tree: ast.AST) -> set[str]:
+    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+
+
+def split(data: Any, chunks: int) -> list[Any]:
+    """Split ``data`` into at most ``chunks`` contiguous pieces of (nearly) equal size.
+
+    A range gives ranges, a list/tuple slices, a numpy array, pandas DataFrame
+    or Series pieces along rows (their own type), any other iterable lists.
+
+    Raises:
+        TypeError: ``data`` is not iterable (a scalar, a generator already used up is fine).
+    """
+    if chunks < 1:
+        raise ValueError(f"--chunks must be at least 1, got {chunks}")
+    if hasattr(data, "iloc"):  # pandas: positional row slices keep the index
+        return [data.iloc[lo:hi] for lo, hi in _bounds(len(data), chunks)]
+    if isinstance(data, range | list | tuple | str) or hasattr(data, "__array__"):
+        return [data[lo:hi] for lo, hi in _bounds(len(data), chunks)]
+    if isinstance(data, dict):
+        items = list(data.items())
+        return [dict(items[lo:hi]) for lo, hi in _bounds(len(items), chunks)]
+    if not isinstance(data, Iterable):
+        raise TypeError(f"cannot split a {type(data).__name__}: --over needs an iterable "
+                        f"(range, list, numpy array, pandas DataFrame/Series…)")
+    items = list(data)
+    return [items[lo:hi] for lo, hi in _bounds(len(items), chunks)]
+
+
+def _bounds(size: int, chunks: int) -> list[tuple[int, int]]:
+    """Contiguous (lo, hi) pairs covering range(size); empty pieces are dropped."""
+    chunks = max(1, min(chunks, size))
+    step = size / chunks
+    edges = [math.floor(i * step) for i in range(chunks)] + [size]
+    return [(lo, hi) for lo, hi in itertools.pairwise(edges) if hi > lo] or [(0, 0)]
