@@ -73,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from core4nb.worker import WorkerNode
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The level is core4nb's own: DEBUG from drivers (pymongo logs every command) would drown it.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("core4nb").setLevel(args.log_level)
     node = WorkerNode(args.url or default_url(), processes=args.processes, name=args.name, burst=args.burst,
                       lease_seconds=args.lease, grace=args.grace, memory_limit_mb=args.memory_limit,
                       watch_pid=args.watch_pid)

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,8 +20,17 @@ def start_node(url: str, name: str, *, processes: int = 2, lease: float = 30.0, 
     if burst:
         cmd.append("--burst")
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.Popen(cmd, env=full_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    # A log file, not a pipe: a test that only waits would block a chatty node on a full pipe.
+    log = tempfile.NamedTemporaryFile("w+", prefix=f"core4nb-{name}-", suffix=".log", delete=False)  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env=full_env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    proc.log_path = log.name
+    log.close()
+    return proc
+
+
+def node_log(proc: subprocess.Popen) -> str:
+    return Path(proc.log_path).read_text()
 
 
 def stop_node(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30.0) -> str:
@@ -28,11 +38,11 @@ def stop_node(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float 
     if proc.poll() is None:
         os.kill(proc.pid, sig)
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        proc.wait(timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-    return out or ""
+        proc.wait()
+    return node_log(proc)
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
