@@ -26,7 +26,7 @@ from multiprocessing.connection import wait
 
 from core4nb.errors import ConfigError
 from core4nb.job import CLAIMABLE_STATES, Job, JobError, State
-from core4nb.store import DEFAULT_LEASE_SECONDS, Claimant, WorkerInfo, open_store
+from core4nb.store import DEFAULT_LEASE_SECONDS, Claimant, WorkerInfo, open_store, redact_url
 from core4nb.worker.child import Outcome, exit_description, process_is_gone
 from core4nb.worker.slot import Slot
 
@@ -85,7 +85,7 @@ class WorkerNode:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         self.slots = [Slot(self.url, self.memory_limit_mb) for _ in range(self.processes)]
-        log.info("node %s serving %s with %d processes", self.name, self.store.url, self.processes)
+        log.info("node %s serving %s with %d processes", self.name, redact_url(self.store.url), self.processes)
         next_control = next_lease = 0.0
         poll = MIN_POLL
         try:
