@@ -21,8 +21,11 @@ from core4nb.errors import (
     StoreUnavailable,
     WorkerLost,
 )
+from core4nb.executor import Core4Executor, Core4Future
 from core4nb.job import Job, State
 from core4nb.queue import Queue
+from core4nb.tree import Core4Job, enqueue
+from core4nb.widgets import progress  # imports ipywidgets only when a notebook panel is made
 
 __version__ = "0.1.0"
 
@@ -30,6 +33,9 @@ __all__ = [
     "ChildFailed",
     "ConfigError",
     "Core4Error",
+    "Core4Executor",
+    "Core4Future",
+    "Core4Job",
     "Defer",
     "Job",
     "JobContext",
@@ -43,4 +49,19 @@ __all__ = [
     "StoreUnavailable",
     "WorkerLost",
     "current_job",
+    "enqueue",
+    "progress",
 ]
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext core4nb``: register ``%core4`` / ``%%core4`` (IPython imported only here)."""
+    from core4nb.magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython) -> None:
+    from core4nb.magics import unload_ipython_extension as unload
+
+    unload(ipython)

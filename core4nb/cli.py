@@ -15,13 +15,12 @@ import argparse
 import json
 import logging
 import sys
-import time
 from collections.abc import Sequence
 
+from core4nb import report
 from core4nb.errors import Core4Error
 from core4nb.job import State
 from core4nb.queue import Queue, default_url
-from core4nb.store import redact_url
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,33 +84,14 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     with Queue(args.url or default_url()) as queue:
-        nodes, counts, now = queue.store.workers(), queue.counts(), time.time()
-        if args.json:
-            print(json.dumps({"url": redact_url(queue.url), "counts": {str(k): v for k, v in counts.items()},
-                              "nodes": [vars(n) for n in nodes]}, indent=2))
-            return 0
-        print(f"queue  {redact_url(queue.url)}")
-        print(f"nodes  {len(nodes)}")
-        if nodes:
-            print(f"  {'NAME':<24} {'HOST':<16} {'SLOTS':>5} {'BUSY':>4}  {'HEARTBEAT':<12} STATE")
-        for node in nodes:
-            age = now - node.heartbeat
-            print(f"  {node.name:<24} {node.host:<16} {node.slots:>5} {len(node.running):>4}  "
-                  f"{f'{age:.1f} s ago':<12} {node.state}")
-        print("jobs   " + "  ".join(f"{state} {counts[state]}" for state in State))
-    return 0
+        print(report.status_json(queue) if args.json else report.status_text(queue))
 
 
 def _jobs(args: argparse.Namespace) -> int:
     with Queue(args.url or default_url()) as queue:
         jobs = queue.jobs(state=args.state)[-args.limit :]
-        if args.json:
-            print(json.dumps([job.to_dict() for job in jobs], indent=2, default=str))
-            return 0
-        print(f"{'ID':<24} {'STATE':<9} {'TRIAL':>5}  {'NAME':<32} ARGS")
-        for job in jobs:
-            print(f"{job.id:<24} {job.state:<9} {job.trial:>5}  {job.name[-32:]:<32} {job.args_summary[:60]}")
-    return 0
+        print(json.dumps([job.to_dict() for job in jobs], indent=2, default=str) if args.json
+              else report.jobs_text(jobs))
 
 
 def _kill(args: argparse.Namespace) -> int:

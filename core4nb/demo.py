@@ -6,6 +6,7 @@ import os
 import time
 
 from core4nb.examples import count_primes
+from core4nb.store import redact_url
 
 
 def run_demo(end: int = 1_000_000, workers: int | None = None, chunks: int = 64) -> int:
@@ -28,7 +29,7 @@ def run_demo(end: int = 1_000_000, workers: int | None = None, chunks: int = 64)
         parallel = sum(executor.map(count_primes, *zip(*bounds, strict=True), chunksize=1))
     parallel_s = time.perf_counter() - started
     print(f"  core4nb, {workers} workers        {parallel:>9,} primes  {parallel_s:6.2f} s"
-          f"  (executor ready in {ready_s:.2f} s, queue {executor.url})")
+          f"  (executor ready in {ready_s:.2f} s, queue {redact_url(executor.url)})")
     if parallel != serial:
         print(f"MISMATCH: serial counted {serial}, core4nb {parallel}")
         return 1

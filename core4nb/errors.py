@@ -25,6 +25,10 @@ class JobNotFound(Core4Error, KeyError):
         return str(self.args[0]) if self.args else "job not found"
 
 
+class MalformedJob(Core4Error, ValueError):
+    """A job document in the queue has a missing or wrongly typed field: it is set aside, never run."""
+
+
 class IllegalTransition(Core4Error):
     """A state change the job state machine does not allow (a bug, not user input)."""
 

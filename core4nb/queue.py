@@ -10,6 +10,7 @@ fine control (priorities, trees by hand) can use it directly::
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import traceback
@@ -18,14 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from core4nb import serialize
-from core4nb.errors import ConfigError, JobFailed, RemoteError
+from core4nb.errors import ConfigError, JobFailed, RemoteError, StoreUnavailable
 from core4nb.job import FINAL_STATES, Job, State
-from core4nb.store import Store, open_store
+from core4nb.store import Store, open_store, redact_url
 from core4nb.store import default_url as env_url
+from core4nb.store.outage import Outage
+
+log = logging.getLogger("core4nb.queue")
 
 #: Options a job accepts besides its own arguments, with core4os's meanings.
 JOB_OPTIONS = ("priority", "max_parallel", "attempts", "defer_time", "defer_max", "error_time", "wall_time")
 HOME_ENV = "CORE4NB_HOME"
+#: Seconds of continuous store outage :meth:`Queue.wait` rides out before it gives up.
+STORE_PATIENCE = 60.0
 
 
 def home() -> Path:
@@ -110,10 +116,20 @@ def rebuild_exception(job: Job, key: bytes | None = None) -> BaseException:
         except Exception:  # type not importable here: fall back to text below
             exc = None
     if not isinstance(exc, BaseException):
-        exc = RemoteError(error.type, error.message, error.traceback)
+        exc = _core4_error(error.type, error.message) or RemoteError(error.type, error.message, error.traceback)
     if error.traceback:
         exc.__cause__ = RemoteTraceback(error.traceback)
     return exc
+
+
+def _core4_error(type_name: str, message: str) -> BaseException | None:
+    """core4nb's own errors recorded by a worker as text (SignatureError, WorkerLost…) keep their type."""
+    from core4nb import errors
+
+    cls = getattr(errors, type_name, None)
+    if isinstance(cls, type) and issubclass(cls, errors.Core4Error) and cls is not RemoteError:
+        return cls(message)
+    return None
 
 
 def format_exception(exc: BaseException) -> str:
@@ -145,15 +161,31 @@ class Queue:
         return self.store.get(job_id, blobs=False)
 
     def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.05) -> Job:
-        """Block until the job is final; raises TimeoutError."""
+        """Block until the job is final.
+
+        Rides out a store outage (a database restart) of up to :data:`STORE_PATIENCE`
+        seconds, retrying with backoff.
+
+        Raises:
+            TimeoutError: the job is not final after ``timeout`` seconds.
+            StoreUnavailable: the store stayed unreachable for longer than STORE_PATIENCE.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
+        outage, state = Outage(f"queue {redact_url(self.url)}", log), "unknown (queue unreachable)"
         while True:
-            job = self.store.get(job_id, blobs=False)
-            if job.state in FINAL_STATES:
-                return self.store.get(job_id)
+            try:
+                job = self.store.get(job_id, blobs=False)
+                if job.state in FINAL_STATES:
+                    return self.store.get(job_id)
+                state = job.state
+                outage.ended()
+            except StoreUnavailable as exc:
+                outage.failed(exc)
+                if outage.duration() > STORE_PATIENCE:
+                    raise
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"job {job_id} is still {job.state} after {timeout} s")
-            time.sleep(poll)
+                raise TimeoutError(f"job {job_id} is still {state} after {timeout} s")
+            time.sleep(max(poll, outage.wait_time()))
             poll = min(poll * 1.5, 0.5)
 
     def result(self, job_id: str, timeout: float | None = None) -> Any:

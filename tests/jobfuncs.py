@@ -83,3 +83,30 @@ def touch(path: str) -> None:
     """A visible side effect: the test proves it did (or did not) happen."""
     with open(path, "w") as handle:
         handle.write("ran\n")
+
+
+def square(x: int, seconds: float = 0.0) -> int:
+    time.sleep(seconds)
+    return x * x
+
+
+def fan_out(n: int, fail_at: int | None = None, levels: int = 1, seconds: float = 0.0) -> int:
+    """Divide and conquer: enqueue ``n`` children, defer until they are done, return the sum.
+
+    Children are ``square(i, seconds)`` (``fail(...)`` at index ``fail_at``), or with
+    ``levels`` > 1 ``fan_out`` one level down: a nested tree for the progress panel.
+    """
+    job = current_job()
+    if job.trial == 1:
+        for i in range(n):
+            if levels > 1:
+                job.enqueue_child(fan_out, n, fail_at, levels - 1, seconds, defer_time=0.1)
+            elif i == fail_at:
+                job.enqueue_child(fail, f"chunk {i} is bad")
+            else:
+                job.enqueue_child(square, i, seconds)
+        job.defer("children enqueued")
+    still_open = job.children_open()
+    if still_open:
+        job.defer(f"{still_open} children still open")
+    return sum(job.child_results())

@@ -24,10 +24,12 @@ def free_port() -> int:
 
 
 class WireServer:
-    """One ``nx-27017`` process (in-memory databases) on 127.0.0.1."""
+    """One ``nx-27017`` process on 127.0.0.1: in-memory databases, or with ``data_dir`` one
+    SQLite file per database there, so that the data survives :meth:`restart`."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, data_dir: Path | None = None) -> None:
         self.workdir = workdir
+        self.data_dir = data_dir
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -42,7 +44,7 @@ class WireServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / "nx.log", "ab")  # noqa: SIM115 - closed by the process's exit
         self.proc = subprocess.Popen(
-            [exe, "--data-dir", "memory", "--host", "127.0.0.1", "-p", str(self.port),
+            [exe, "--data-dir", str(self.data_dir or "memory"), "--host", "127.0.0.1", "-p", str(self.port),
              "--pid-file", str(self.workdir / "nx.pid"), "--log-file", str(self.workdir / "nx-server.log")],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
@@ -65,11 +67,19 @@ class WireServer:
                 time.sleep(0.1)
         raise RuntimeError(f"nx-27017 did not answer ping within {timeout} s")
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
+            os.kill(self.proc.pid, sig)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        # A server that died without cleaning up leaves its pid file, and nx refuses to start over one.
+        (self.workdir / "nx.pid").unlink(missing_ok=True)
+
+    def restart(self, sig: int = signal.SIGKILL, down_for: float = 0.0) -> WireServer:
+        """Stop the server with ``sig``, stay down ``down_for`` seconds, start it again on the same port."""
+        self.stop(sig)
+        time.sleep(down_for)
+        return self.start()

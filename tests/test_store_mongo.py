@@ -21,7 +21,8 @@ from core4nb.errors import ConfigError, StoreUnavailable
 from core4nb.job import Job, State
 from core4nb.store import Claimant, WorkerInfo, open_store
 from core4nb.store import mongo as mongo_module
-from core4nb.store.mongo import BLOB_LIMIT, MongoStore
+from core4nb.store.mongo import MongoStore
+from core4nb.store.mongo_blobs import BLOB_LIMIT
 from tests.conftest import REAL_MONGO_URL, _mongo_url
 from tests.servers import WireServer, free_port
 

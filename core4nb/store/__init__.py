@@ -27,7 +27,8 @@ def open_store(url: str) -> Store:
     """
     if not isinstance(url, str) or "://" not in url:
         raise ConfigError(
-            f"queue URL {url!r} is not a URL: use sqlite:///path/to/queue.db or mongodb://host:27017/dbname"
+            f"queue URL {redact_url(url) if isinstance(url, str) else url!r} is not a URL: use "
+            "sqlite:///path/to/queue.db or mongodb://host:27017/dbname"
         )
     scheme = url.split("://", 1)[0].lower()
     if scheme == "sqlite":

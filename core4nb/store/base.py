@@ -10,13 +10,13 @@ suite in ``tests/test_store_contract.py``.
 from __future__ import annotations
 
 import abc
-import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from core4nb.job import Job, Lease, State
+from core4nb.errors import MalformedJob
+from core4nb.job import Job, JobError, Lease, State, decode_job, placeholder_job
 
 #: A claim grants this many seconds before the lease expires without a heartbeat.
 DEFAULT_LEASE_SECONDS = 30.0
@@ -46,8 +46,19 @@ class Claimant:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced, safe to print in errors and status."""
-    return re.sub(r"(//[^/:@]+):[^@/]*@", r"\1:***@", url)
+    """The URL with any password replaced, safe to print in errors and status.
+
+    The user info ends at the *last* ``@``: a password with a raw ``/`` or ``@``
+    (invalid, but typed by people) must not leak through a narrower pattern.
+    Over-redacting a URL that merely has an ``@`` in its options is harmless.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:  # no scheme: the whole text may be "user:pass@host"
+        scheme, rest = "", url
+    userinfo, at, hosts = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{hosts}"
 
 
 class Store(abc.ABC):
@@ -160,3 +171,35 @@ class Store(abc.ABC):
 
 def lease_for(claimant: Claimant, token: str, lease_seconds: float, now: float) -> Lease:
     return Lease(claimant.worker, claimant.node, claimant.pid, token, now + lease_seconds)
+
+
+def listed_job(data: dict[str, Any]) -> Job:
+    """The job in a store's flat fields for a read (get, find): a malformed document shows as
+    a placeholder (see :func:`~core4nb.job.placeholder_job`) instead of failing the whole read."""
+    try:
+        return decode_job(data)
+    except MalformedJob as exc:
+        return placeholder_job(data, str(exc))
+
+
+def count_states(pairs: Iterable[tuple[Any, int]]) -> dict[State, int]:
+    """All eight states with the counts of ``(state, n)`` rows; a state no job can have
+    (a malformed document) counts as error, as listings show such a document."""
+    out = dict.fromkeys(State, 0)
+    for state, n in pairs:
+        out[State(state) if state in out else State.ERROR] += int(n)
+    return out
+
+
+def reap_outcome(job: Job, now: float) -> tuple[State, int, JobError]:
+    """What an expired lease does to a running job: its next state, attempts left and error."""
+    lease, left = job.lease, max(0, job.attempts_left - 1)
+    if job.kill_requested:
+        state, outcome = State.KILLED, "it had a kill request, so it is killed"
+    elif left > 0:
+        state, outcome = State.FAILED, f"retrying in {job.error_time:g} s ({left} attempt(s) left)"
+    else:
+        state, outcome = State.ERROR, f"no attempts left of {job.attempts}"
+    error = JobError("WorkerLost", f"worker {lease.worker} on {lease.node} (pid {lease.pid}) stopped "
+                     f"heartbeating; lease expired {now - lease.until:.1f} s ago; {outcome}")
+    return state, left, error

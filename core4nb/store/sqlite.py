@@ -23,15 +23,18 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from core4nb.errors import ConfigError, JobNotFound, StoreUnavailable
-from core4nb.job import CLAIMABLE_STATES, SCALAR_FIELDS, Job, JobError, Lease, State, check_transition, new_token
+from core4nb.errors import ConfigError, JobNotFound, MalformedJob, PayloadError, StoreUnavailable
+from core4nb.job import CLAIMABLE_STATES, SCALAR_FIELDS, Job, State, check_transition, decode_job, new_token
+from core4nb.job import set_aside_error as _set_aside_error
+from core4nb.store import base
 from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, lease_for, redact_url
 
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for the lock before giving up
+MAX_SET_ASIDE = 16  # malformed rows one claim moves to error before it answers "nothing now"
 
 _COLUMNS = {  # Job fields, the lease flattened into lease_* columns, blobs apart, the error as JSON text
     "id": "TEXT PRIMARY KEY", "name": "TEXT NOT NULL", "payload": "BLOB", "args_summary": "TEXT NOT NULL",
@@ -60,7 +63,6 @@ PRAGMA user_version = 1;
 
 _ALL = ", ".join(_COLUMNS)
 _NO_BLOBS = ", ".join(c for c in _COLUMNS if c not in ("payload", "result"))
-_REAL = {c for c, t in _COLUMNS.items() if t.startswith("REAL")}
 _CLAIMABLE = "('pending', 'deferred', 'failed')"
 assert {State(s) for s in ("pending", "deferred", "failed")} == CLAIMABLE_STATES
 _NO_LEASE = dict.fromkeys(("lease_worker", "lease_node", "lease_pid", "lease_token", "lease_until"))
@@ -70,17 +72,19 @@ _FINISH_FIELDS = (set(SCALAR_FIELDS) - {"id", "state"}) | {"result", "error"}
 # The best claimable job: priority, then FIFO, skipping names already at max_parallel. `busy` counts the
 # running jobs per name once per claim (few rows); a per-candidate COUNT(*) made every claim crawl past a long
 # run of blocked jobs (20k blocked ahead: 68 → 300 claims/s). queue_claim carries the filtered columns so that
-# the scan past blocked jobs never touches the table.
+# the scan past blocked jobs never touches the table. A trial that is not an integer is left as it is (SQLite
+# would make 'abc' + 1 a valid 1), so that decoding the claimed row sees the malformed value and sets it aside.
 _CLAIM = f"""
 UPDATE queue SET state = 'running', lease_worker = :worker, lease_node = :node, lease_pid = :pid,
-    lease_token = :token, lease_until = :until, trial = trial + 1, started_at = :now
+    lease_token = :token, lease_until = :until, started_at = :now,
+    trial = CASE WHEN typeof(trial) = 'integer' THEN trial + 1 ELSE trial END
 WHERE id = (
     WITH busy(name, n) AS MATERIALIZED (SELECT name, COUNT(*) FROM queue WHERE state = 'running' GROUP BY name)
     SELECT q.id FROM queue AS q
     WHERE q.state IN {_CLAIMABLE} AND q.query_at <= :now AND q.kill_requested = 0
       AND (q.max_parallel IS NULL OR q.max_parallel > COALESCE((SELECT n FROM busy WHERE busy.name = q.name), 0))
     ORDER BY q.priority DESC, q.id ASC LIMIT 1)
-RETURNING {_ALL}
+RETURNING rowid AS _rowid, {_ALL}
 """
 
 # Error codes that mean "the database is not usable right now", not "the SQL is wrong".
@@ -106,18 +110,26 @@ def _columns(fields: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _fields(row: sqlite3.Row) -> dict[str, Any]:
+    """A row as the flat fields decode_job reads: the error JSON decoded (left as text when it is not JSON,
+    so that decoding names it)."""
+    data = dict(zip(row.keys(), row, strict=True))
+    if isinstance(data.get("error"), str):
+        with suppress(ValueError):
+            data["error"] = json.loads(data["error"])
+    return data
+
+
 def _job(row: sqlite3.Row) -> Job:
-    # float(): SQLite hands integral REALs back as ints through RETURNING.
-    data = {f: float(row[f]) if f in _REAL and row[f] is not None else row[f] for f in SCALAR_FIELDS}
-    data["kill_requested"] = bool(data["kill_requested"])
-    if row["lease_token"] is not None:
-        data["lease"] = Lease(row["lease_worker"], row["lease_node"], row["lease_pid"], row["lease_token"],
-                              float(row["lease_until"]))
-    if row["error"] is not None:
-        data["error"] = JobError(**json.loads(row["error"]))
-    if "payload" in row.keys():  # noqa: SIM118 - sqlite3.Row has no __contains__ for names
-        data["payload"], data["result"] = row["payload"], row["result"]
-    return Job(**data)
+    """The job in a row; raises MalformedJob naming a missing or mistyped column."""
+    return decode_job(_fields(row))
+
+
+def _set_aside(conn: sqlite3.Connection, rowid: int, problem: str, now: float) -> None:
+    """Move a row that cannot be read as a job to error (by rowid: its id may be the malformed part)."""
+    conn.execute("UPDATE queue SET state = 'error', error = ?, finished_at = ?, lease_worker = NULL, lease_node = "
+                 "NULL, lease_pid = NULL, lease_token = NULL, lease_until = NULL WHERE rowid = ?",
+                 (json.dumps(dataclasses.asdict(_set_aside_error(problem))), now, rowid))
 
 
 def _where(**filters: Any) -> tuple[str, list[Any]]:
@@ -197,6 +209,13 @@ class SQLiteStore(Store):
         """Report a database that cannot be used as StoreUnavailable; SQL bugs and constraints stay as they are."""
         try:
             yield
+        except sqlite3.DataError as exc:
+            if getattr(exc, "sqlite_errorname", "") != "SQLITE_TOOBIG":
+                raise
+            limit = self._conn().getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+            raise PayloadError(f"a payload or result is over the embedded queue's size limit of {limit / 2**20:.0f} "
+                               f"MB (SQLite's largest blob): pass large data by path, or use a MongoDB queue, "
+                               f"which keeps large blobs in GridFS") from None
         except sqlite3.DatabaseError as exc:
             if (getattr(exc, "sqlite_errorname", "") or "").startswith(_UNAVAILABLE):
                 raise StoreUnavailable(f"queue file {self.path} cannot be used: {exc}; check the disk, the file's "
@@ -249,7 +268,7 @@ class SQLiteStore(Store):
         rows = self._read(f"SELECT {_ALL if blobs else _NO_BLOBS} FROM queue WHERE id = ?", (job_id,))
         if not rows:
             raise self._not_found(job_id)
-        return _job(rows[0])
+        return base.listed_job(_fields(rows[0]))
 
     def find(self, *, ids: Iterable[str] | None = None, states: Iterable[State] | None = None,
              root_id: str | None = None, parent_id: str | None = None, limit: int | None = None,
@@ -258,22 +277,26 @@ class SQLiteStore(Store):
         sql = f"SELECT {_ALL if blobs else _NO_BLOBS} FROM queue WHERE {where} ORDER BY id"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return [_job(row) for row in self._read(sql, params)]
+        return [base.listed_job(_fields(row)) for row in self._read(sql, params)]
 
     def counts(self, *, root_id: str | None = None, parent_id: str | None = None) -> dict[State, int]:
         where, params = _where(root_id=root_id, parent_id=parent_id)
-        out = dict.fromkeys(State, 0)
-        for row in self._read(f"SELECT state, COUNT(*) FROM queue WHERE {where} GROUP BY state", params):
-            out[State(row[0])] = row[1]
-        return out
+        return base.count_states(self._read(f"SELECT state, COUNT(*) FROM queue WHERE {where} GROUP BY state", params))
 
     def claim(self, claimant: Claimant, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Job | None:
         with self._tx() as conn:
-            now = time.time()
-            lease = lease_for(claimant, new_token(), lease_seconds, now)
-            # RETURNING: fetch every row before COMMIT, or the statement is still "in progress".
-            rows = conn.execute(_CLAIM, {**dataclasses.asdict(lease), "now": now}).fetchall()
-        return _job(rows[0]) if rows else None
+            for _ in range(MAX_SET_ASIDE):
+                now = time.time()
+                lease = lease_for(claimant, new_token(), lease_seconds, now)
+                # RETURNING: fetch every row before COMMIT, or the statement is still "in progress".
+                rows = conn.execute(_CLAIM, {**dataclasses.asdict(lease), "now": now}).fetchall()
+                if not rows:
+                    return None
+                try:
+                    return _job(rows[0])
+                except MalformedJob as exc:  # never run it, never hand it to a node: move it to error
+                    _set_aside(conn, rows[0]["_rowid"], str(exc), now)
+        return None
 
     def finish(self, job_id: str, token: str, state: State, **fields: Any) -> bool:
         state = State(state)
@@ -319,18 +342,16 @@ class SQLiteStore(Store):
         reaped = []
         with self._tx() as conn:
             now = time.time()
-            expired = conn.execute(f"SELECT {_NO_BLOBS} FROM queue WHERE state = 'running' AND lease_until < ?",
-                                   (now,)).fetchall()
-            for job in map(_job, expired):
-                lease, left = job.lease, max(0, job.attempts_left - 1)
-                if job.kill_requested:
-                    state, outcome = State.KILLED, "it had a kill request, so it is killed"
-                elif left > 0:
-                    state, outcome = State.FAILED, f"retrying in {job.error_time:g} s ({left} attempt(s) left)"
-                else:
-                    state, outcome = State.ERROR, f"no attempts left of {job.attempts}"
-                error = JobError("WorkerLost", f"worker {lease.worker} on {lease.node} (pid {lease.pid}) stopped "
-                                 f"heartbeating; lease expired {now - lease.until:.1f} s ago; {outcome}")
+            expired = conn.execute(f"SELECT rowid AS _rowid, {_NO_BLOBS} FROM queue WHERE state = 'running' "
+                                   "AND lease_until < ?", (now,)).fetchall()
+            for row in expired:
+                try:
+                    job = _job(row)
+                except MalformedJob as exc:  # e.g. written as running by hand: no node will ever finish it
+                    _set_aside(conn, row["_rowid"], str(exc), now)
+                    continue
+                state, left, error = base.reap_outcome(job, now)
+                lease = job.lease
                 values = _columns({"state": state, "attempts_left": left, "error": error, "lease": None,
                                    "query_at": now + job.error_time if state is State.FAILED else job.query_at,
                                    "finished_at": now if state.is_final else job.finished_at})

@@ -39,15 +39,18 @@ class Outcome:
     message: str = ""
 
 
-def child_main(conn: Connection, url: str, node_pid: int, memory_limit_mb: int | None = None) -> None:
-    """Entry point of a child process: serve jobs until the pipe closes."""
+def child_main(conn: Connection, url: str, key: bytes, node_pid: int, memory_limit_mb: int | None = None) -> None:
+    """Entry point of a child process: serve jobs until the pipe closes.
+
+    ``key`` is the node's cluster key, checked once when the node started: children
+    never read the key file themselves, so a node never half-works with a bad one.
+    """
     # Ctrl-C in a terminal reaches the whole process group; the node decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_node, args=(node_pid,), daemon=True, name="core4nb-node-watch").start()
     if memory_limit_mb:
         limit = memory_limit_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    key = serialize.load_key()
     while True:
         try:
             job = conn.recv()
@@ -112,7 +115,8 @@ def run_job(job: Job, url: str, key: bytes, conn: Connection) -> Outcome:
         deactivate(token)
         ctx.close()
     try:
-        return Outcome("complete", elapsed(), result=serialize.dumps(value, key=key, what="the job's result"))
+        what = f"the job's result (a {type(value).__module__}.{type(value).__qualname__})"
+        return Outcome("complete", elapsed(), result=serialize.dumps(value, key=key, what=what))
     except PayloadError as exc:
         return Outcome("failed", elapsed(), error=JobError("PayloadError", str(exc)))
 

@@ -2,16 +2,26 @@
 
 One loop, one thread::
 
-    ┌─► collect  child messages and deaths → finish(job, state) in the store
-    │   claim    while a slot is free (atomic, max_parallel-safe, in the store)
-    │   control  every 0.5 s: progress, kill requests, wall time, SIGKILL escalation
-    │   lease    every lease/6 s: heartbeat leases (lost → stop that child),
-    │            sys.worker heartbeat, reap expired leases of dead nodes
+    ┌─► collect  child messages and deaths → outcomes to write (no store I/O)
+    │   police   wall time, drain deadline, SIGKILL escalation (no store I/O)
+    │   store    unless backing off from an outage:
+    │              flush   outcomes → finish(job, state) under the job's lease token
+    │              claim   while a slot is free (atomic, max_parallel-safe, in the store)
+    │              control every 0.5 s: progress, kill requests
+    │              lease   every lease/6 s: heartbeat leases (lost → stop that child),
+    │                      sys.worker heartbeat, reap expired leases of dead nodes
     └── wait     on child pipes and sentinels, with an adaptive poll timeout
 
 The node never runs user code and never imports a database driver. Every state
 write carries the lease token, so a node that was paused past its lease cannot
 overwrite the work of the node that took the job over.
+
+When the store is unavailable (server restarting, file locked past the busy
+timeout) the loop keeps collecting outcomes from its children, keeps them until
+the store answers again, and retries with exponential backoff, logging the
+outage once when it starts and once when it ends. Heartbeats resume with the
+store; a job whose lease expired during a long outage and was reaped by another
+node is fenced off, and this node logs that its outcome was discarded.
 """
 
 from __future__ import annotations
@@ -24,10 +34,14 @@ import threading
 import time
 from multiprocessing.connection import wait
 
-from core4nb.errors import ConfigError
-from core4nb.job import CLAIMABLE_STATES, Job, JobError, State
+from core4nb import serialize
+from core4nb.errors import ConfigError, PayloadError, StoreUnavailable
+from core4nb.job import CLAIMABLE_STATES, JobError
 from core4nb.store import DEFAULT_LEASE_SECONDS, Claimant, WorkerInfo, open_store, redact_url
-from core4nb.worker.child import Outcome, exit_description, process_is_gone
+from core4nb.store.outage import Outage
+from core4nb.worker import outcomes
+from core4nb.worker.child import exit_description, process_is_gone
+from core4nb.worker.outcomes import Write
 from core4nb.worker.slot import Slot
 
 log = logging.getLogger("core4nb.worker")
@@ -61,6 +75,9 @@ class WorkerNode:
         if lease_seconds <= 0:
             raise ConfigError(f"lease must be positive, got {lease_seconds}")
         self.url = url
+        # Before anything is claimed: a node that cannot verify payloads (no key, or a key file
+        # others can read) must refuse to start, not claim jobs its children would fail.
+        self.key = serialize.load_key()
         self.store = open_store(url)
         self.processes = processes or os.cpu_count() or 1
         host = socket.gethostname()
@@ -77,6 +94,10 @@ class WorkerNode:
         self._drain_deadline: float | None = None
         self._stop_now = threading.Event()
         self._progress: dict[str, tuple[float | None, str]] = {}
+        self._unsaved: list[Write] = []  # outcomes the store has not taken yet (in order)
+        self._outage = Outage(f"queue {redact_url(url)}", log)
+        self._next_control = self._next_lease = 0.0
+        self._is_done = False
 
     # -- lifecycle ---------------------------------------------------------------
     def run(self) -> int:
@@ -84,30 +105,41 @@ class WorkerNode:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
-        self.slots = [Slot(self.url, self.memory_limit_mb) for _ in range(self.processes)]
+        self.slots = [Slot(self.url, self.key, self.memory_limit_mb) for _ in range(self.processes)]
         log.info("node %s serving %s with %d processes", self.name, redact_url(self.store.url), self.processes)
-        next_control = next_lease = 0.0
         poll = MIN_POLL
         try:
-            self._save_info()
-            while not self._stop_now.is_set():
-                busy_before = self._busy()
+            while not self._stop_now.is_set() and not self._is_done:
+                busy_before = len(self._busy())
                 self._collect()
-                claimed = self._claim()
-                now = time.monotonic()
-                if now >= next_control:
-                    self._control()
-                    next_control = now + CONTROL_INTERVAL
-                if now >= next_lease:
-                    self._lease_tick()
-                    next_lease = now + self.heartbeat_interval
-                if self._should_exit():
-                    break
-                poll = MIN_POLL if claimed or len(busy_before) != len(self._busy()) else min(poll * 2, MAX_POLL)
-                wait([w for s in self._busy() for w in s.waitables()], timeout=poll)
+                self._police()
+                claimed = False
+                if self._outage.wait_time() == 0:
+                    try:
+                        claimed = self._store_step()
+                        self._outage.ended()
+                    except StoreUnavailable as exc:
+                        self._outage.failed(exc)
+                poll = MIN_POLL if claimed or busy_before != len(self._busy()) else min(poll * 2, MAX_POLL)
+                timeout = max(poll, self._outage.wait_time()) if self._outage.is_ongoing else poll
+                wait([w for s in self._busy() for w in s.waitables()], timeout=timeout)
         finally:
             self._shutdown()
         return self.jobs_done
+
+    def _store_step(self) -> bool:
+        """Everything the loop does with the store; raises StoreUnavailable when it is down. True: claimed."""
+        self._flush()  # outcomes first: they free the jobs' max_parallel slots in the store
+        claimed = self._claim()
+        now = time.monotonic()
+        if now >= self._next_control:
+            self._control()
+            self._next_control = now + CONTROL_INTERVAL
+        if now >= self._next_lease:
+            self._lease_tick()
+            self._next_lease = now + self.heartbeat_interval
+        self._is_done = self._should_exit()
+        return claimed
 
     def stop(self, *, drain: bool = True) -> None:
         """Ask the loop to stop (thread-safe); with ``drain`` running jobs may finish first."""
@@ -123,7 +155,7 @@ class WorkerNode:
         self.stop(drain=first)
 
     def _should_exit(self) -> bool:
-        if self._busy():
+        if self._busy() or self._unsaved:
             return False
         if self._drain_deadline is not None:
             return True
@@ -141,7 +173,11 @@ class WorkerNode:
                 self._collect_slot(slot)
             slot.close()
         try:
+            self._flush()
             self.store.remove_worker(self.name)
+        except StoreUnavailable as exc:
+            log.error("node %s stops with the queue unavailable (%s): %d outcome(s) not recorded; those jobs run "
+                      "again once their leases expire", self.name, exc, len(self._unsaved))
         finally:
             self.store.close()
         log.info("node %s stopped after %d jobs", self.name, self.jobs_done)
@@ -174,32 +210,47 @@ class WorkerNode:
             if message[0] == "progress" and slot.job is not None:
                 self._progress[slot.job.id] = message[1], message[2]
             elif message[0] == "done" and slot.job is not None:
-                self._record(slot.release(), message[1])
+                job = slot.release()
+                self._owe(outcomes.for_outcome(job, message[1]))
         if slot.is_dead:
             if slot.job is not None:
-                self._record_death(slot)
+                reason, exitcode, runtime, job = slot.stop_reason, slot.exitcode, slot.elapsed(), slot.release()
+                if reason is None:
+                    log.error("child running job %s %s", job.id, exit_description(exitcode))
+                self._owe(outcomes.for_death(job, reason, exitcode, runtime, self.name))
             slot.respawn()
+
+    def _owe(self, write: Write | None) -> None:
+        if write is not None:
+            self._progress.pop(write.job.id, None)
+            self._unsaved.append(write)
+
+    def _police(self) -> None:
+        """Stop children past their wall time or the drain deadline; SIGKILL those that ignored SIGTERM."""
+        for slot in self._busy():
+            job = slot.job
+            if job.wall_time is not None and slot.elapsed() > job.wall_time:
+                slot.stop_job("wall_time")
+            elif self._drain_deadline is not None and time.monotonic() > self._drain_deadline:
+                slot.stop_job("drain")
+            slot.enforce_kill()
 
     def _control(self) -> None:
         busy = self._busy()
         self._flush_progress(busy)
         killed = self.store.kill_requests([s.job.id for s in busy]) if busy else set()
         for slot in busy:
-            job = slot.job
-            if job.id in killed:
+            if slot.job.id in killed:
                 slot.stop_job("kill")
-            elif job.wall_time is not None and slot.elapsed() > job.wall_time:
-                slot.stop_job("wall_time")
-            elif self._drain_deadline is not None and time.monotonic() > self._drain_deadline:
-                slot.stop_job("drain")
-            slot.enforce_kill()
 
     def _lease_tick(self) -> None:
         if self.watch_pid is not None and process_is_gone(self.watch_pid):
             log.warning("process %d that this node serves is gone; stopping", self.watch_pid)
             self.stop(drain=False)
         busy = self._busy()
-        lost = self.store.heartbeat({s.job.id: s.job.lease.token for s in busy}, lease_seconds=self.lease_seconds)
+        # Outcomes not written yet keep their leases too: after a short outage they are still ours to write.
+        leases = {w.job.id: w.job.lease.token for w in self._unsaved} | {s.job.id: s.job.lease.token for s in busy}
+        lost = self.store.heartbeat(leases, lease_seconds=self.lease_seconds)
         for slot in busy:
             if slot.job.id in lost:
                 log.warning("lease of job %s lost (this node was paused or cut off); stopping it", slot.job.id)
@@ -222,55 +273,25 @@ class WorkerNode:
         self._progress.clear()
 
     # -- outcomes --------------------------------------------------------------------
-    def _finish(self, job: Job, state: State, **fields: object) -> None:
-        if self.store.finish(job.id, job.lease.token, state, **fields):
+    def _flush(self) -> None:
+        """Write the outcomes owed, oldest first; one that fails with StoreUnavailable stays for the next try."""
+        while self._unsaved:
+            write = self._unsaved[0]
+            self._finish(write)
+            self._unsaved.pop(0)
+
+    def _finish(self, write: Write) -> None:
+        job, state = write.job, write.state
+        try:
+            done = self.store.finish(job.id, job.lease.token, state, **write.fields)
+        except PayloadError as exc:  # a result the store cannot hold (over its size limit): the job errs
+            log.error("job %s: %s", job.id, exc)
+            write = outcomes.failure(job, JobError("PayloadError", str(exc)), None, retry=False,
+                                     runtime=write.fields.get("runtime") or 0.0)
+            state, done = write.state, self.store.finish(job.id, job.lease.token, write.state, **write.fields)
+        if done:
             self.jobs_done += state.is_final
             log.debug("job %s %s", job.id, state)
         else:
             log.warning("job %s: lease no longer held, its %s outcome is discarded (another node owns it)",
                         job.id, state)
-
-    def _record(self, job: Job, outcome: Outcome) -> None:
-        self._progress.pop(job.id, None)
-        now = time.time()
-        if outcome.kind == "complete":
-            self._finish(job, State.COMPLETE, result=outcome.result, runtime=outcome.runtime, progress_value=1.0)
-        elif outcome.kind == "deferred":
-            since = job.deferred_since or job.started_at or now
-            if job.defer_max is not None and now - since >= job.defer_max:
-                self._finish(job, State.INACTIVE, runtime=outcome.runtime, progress_message=(
-                    f"deferred for {now - since:.0f} s, past defer_max={job.defer_max:g} s: {outcome.message}"))
-            else:
-                self._finish(job, State.DEFERRED, runtime=outcome.runtime, query_at=now + job.defer_time,
-                             deferred_since=since, progress_message=outcome.message)
-        else:
-            self._fail(job, outcome.error, outcome.result, retry=outcome.kind == "failed", runtime=outcome.runtime)
-
-    def _fail(self, job: Job, error: JobError, result: bytes | None, *, retry: bool, runtime: float) -> None:
-        left = job.attempts_left - 1
-        state = State.FAILED if retry and left > 0 else State.ERROR
-        self._finish(job, state, error=error, result=result, attempts_left=left, runtime=runtime,
-                     query_at=time.time() + job.error_time)
-
-    def _record_death(self, slot: Slot) -> None:
-        """The child died while running a job: why decides the job's next state."""
-        reason, runtime, job = slot.stop_reason, slot.elapsed(), slot.release()
-        self._progress.pop(job.id, None)
-        if reason == "kill":
-            self._finish(job, State.KILLED, runtime=runtime,
-                         error=JobError("Killed", f"killed on request on node {self.name}"))
-        elif reason == "wall_time":
-            self._fail(job, JobError("WallTimeExceeded", f"ran longer than wall_time={job.wall_time:g} s on node "
-                                     f"{self.name}; raise wall_time or split the work"),
-                       None, retry=True, runtime=runtime)
-        elif reason == "drain":
-            self._finish(job, State.PENDING, trial=job.trial - 1, query_at=time.time(),
-                         progress_message=f"handed back by stopping node {self.name}")
-        elif reason is None:
-            description = exit_description(slot.exitcode)
-            log.error("child running job %s %s", job.id, description)
-            self._fail(job, JobError("ChildCrashed", f"the process running this job on node {self.name} "
-                                     f"{description}; the node carries on", exit_code=slot.exitcode),
-                       None, retry=True, runtime=runtime)
-        # "lease lost": another node owns the job now; write nothing.
-

@@ -26,8 +26,9 @@ KILL_GRACE = 3.0
 class Slot:
     """A child process that runs one job at a time."""
 
-    def __init__(self, url: str, memory_limit_mb: int | None = None) -> None:
+    def __init__(self, url: str, key: bytes, memory_limit_mb: int | None = None) -> None:
         self.url = url
+        self.key = key
         self.memory_limit_mb = memory_limit_mb
         self.job: Job | None = None
         self.started = 0.0  # monotonic time the current job started
@@ -38,7 +39,7 @@ class Slot:
     def _spawn(self) -> None:
         self.conn, child_end = _CONTEXT.Pipe()
         self.process = _CONTEXT.Process(
-            target=child_main, args=(child_end, self.url, os.getpid(), self.memory_limit_mb),
+            target=child_main, args=(child_end, self.url, self.key, os.getpid(), self.memory_limit_mb),
             daemon=True, name="core4nb-child",
         )
         self.process.start()

@@ -1,0 +1,149 @@
+"""What a ``map`` sends to the workers: chunk jobs under one root job.
+
+A map is one job tree::
+
+    MapRoot(total)        defers while chunks are open, then returns every value, flattened
+     ├─ run_chunk(fn, items)   → [fn(x) for x in items]
+     ├─ run_chunk(fn, items)
+     └─ …
+
+The executor yields values straight from the chunk jobs, in order; the root
+exists so that a map can be reattached from another process
+(``Core4Executor(url).attach(root_id).result()`` is the whole list) and killed
+as one tree.
+
+A chunk that raises at element ``i`` raises :class:`ChunkError` carrying the
+``i`` values computed before it and the original exception, so the executor
+can yield those values and then raise the original, as a process pool would.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from core4nb import serialize
+from core4nb.errors import Core4Error, RemoteError
+from core4nb.queue import format_exception
+from core4nb.tree import Core4Job
+
+#: Auto chunking aims at this many chunks per worker slot: enough to balance
+#: uneven items across slots, few enough that per-job overhead stays negligible.
+CHUNKS_PER_SLOT = 4
+#: For iterables of unknown length (``buffersize`` maps), chunks grow 1, 2, 4, … up to this size.
+MAX_GROWING_CHUNK = 1024
+
+
+class ChunkError(Core4Error):
+    """Element ``index`` of a map chunk raised; carries the values computed before it.
+
+    Attributes:
+        values: results of the elements before ``index``.
+        error: the original exception (a RemoteError when it could not be pickled).
+        remote_traceback: the original exception's formatted traceback.
+    """
+
+    def __init__(self, index: int, values: list, error: BaseException, remote_traceback: str) -> None:
+        super().__init__(f"element {index} of the chunk raised {type(error).__qualname__}: {error}")
+        self.index = index
+        self.values = values
+        self.error = error
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple:  # Exception pickles only args; the parts matter here
+        return ChunkError, (self.index, self.values, self.error, self.remote_traceback)
+
+
+def run_chunk(fn: Callable, items: list, star: bool) -> list:
+    """Apply ``fn`` to each item (``fn(*item)`` when ``star``); runs in a worker child."""
+    values: list = []
+    append = values.append
+    try:
+        if star:
+            for args in items:
+                append(fn(*args))
+        else:
+            for item in items:
+                append(fn(item))
+    except Exception as exc:
+        tb = format_exception(exc)
+        raise ChunkError(len(values), values, _transportable(exc, tb), tb) from None
+    return values
+
+
+def _transportable(exc: Exception, tb: str) -> BaseException:
+    """The exception if it survives a pickle round trip, else a RemoteError with its text."""
+    try:
+        key = serialize.load_key()
+        serialize.loads(serialize.dumps(exc, key=key), key=key)
+        return exc
+    except Exception:
+        return RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), tb)
+
+
+class MapRoot(Core4Job):
+    """The root of a map's job tree: waits for its chunks, returns all values in order."""
+
+    # Cheap trials (two counts per run), so a short defer keeps reattach and shutdown
+    # prompt without loading the claim loop. One attempt: a failed chunk fails the root
+    # for good (a retry would fail the same way), and a trial lasts milliseconds, so
+    # losing its worker mid-trial is rare.
+    defer_time = 0.25
+
+    def execute(self, total: int) -> list:
+        open_children = self.children_open()  # raises ChildFailed if a chunk failed
+        if open_children:
+            self.defer(f"{open_children} of {total} chunks open")
+        if sum(self.context.children().values()) < total:  # chunks still being submitted
+            self.defer(f"waiting for chunks: {total} expected")
+        return list(itertools.chain.from_iterable(self.child_results()))
+
+
+def auto_chunksize(n: int, slots: int) -> int:
+    return max(1, math.ceil(n / (CHUNKS_PER_SLOT * max(1, slots))))
+
+
+def growing_chunks(items: Iterator, limit: int = MAX_GROWING_CHUNK) -> Iterator[list]:
+    """Chunks of 1, 2, 4, … up to ``limit`` items: early results come quickly, later ones cheaply."""
+    size = 1
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+        size = min(size * 2, limit)
+
+
+def fixed_chunks(items: Iterator, size: int) -> Iterator[list]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+
+
+class OrderedIds:
+    """Job ids that sort in submission order even when made within one microsecond.
+
+    Ids sort by their microsecond prefix (core4nb.job.new_job_id); the root's
+    ``child_results`` and the store's listings rely on that order.
+    """
+
+    def __init__(self) -> None:
+        self._last = 0
+
+    def next(self) -> str:
+        self._last = max(time.time_ns() // 1000, self._last + 1)
+        return f"{self._last:014x}{secrets.token_hex(5)}"
+
+
+def describe_item(item: Any) -> str:
+    return f"a {type(item).__qualname__}"
+
+
+def first_unpicklable(items: Iterable, offset: int) -> str | None:
+    """Name the first element of a chunk that cannot be pickled (for the error message)."""
+    for i, item in enumerate(items):
+        try:
+            serialize.dumps(item, key=b"-")
+        except Exception:
+            return f"element {offset + i} of the map ({describe_item(item)})"
+    return None

@@ -1,0 +1,168 @@
+"""``Core4Executor``: ``concurrent.futures`` on the core4nb queue.
+
+Data flow (the executor never runs user code; DESIGN.md §2)::
+
+    submit/map ──► make_job (pickle + sign) ──► store.insert ──► sys.queue ◄── worker nodes
+        │                                                          │   (local ones: local.py)
+        └──► Core4Future ◄── set_result/set_exception ── Poller ◄──┘   (one thread, adaptive polling)
+
+An executor and every view made by :meth:`Core4Executor.options` share one
+:class:`~core4nb.executor.runtime.Runtime`: the store connection, the poller
+thread and the local worker node.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Callable, Iterable
+from concurrent import futures as cf
+from typing import Any
+
+from core4nb import serialize
+from core4nb.executor.futures import Core4Future
+from core4nb.executor.local import LocalWorkers
+from core4nb.executor.runtime import Runtime
+from core4nb.queue import JOB_OPTIONS, default_url, make_job
+from core4nb.store import Store, open_store, redact_url
+from core4nb.store import default_url as env_url
+
+_live: weakref.WeakSet[Core4Executor] = weakref.WeakSet()
+
+
+def find_live_executor(url: str) -> Core4Executor | None:
+    """An executor of this process on ``url`` that is not shut down (for ``enqueue``)."""
+    return next((ex for ex in list(_live) if ex.url == url and not ex.is_shutdown), None)
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Reject unknown or invalid job options now, not at the first submit."""
+    unknown = sorted(set(options) - set(JOB_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown job option(s) {', '.join(unknown)}; valid: {', '.join(JOB_OPTIONS)}")
+    make_job(len, key=b"-", **options)  # a throwaway job validates the values (ConfigError)
+
+
+class Core4Executor(cf.Executor):
+    """A ``concurrent.futures`` executor whose work runs on core4nb worker nodes.
+
+    Args:
+        url: the queue URL. None and no ``CORE4NB_URL``: the embedded SQLite
+            queue in ``$CORE4NB_HOME`` served by local workers that start and
+            stop with this executor.
+        workers: local worker processes to start (embedded default: one per
+            core; with a URL: none, the cluster's nodes do the work).
+        **job_defaults: job options (``priority``, ``max_parallel``, ``attempts``,
+            ``defer_time``, ``defer_max``, ``error_time``, ``wall_time``) for every job.
+
+    Raises:
+        TypeError: an unknown job option.
+        ValueError: ``workers`` < 1 for the embedded default.
+    """
+
+    def __init__(self, url: str | None = None, *, workers: int | None = None, **job_defaults: Any) -> None:
+        check_options(job_defaults)
+        embedded = url is None and env_url() is None
+        if workers is not None and (workers < 0 or (embedded and workers < 1)):
+            raise ValueError("workers must be greater than 0")
+        url = url or default_url()
+        if embedded:
+            workers = workers or os.cpu_count() or 1
+        store = open_store(url)
+        try:
+            key = serialize.load_key()  # a bad key file fails here, not in the poller thread
+            local = LocalWorkers(url, workers) if workers else None
+        except BaseException:
+            store.close()
+            raise
+        self._runtime = Runtime(url, store, key, local)
+        self._options = dict(job_defaults)
+        _live.add(self)
+
+    # -- properties -------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return self._runtime.url
+
+    @property
+    def store(self) -> Store:
+        return self._runtime.store
+
+    @property
+    def local_workers(self) -> LocalWorkers | None:
+        """The worker node this executor started, if any."""
+        return self._runtime.local
+
+    @property
+    def is_shutdown(self) -> bool:
+        return self._runtime.is_shutdown
+
+    @property
+    def job_options(self) -> dict[str, Any]:
+        """The options every job of this executor (view) gets."""
+        return dict(self._options)
+
+    # -- concurrent.futures ---------------------------------------------------------------
+    def options(self, **options: Any) -> Core4Executor:
+        """A view with more job options that shares this executor's store, poller and workers.
+
+        ``ex.options(priority=5).submit(fn, x)``. Shutting a view down shuts the
+        executor down. Raises TypeError for an unknown option.
+        """
+        check_options(options)
+        view = object.__new__(type(self))
+        view._runtime, view._options = self._runtime, {**self._options, **options}
+        return view
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Core4Future:
+        """Enqueue ``fn(*args, **kwargs)`` (a function or a Core4Job class); return its future.
+
+        Raises:
+            RuntimeError: the executor is shut down.
+            PayloadError: ``fn`` or an argument cannot be pickled (named); nothing is enqueued.
+        """
+        self._runtime.check_open()
+        job = make_job(fn, args, kwargs, key=self._runtime.key, **self._options)
+        return self._runtime.insert_and_track([job], [job])[0]
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None, chunksize: int | None = None,
+            buffersize: int | None = None):
+        """Like ``ProcessPoolExecutor.map`` (with Python 3.14's ``buffersize``), as one job tree.
+
+        Args:
+            chunksize: items per job; None picks about four chunks per worker slot.
+            buffersize: at most this many chunks are submitted ahead of the consumer.
+
+        Returns:
+            An iterator of the results in order, with ``.job_id``: the map's root
+            job, whose result (also after ``attach``) is the list of all results.
+        """
+        from core4nb.executor.mapping import MapIterator
+
+        if chunksize is not None and chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if buffersize is not None and not isinstance(buffersize, int):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
+        return MapIterator(self._runtime, fn, iterables, self._options, timeout, chunksize, buffersize)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._runtime.shutdown(wait, cancel_futures)
+
+    shutdown.__doc__ = cf.Executor.shutdown.__doc__
+
+    # -- beyond concurrent.futures ---------------------------------------------------------
+    def attach(self, job_id: str) -> Core4Future:
+        """A future for a job submitted earlier, by any process (result, progress, kill).
+
+        Raises:
+            JobNotFound: no such job in this queue.
+        """
+        self._runtime.store.get(job_id, blobs=False)
+        return self._runtime.attach(job_id)
+
+    def __repr__(self) -> str:
+        local = f" local_workers={self.local_workers.processes}" if self.local_workers else ""
+        state = "shut down" if self.is_shutdown else "running"
+        return f"<Core4Executor {redact_url(self.url)}{local} {state}>"

@@ -1,0 +1,175 @@
+"""``Core4Executor.map``: chunk the input, submit one job tree, yield results in order.
+
+Without ``buffersize`` the whole input is read at the call (as
+``ProcessPoolExecutor.map`` does) and the root and every chunk job go into the
+queue in one insert. With ``buffersize`` at most that many chunks are
+submitted ahead of the consumer (Python 3.14 semantics); the root, which must
+know how many chunks to wait for, is inserted once the input is exhausted.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from core4nb.errors import PayloadError
+from core4nb.executor.chunks import (
+    ChunkError,
+    MapRoot,
+    OrderedIds,
+    auto_chunksize,
+    first_unpicklable,
+    fixed_chunks,
+    growing_chunks,
+    run_chunk,
+)
+from core4nb.job import Job
+from core4nb.queue import RemoteTraceback, describe, make_job
+
+if TYPE_CHECKING:
+    from core4nb.executor.futures import Core4Future
+    from core4nb.executor.runtime import Runtime
+
+
+class _MapRun:
+    """The state of one map: what is submitted, what is still to come."""
+
+    def __init__(self, runtime: Runtime, fn: Callable, options: dict[str, Any], star: bool) -> None:
+        self.runtime, self.fn, self.options, self.star = runtime, fn, options, star
+        self.name = describe(fn)
+        self.ids = OrderedIds()
+        # The root's id is fixed now (children point at it); its job is built when the count is known.
+        self.root_id = self.ids.next()
+        self.root_stub = Job(name="map", id=self.root_id)
+        self.submitted = 0  # chunks
+        self.offset = 0  # items
+        self.root_inserted = False
+        self.futures: collections.deque[Core4Future] = collections.deque()
+
+    def chunk_job(self, chunk: list) -> Job:
+        self.runtime.check_open()  # before pickling, as ProcessPoolExecutor.submit does
+        try:
+            job = make_job(run_chunk, (self.fn, chunk, self.star), name=self.name, parent=self.root_stub,
+                           key=self.runtime.key, **self.options)
+        except PayloadError:
+            raise self._diagnose(chunk) from None
+        job.id = self.ids.next()
+        self.offset += len(chunk)
+        self.submitted += 1
+        return job
+
+    def _diagnose(self, chunk: list) -> PayloadError:
+        """Name the function or the element that cannot be pickled, not "argument 1 of run_chunk"."""
+        try:
+            make_job(self.fn, key=b"-")
+        except PayloadError as exc:
+            return exc
+        culprit = first_unpicklable(chunk, self.offset) or f"a chunk of {len(chunk)} items"
+        return PayloadError(f"cannot send {culprit} to a worker: it cannot be pickled")
+
+    def root_job(self) -> Job:
+        priority = (self.options.get("priority") or 0) - 1  # chunks are claimed before their root
+        root = make_job(MapRoot, (), {"total": self.submitted}, name=f"map:{self.name}", key=self.runtime.key,
+                        priority=priority)
+        root.id = root.root_id = self.root_id
+        self.root_inserted = True
+        return root
+
+    def submit(self, chunks: list[list], *, last: bool) -> None:
+        """Insert these chunk jobs (and the root when ``last``) in one call; track them."""
+        jobs = [self.chunk_job(chunk) for chunk in chunks]
+        if last and self.submitted:
+            jobs.insert(0, self.root_job())
+        if jobs:
+            futures = self.runtime.insert_and_track(jobs, jobs)
+            self.futures.extend(f for f in futures if f.job_id != self.root_id)
+
+
+class MapIterator:
+    """The results of :meth:`Core4Executor.map`, in order.
+
+    Attributes:
+        job_id: the map's root job (None for an empty map): attach to it for
+            every result, or kill the whole map with ``store.request_kill``.
+        url: the queue the map runs in (``core4nb.progress(it)`` shows its tree).
+    """
+
+    def __init__(self, runtime: Runtime, fn: Callable, iterables: tuple[Iterable, ...], options: dict[str, Any],
+                 timeout: float | None, chunksize: int | None, buffersize: int | None) -> None:
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable: map() needs a function")
+        if hasattr(fn, "run_job"):
+            raise TypeError(f"map() applies a function to items; {describe(fn)} is a job class: submit() it")
+        end_time = None if timeout is None else time.monotonic() + timeout
+        star = len(iterables) != 1
+        items: Iterator = zip(*iterables, strict=False) if star else iter(iterables[0])  # TypeError now, like map()
+        run = _MapRun(runtime, fn, options, star)
+        if buffersize is None:
+            everything = list(items)
+            size = chunksize or auto_chunksize(len(everything), runtime.slots())
+            run.submit(list(fixed_chunks(iter(everything), size)), last=True)
+            chunks = None
+        else:
+            chunks = _chunks(items, iterables, chunksize, runtime)
+            window = list(itertools.islice(chunks, buffersize))
+            exhausted = len(window) < buffersize
+            run.submit(window, last=exhausted)
+            chunks = None if exhausted else chunks
+        self.job_id = run.root_id if run.submitted else None
+        self.url = runtime.url
+        self._gen = _results(run, chunks, end_time)
+
+    def __iter__(self) -> MapIterator:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._gen)
+
+    def close(self) -> None:
+        """Stop early: cancel the chunks not started yet."""
+        self._gen.close()
+
+
+def _chunks(items: Iterator, iterables: tuple, chunksize: int | None, runtime: Runtime) -> Iterator[list]:
+    if chunksize:
+        return fixed_chunks(items, chunksize)
+    try:
+        n = min((len(it) for it in iterables), default=0)  # type: ignore[arg-type]
+    except TypeError:  # a generator: sizes unknown, so start small and grow
+        return growing_chunks(items)
+    return fixed_chunks(items, auto_chunksize(n, runtime.slots()))
+
+
+def _results(run: _MapRun, chunks: Iterator[list] | None, end_time: float | None) -> Iterator[Any]:
+    futures = run.futures
+    try:
+        while futures:
+            if chunks is not None:  # one more chunk in, before one comes out (3.14 buffersize)
+                chunk = next(chunks, None)
+                if chunk is None:
+                    chunks = None
+                run.submit([chunk] if chunk is not None else [], last=chunk is None)
+            values, error = _chunk_result(futures.popleft(), end_time)
+            yield from values
+            if error is not None:
+                raise error
+    finally:
+        if futures:
+            run.runtime.cancel(list(futures))
+
+
+def _chunk_result(future: Core4Future, end_time: float | None) -> tuple[list, BaseException | None]:
+    """A chunk's values; for a chunk that raised, the values before the error and the error."""
+    try:
+        try:
+            return future.result(None if end_time is None else end_time - time.monotonic()), None
+        finally:
+            future.cancel()  # a no-op once done; after a timeout it cancels a chunk not yet started
+    except ChunkError as err:
+        error = err.error
+        error.__cause__ = RemoteTraceback(err.remote_traceback)
+        error.__suppress_context__ = True
+        return err.values, error

@@ -1,0 +1,235 @@
+"""IPython magics: ``%%core4`` runs a cell in parallel over chunks; ``%core4 …`` manages the queue.
+
+``%load_ext core4nb`` registers them. The cell magic turns the body into a
+:class:`~core4nb.cells.CellRunner` and maps it over the chunks with the
+session's :class:`~core4nb.Core4Executor`: one job tree, one progress panel.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import shlex
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from core4nb import report
+from core4nb.cells import CellRunner, split
+from core4nb.errors import Core4Error
+from core4nb.executor import Core4Executor
+from core4nb.queue import Queue
+from core4nb.store import redact_url
+
+DEFAULT_OUT = "_core4"
+LINE_USAGE = {"status": "status", "jobs": "jobs [STATE]", "attach": "attach ID", "kill": "kill ID",
+              "connect": "connect URL"}
+LINE_COMMANDS = tuple(LINE_USAGE)
+DEFAULT_CHUNKS = 64
+
+
+class CellRun:
+    """A ``%%core4`` cell in flight (what ``--no-wait`` stores in ``--out``).
+
+    Attributes:
+        job_id: the root of the cell's job tree (``%core4 attach`` takes it).
+        panel: the live progress view.
+    """
+
+    def __init__(self, results, reduce, panel, executor: Core4Executor) -> None:
+        self.job_id = results.job_id
+        self.panel = panel
+        self._results, self._reduce, self._executor = results, reduce, executor
+        self._value: Any = None
+        self._done = False
+
+    def result(self) -> Any:
+        """Wait for every chunk; the values in chunk order (reduced if ``--reduce`` was given)."""
+        if not self._done:
+            values = list(self._results)
+            self._value, self._done = (self._reduce(values) if self._reduce else values), True
+        return self._value
+
+    def kill(self) -> int:
+        """Kill the whole tree; returns how many jobs were killed or flagged."""
+        return self._executor.store.request_kill(self.job_id) if self.job_id else 0
+
+    def __repr__(self) -> str:
+        return f"<core4 cell run {self.job_id}: call .result() for the values, .kill() to stop>"
+
+
+def _cell_arguments(func):
+    """The ``%%core4`` options, kept apart so ``%%core4?`` shows them as argparse help."""
+    decorators = [
+        magic_arguments(),
+        argument("--over", metavar="NAME", help="notebook iterable to split (range, list, numpy, pandas rows)"),
+        argument("--chunks", type=int, metavar="N", help=f"number of chunks (default: {DEFAULT_CHUNKS})"),
+        argument("--out", metavar="NAME", default=DEFAULT_OUT,
+                 help=f"notebook variable for the chunk values in order (default: {DEFAULT_OUT})"),
+        argument("--reduce", metavar="FUNC", help="notebook function applied to the list of values, e.g. sum"),
+        argument("--url", help="queue URL (default: %%core4 connect, $CORE4NB_URL or the embedded queue)"),
+        argument("--workers", type=int, metavar="N", help="local worker processes to start"),
+        argument("--priority", type=int, metavar="P", help="job priority (higher first)"),
+        argument("--max-parallel", type=int, metavar="M", help="at most M chunks run at once"),
+        argument("--no-wait", action="store_true", help="return at once; --out holds the run (.result(), .kill())"),
+    ]
+    return functools.reduce(lambda f, deco: deco(f), reversed(decorators), func)
+
+
+@magics_class
+class Core4Magics(Magics):
+    """The ``core4`` line and cell magic."""
+
+    def __init__(self, shell) -> None:
+        super().__init__(shell)
+        self.url: str | None = None  # set by %core4 connect
+        self._executors: dict[tuple[str | None, int | None], Core4Executor] = {}
+        self._panels: list = []  # live progress views, stopped on unload
+
+    def executor(self, url: str | None = None, workers: int | None = None) -> Core4Executor:
+        """The session's executor for this URL and worker count (made once, reused)."""
+        url = url or self.url
+        key = (url, workers)
+        if key not in self._executors or self._executors[key].is_shutdown:
+            self._executors[key] = Core4Executor(url, workers=workers)
+        return self._executors[key]
+
+    def close(self) -> None:
+        for panel in self._panels:
+            panel.close()
+        self._panels.clear()
+        for executor in self._executors.values():
+            executor.shutdown(wait=False, cancel_futures=True)
+        self._executors.clear()
+
+    @_cell_arguments
+    @line_cell_magic
+    def core4(self, line: str, cell: str | None = None) -> Any:
+        """Run a cell once per chunk of a notebook iterable, in parallel; or manage the queue.
+
+        Cell: ``%%core4 --over numbers --chunks 64 [--out counts] [--reduce sum]``
+        runs the body with ``numbers`` bound to each chunk; the value of its last
+        expression, per chunk and in order, lands in ``--out``. Ctrl-C kills the tree.
+
+        Line: ``%core4 status`` | ``jobs [STATE]`` | ``attach ID`` | ``kill ID`` | ``connect URL``.
+        """
+        if cell is None:
+            return self._line(line)
+        try:
+            return self._cell(parse_argstring(self.core4, line), cell)
+        except Core4Error as exc:
+            raise UsageError(str(exc)) from None
+
+    # -- the cell magic -------------------------------------------------------------------------
+    def _cell(self, args, cell: str) -> Any:
+        ns = self.shell.user_ns
+        if not args.over:
+            raise UsageError("%%core4 needs --over NAME: the notebook iterable to split into chunks")
+        if args.over not in ns:
+            raise UsageError(f"--over {args.over}: no variable {args.over!r} in the notebook; define it first")
+        for flag, name in (("--out", args.out), ("--over", args.over)):
+            if not name.isidentifier():
+                raise UsageError(f"{flag} {name!r} is not a valid Python name")
+        reduce = self._lookup_reduce(args.reduce)
+        if args.chunks is not None and args.chunks < 1:
+            raise UsageError(f"--chunks must be at least 1, got {args.chunks}")
+        source = self.shell.transform_cell(cell)
+        try:
+            runner = CellRunner(source, args.over, ns)
+        except SyntaxError as exc:
+            raise UsageError(f"the cell body is not valid Python: {exc}") from None
+        executor = self.executor(args.url, args.workers)
+        options = {k: v for k, v in (("priority", args.priority), ("max_parallel", args.max_parallel)) if v}
+        chunks = split(ns[args.over], args.chunks or DEFAULT_CHUNKS)
+        results = executor.options(**options).map(runner, chunks, chunksize=1)
+        from core4nb.widgets import progress
+
+        panel = progress(results, url=executor.url, unit="chunks") if results.job_id else None
+        self._panels = [p for p in self._panels if p.is_polling] + ([panel] if panel else [])
+        run = CellRun(results, reduce, panel, executor)
+        if args.no_wait:
+            ns[args.out] = run
+            return None
+        try:
+            ns[args.out] = run.result()
+        except KeyboardInterrupt:
+            killed = run.kill()
+            print(f"interrupted: killed the cell's job tree {run.job_id} ({killed} jobs)")
+            raise
+        return None
+
+    def _lookup_reduce(self, name: str | None):
+        if name is None:
+            return None
+        import builtins
+
+        fn = self.shell.user_ns.get(name, getattr(builtins, name, None))
+        if not callable(fn):
+            raise UsageError(f"--reduce {name}: no function {name!r} in the notebook (e.g. --reduce sum)")
+        return fn
+
+    # -- line magics ----------------------------------------------------------------------------
+    def _line(self, line: str) -> Any:
+        words = shlex.split(line)
+        if not words or words[0] not in LINE_COMMANDS:
+            raise UsageError(f"%core4 takes one of: {', '.join(LINE_COMMANDS)} (or use %%core4 as a cell "
+                             f"magic; %%core4? shows its options)")
+        command, rest = words[0], words[1:]
+        handler = getattr(self, f"_line_{command}")
+        try:
+            inspect.signature(handler).bind(*rest)
+        except TypeError:
+            raise UsageError(f"usage: %core4 {LINE_USAGE[command]}") from None
+        try:
+            return handler(*rest)
+        except Core4Error as exc:
+            raise UsageError(str(exc)) from None
+
+    def _queue(self) -> Queue:
+        return Queue(self.url)
+
+    def _line_status(self) -> None:
+        with self._queue() as queue:
+            print(report.status_text(queue))
+
+    def _line_jobs(self, state: str | None = None) -> None:
+        with self._queue() as queue:
+            try:
+                jobs = queue.jobs(state=state, limit=None)
+            except ValueError:
+                raise UsageError(f"unknown state {state!r}") from None
+            print(report.jobs_text(jobs[-50:]))
+
+    def _line_attach(self, job_id: str):
+        from core4nb.widgets import progress
+
+        future = self.executor(workers=0 if self.url else None).attach(job_id)
+        self._panels.append(progress(future, url=self.url))
+        return future
+
+    def _line_kill(self, job_id: str) -> None:
+        with self._queue() as queue:
+            print(f"kill requested for {queue.kill(job_id)} job(s)")
+
+    def _line_connect(self, url: str) -> None:
+        with Queue(url) as queue:  # fails now on a bad URL, not at the next cell
+            queue.counts()
+        self.url = url
+        print(f"%%core4 now uses {redact_url(url)}")
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext core4nb``."""
+    magics = Core4Magics(ipython)
+    ipython.register_magics(magics)
+    ipython._core4nb_magics = magics
+
+
+def unload_ipython_extension(ipython) -> None:
+    """``%unload_ext core4nb``: shut the session's executors down."""
+    magics = getattr(ipython, "_core4nb_magics", None)
+    if magics is not None:
+        magics.close()
+        del ipython._core4nb_magics

@@ -1,0 +1,136 @@
+"""The MongoDB store's claim: one conditional write, ``max_parallel`` as a unique index.
+
+``max_parallel`` is the unique index on (slot, holder). A waiting job's holder is its own
+id, a running job's is "held". An unlimited job's slot is its id; a limited job's slot is
+``<name>#k`` with k < max_parallel. So no more than M jobs of a name can be running, however
+claims race. Mostly a claim is one ``find_one_and_update`` over the claimable filter and
+order; when the best job's slot is held (DuplicateKeyError, or None on nx, which swallows
+errors) :func:`_claim_contended` walks the candidates in order.
+
+A document the claim's update cannot apply to (``$inc`` of a ``trial`` that is not a
+number) makes the server refuse the write; that document is set aside as error, as a
+document that cannot be decoded is, so one bad document never blocks the queue.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pymongo import DESCENDING, ReturnDocument
+from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError, OperationFailure
+
+from core4nb.errors import MalformedJob
+from core4nb.job import CLAIMABLE_STATES, State, decode_job, set_aside_error
+
+HELD = "held"  # the `holder` of a running job; (slot, holder) is unique
+AUTH_ERRORS = (13, 18)  # Unauthorized, AuthenticationFailed: the store's problem, not the document's
+_PEEK = 8  # candidates read per round when the one-shot claim did not succeed
+_MAX_ROUNDS = 32  # then answer "nothing claimable now"; the worker polls again
+_CLAIMABLE = sorted(CLAIMABLE_STATES)  # State is a StrEnum: BSON stores the plain string
+# `seq` copies _id because nx breaks on compound indexes containing _id; it lets real MongoDB
+# serve the claim from the (state, priority, seq) index instead of sorting in memory.
+ORDER = [("priority", DESCENDING), ("seq", 1)]
+NO_LEASE = dict.fromkeys(("lease_worker", "lease_node", "lease_pid", "lease_token", "lease_until"))
+_GONE, _SLOT_HELD = object(), object()
+
+
+def epoch(seconds: float) -> float:
+    """A time as nx keeps it: it stores ``$set`` doubles with 15 significant digits (10 µs for
+    epoch seconds). Rounding the times we make ourselves keeps what we return equal to what is stored."""
+    return float(f"{seconds:.15g}")
+
+
+def doc_fields(doc: dict[str, Any]) -> dict[str, Any]:
+    """A job document as the flat fields :func:`~core4nb.job.decode_job` reads (``_id`` is the id)."""
+    return {**{k: v for k, v in doc.items() if k != "_id"}, "id": doc.get("_id")}
+
+
+def ready_filter(now: float) -> dict[str, Any]:
+    return {"state": {"$in": _CLAIMABLE}, "query_at": {"$lte": now}, "kill_requested": False}
+
+
+def claim_document(queue: Collection, ready: dict, update: dict, token: str) -> dict | None:
+    """Apply ``update`` to the best document matching ``ready``; the document after it, or None."""
+    try:
+        doc = queue.find_one_and_update(ready, update, sort=ORDER, return_document=ReturnDocument.AFTER)
+    except OperationFailure as exc:  # the slot is held, or the best document refuses the update
+        if exc.code in AUTH_ERRORS:
+            raise
+        doc = None
+    return doc or _claim_contended(queue, ready, update, token)
+
+
+def set_aside(queue: Collection, doc_id: Any, problem: str, expect: dict[str, Any]) -> bool:
+    """Move a document that cannot be a job to error, if it still matches ``expect``."""
+    change = {"state": State.ERROR, "error": vars(set_aside_error(problem)), "holder": doc_id,
+              "finished_at": epoch(time.time()), **NO_LEASE}  # holder = own id: a held slot is free again
+    return queue.update_one({"_id": doc_id, **expect}, {"$set": change}).matched_count == 1
+
+
+def _claim_contended(queue: Collection, ready: dict, update: dict, token: str) -> dict | None:
+    tried: list[Any] = []
+    full: list[str] = []  # names whose every slot is held: skip all their jobs
+    held: dict[str, set[str]] = {}  # slots known to be held, per name
+    for _ in range(_MAX_ROUNDS):
+        query = {**ready, "_id": {"$nin": tried}, "name": {"$nin": full}}
+        peek = list(queue.find(query, {"name": 1, "state": 1, "max_parallel": 1, "slot": 1}).sort(ORDER).limit(_PEEK))
+        if not peek:
+            return None
+        for cand in peek:
+            tried.append(cand["_id"])
+            name, limit = cand.get("name"), cand.get("max_parallel")
+            if name in full:
+                continue
+            slots = [cand.get("slot")]
+            if isinstance(limit, int) and limit > 0:  # its own slot first (the likeliest free one), then the rest
+                if name not in held:
+                    held[name] = set(queue.distinct("slot", {"name": name, "state": State.RUNNING}))
+                slots = sorted((f"{name}#{k}" for k in range(limit)), key=lambda s: s != cand.get("slot"))
+            for slot in slots:
+                taken = slot in held.get(name, ())
+                outcome = _SLOT_HELD if taken else _take(queue, cand, slot, ready, update, token)
+                if outcome is _GONE:
+                    break
+                if outcome is not _SLOT_HELD:
+                    return outcome
+                held.setdefault(name, set()).add(slot)
+            else:
+                if isinstance(limit, int) and limit > 0:
+                    full.append(name)
+    return None
+
+
+def _take(queue: Collection, cand: dict, slot: Any, ready: dict, update: dict, token: str) -> Any:
+    """Claim one candidate under ``slot``: its document, _SLOT_HELD, or _GONE (not claimable by us now)."""
+    query = {**ready, "_id": cand["_id"], "state": cand["state"]}
+    update = {**update, "$set": {**update["$set"], "slot": slot}}
+    try:
+        doc = queue.find_one_and_update(query, update, return_document=ReturnDocument.AFTER)
+        if doc is not None:
+            return doc
+        # None: claimed by another -- or, on nx, an error it swallowed. update_one tells them apart.
+        if queue.update_one(query, update).matched_count:
+            return queue.find_one({"_id": cand["_id"], "lease_token": token})
+    except DuplicateKeyError:
+        return _SLOT_HELD
+    except OperationFailure as exc:
+        if exc.code in AUTH_ERRORS:
+            raise
+        _set_aside_refused(queue, cand, exc)
+    return _GONE
+
+
+def _set_aside_refused(queue: Collection, cand: dict, exc: OperationFailure) -> None:
+    """The server refused to claim this document: set it aside if decoding names a field that explains
+    why (a ``trial`` that ``$inc`` cannot add to); any other refusal is the server's, and raised."""
+    doc = queue.find_one({"_id": cand["_id"]}, {"payload": 0, "result": 0})
+    if doc is None:  # removed meanwhile
+        return
+    try:
+        decode_job(doc_fields(doc))
+    except MalformedJob as malformed:
+        set_aside(queue, cand["_id"], str(malformed), {"state": cand["state"]})
+        return
+    raise exc

@@ -1,0 +1,178 @@
+"""Divide-and-conquer jobs: the class API of core4os's ``DivideAndConquer`` pattern.
+
+A :class:`Core4Job` launches children on its first trial, defers, watches them on
+later trials and reduces their results (DESIGN.md §1)::
+
+    class PrimeJob(Core4Job):
+        defer_time = 1
+        def execute(self, start, end, chunksize=None):
+            if chunksize:
+                if self.trial == 1:
+                    for lo in range(start, end, chunksize):
+                        self.enqueue_child(PrimeJob, start=lo, end=min(lo + chunksize, end))
+                    self.defer("waiting")
+                if self.children_open():
+                    self.defer(f"{self.children_open()} children still open")
+                return sum(self.child_results())
+            return count_primes(start, end)
+
+    handle = enqueue(PrimeJob, start=1, end=5_000_000, chunksize=100_000)
+    handle.result()
+
+The class is pickled into the job, so the worker runs exactly the class the
+notebook defined; the worker child calls :meth:`Core4Job.run_job`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
+
+from core4nb.queue import JOB_OPTIONS
+
+if TYPE_CHECKING:
+    from core4nb.context import JobContext
+    from core4nb.executor import Core4Executor, Core4Future
+    from core4nb.executor.futures import Progress
+
+
+class Core4Job:
+    """Base class of job classes: subclass it, set options as class attributes, write ``execute``.
+
+    Attributes (class level, the job's options; see DESIGN.md §3):
+        priority: higher is claimed first.
+        max_parallel: at most this many jobs of this class run at once, cluster-wide.
+        attempts: runs allowed in total before an exception is final.
+        defer_time: seconds between a :meth:`defer` and the next trial.
+        defer_max: seconds of deferring after which the job becomes inactive.
+        error_time: seconds between a failed attempt and the next.
+        wall_time: seconds a trial may run before it is stopped (a failed attempt).
+    """
+
+    priority: ClassVar[int] = 0
+    max_parallel: ClassVar[int | None] = None
+    attempts: ClassVar[int] = 1
+    defer_time: ClassVar[float] = 1.0
+    defer_max: ClassVar[float | None] = None
+    error_time: ClassVar[float] = 1.0
+    wall_time: ClassVar[float | None] = None
+
+    def __init__(self, context: JobContext) -> None:
+        self.context = context
+
+    @classmethod
+    def job_options(cls) -> dict[str, Any]:
+        """The class attributes :func:`core4nb.queue.make_job` turns into job options."""
+        return {name: getattr(cls, name) for name in JOB_OPTIONS}
+
+    @classmethod
+    def run_job(cls, context: JobContext, *args: Any, **kwargs: Any) -> Any:
+        """Entry point the worker child calls: one instance per trial, then :meth:`execute`."""
+        return cls(context).execute(*args, **kwargs)
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        """The job's work; its return value is the job's result."""
+        raise NotImplementedError(f"{type(self).__qualname__} must implement execute()")
+
+    # -- what a running job asks of the queue (all delegate to the JobContext) ----------
+    @property
+    def id(self) -> str:
+        return self.context.id
+
+    @property
+    def trial(self) -> int:
+        """1 on the first run, 2 after the first defer or retry, …"""
+        return self.context.trial
+
+    def defer(self, message: str = "") -> NoReturn:
+        """End this trial now; the job runs again after ``defer_time``."""
+        self.context.defer(message)
+
+    def progress(self, value: float | None, message: str = "") -> None:
+        """Report progress: ``value`` in [0, 1] (or None) and a short message."""
+        self.context.progress(value, message)
+
+    def enqueue_child(self, job: type[Core4Job] | Callable, /, *args: Any, **kwargs: Any) -> str:
+        """Enqueue a child job (a Core4Job class or a function); returns its id.
+
+        Keyword arguments named like job options (``priority``…) set the child's options.
+        """
+        return self.context.enqueue_child(job, *args, **kwargs)
+
+    def children_open(self) -> int:
+        """Children not finished yet; raises ChildFailed (killing the rest) if one failed."""
+        return self.context.children_open()
+
+    def child_results(self) -> list[Any]:
+        """The children's results in enqueue order; raises ChildFailed if one failed."""
+        return self.context.child_results()
+
+
+class JobHandle:
+    """What :func:`enqueue` returns: the job's id and a future for its result.
+
+    Attributes:
+        id: the job id (give it to ``Core4Executor(url).attach`` in another process).
+        url: the queue the job is in.
+        future: a :class:`~core4nb.executor.Core4Future` completed by the executor's poller.
+    """
+
+    def __init__(self, future: Core4Future, url: str) -> None:
+        self.id = future.job_id
+        self.url = url
+        self.future = future
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self.future.result(timeout)
+
+    def kill(self) -> int:
+        """Kill the job and its children; returns how many jobs were killed or flagged."""
+        return self.future.kill()
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    @property
+    def progress(self) -> Progress:
+        """The last progress snapshot the poller saw (no I/O)."""
+        return self.future.progress
+
+    def panel(self, **options: Any) -> Any:
+        """A live progress view of the job's tree (``core4nb.progress``: a widget in Jupyter, text elsewhere)."""
+        from core4nb.widgets import progress
+
+        return progress(self, **options)
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.id} {self.future._state.lower()}>"
+
+
+_default_lock = threading.Lock()
+_defaults: dict[str, Core4Executor] = {}
+
+
+def enqueue(job: type[Core4Job] | Callable, /, *args: Any, url: str | None = None, **kwargs: Any) -> JobHandle:
+    """Enqueue a Core4Job class (or a function) and return a :class:`JobHandle`.
+
+    Keyword arguments named like job options (``priority``, ``max_parallel``…)
+    set options (as :meth:`Queue.enqueue` does); all others go to the job.
+    The job is submitted through a live :class:`~core4nb.Core4Executor` on the
+    same queue if there is one, else through a default executor for ``url``
+    (the embedded one, with local workers, when ``url`` and ``CORE4NB_URL``
+    are unset) that lives until the interpreter exits.
+    """
+    from core4nb.executor import Core4Executor
+    from core4nb.executor.executor import find_live_executor
+    from core4nb.queue import default_url
+
+    target = url or default_url()
+    options = {k: kwargs.pop(k) for k in JOB_OPTIONS if k in kwargs}
+    executor = find_live_executor(target)
+    if executor is None:
+        with _default_lock:  # two threads must not both start local workers for one queue
+            executor = _defaults.get(target)
+            if executor is None or executor.is_shutdown:
+                executor = _defaults[target] = Core4Executor(url)
+    view = executor.options(**options) if options else executor
+    return JobHandle(view.submit(job, *args, **kwargs), target)

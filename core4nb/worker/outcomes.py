@@ -1,0 +1,71 @@
+"""What a node writes when a trial ends: the job's next state and fields. Pure: no store, no clock
+but ``time.time()`` for retry and defer times.
+
+The node turns every ending -- a child's report (:class:`~core4nb.worker.child.Outcome`) or a
+child's death -- into a :class:`Write` and keeps it until the store has taken it, so an
+outcome survives a store outage; the store applies it only while the job's lease token
+still holds (fencing).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from core4nb.job import Job, JobError, State
+from core4nb.worker.child import Outcome, exit_description
+
+
+@dataclass
+class Write:
+    """One state write a node owes the store: ``job`` (claimed under its lease) → ``state`` with ``fields``."""
+
+    job: Job
+    state: State
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+def for_outcome(job: Job, outcome: Outcome) -> Write:
+    """The write for a trial the child reported on: complete, deferred (or inactive), failed or error."""
+    now = time.time()
+    if outcome.kind == "complete":
+        return Write(job, State.COMPLETE, {"result": outcome.result, "runtime": outcome.runtime,
+                                           "progress_value": 1.0})
+    if outcome.kind == "deferred":
+        since = job.deferred_since or job.started_at or now
+        if job.defer_max is not None and now - since >= job.defer_max:
+            return Write(job, State.INACTIVE, {"runtime": outcome.runtime, "progress_message": (
+                f"deferred for {now - since:.0f} s, past defer_max={job.defer_max:g} s: {outcome.message}")})
+        return Write(job, State.DEFERRED, {"runtime": outcome.runtime, "query_at": now + job.defer_time,
+                                           "deferred_since": since, "progress_message": outcome.message})
+    return failure(job, outcome.error, outcome.result, retry=outcome.kind == "failed", runtime=outcome.runtime)
+
+
+def failure(job: Job, error: JobError, result: bytes | None, *, retry: bool, runtime: float) -> Write:
+    """Failed (retried after error_time) while ``retry`` and attempts are left, else error."""
+    left = job.attempts_left - 1
+    state = State.FAILED if retry and left > 0 else State.ERROR
+    return Write(job, state, {"error": error, "result": result, "attempts_left": left, "runtime": runtime,
+                              "query_at": time.time() + job.error_time})
+
+
+def for_death(job: Job, reason: str | None, exitcode: int | None, runtime: float, node: str) -> Write | None:
+    """The write for a job whose child died: why it died (the node's ``stop_reason``) decides.
+
+    None for "lease lost": another node owns the job now, so this one writes nothing.
+    """
+    if reason == "kill":
+        return Write(job, State.KILLED, {"runtime": runtime,
+                                         "error": JobError("Killed", f"killed on request on node {node}")})
+    if reason == "wall_time":
+        return failure(job, JobError("WallTimeExceeded", f"ran longer than wall_time={job.wall_time:g} s on node "
+                                     f"{node}; raise wall_time or split the work"), None, retry=True, runtime=runtime)
+    if reason == "drain":
+        return Write(job, State.PENDING, {"trial": job.trial - 1, "query_at": time.time(),
+                                          "progress_message": f"handed back by stopping node {node}"})
+    if reason is None:
+        return failure(job, JobError("ChildCrashed", f"the process running this job on node {node} "
+                                     f"{exit_description(exitcode)}; the node carries on", exit_code=exitcode),
+                       None, retry=True, runtime=runtime)
+    return None
