@@ -25,6 +25,8 @@ class CellRunner:
         last = tree.body[-1] if tree.body else None
         self.source = source
         self.name = name
+        # The job name (and the panel's title) of every chunk: "cell_over_numbers".
+        self.__qualname__ = f"cell_over_{name}"
         self.body = compile(ast.Module(tree.body[:-1] if isinstance(last, ast.Expr) else tree.body, []),
                             "<core4 cell>", "exec")
         self.last = compile(ast.Expression(last.value), "<core4 cell>", "eval") if isinstance(last, ast.Expr) else None

@@ -139,10 +139,19 @@ class JobHandle:
         return self.future.progress
 
     def panel(self, **options: Any) -> Any:
-        """A live progress view of the job's tree (``core4nb.progress``: a widget in Jupyter, text elsewhere)."""
+        """A live progress view of the job's tree (``core4nb.progress``: a widget in Jupyter, text elsewhere).
+
+        Not displayed by default: as a cell's last value it shows itself.
+        """
         from core4nb.widgets import progress
 
-        return progress(self, **options)
+        return progress(self, **{"display": False, **options})
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        """A handle shown as a notebook cell's value is its live progress panel."""
+        view = self.panel()
+        bundle = getattr(view, "_repr_mimebundle_", None)
+        return bundle(**kwargs) if bundle else {"text/plain": repr(view)}
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.id} {self.future._state.lower()}>"
