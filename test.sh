@@ -14,7 +14,7 @@ if [ ! -x /usr/bin/chromium ]; then
         echo "note: /usr/bin/chromium missing and not root: the browser test will be skipped" >&2
     fi
 fi
-.venv/bin/ruff check core4nb tests benchmarks
+.venv/bin/ruff check .
 set +e
 .venv/bin/python -m pytest -p no:cacheprovider "$@"
 status=$?
