@@ -34,13 +34,17 @@ class LabServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 90.0) -> LabServer:
-        dirs = {name: self.workdir / name for name in ("cfg", "rt", "settings", "ws", "ipy")}
+        dirs = {name: self.workdir / name for name in ("cfg", "data", "rt", "settings", "ws", "ipy")}
         for folder in dirs.values():
             folder.mkdir(parents=True, exist_ok=True)
         notify = dirs["settings"] / "@jupyterlab" / "apputils-extension"
         notify.mkdir(parents=True, exist_ok=True)
         (notify / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
-        env = {**os.environ, **self.env, "JUPYTER_CONFIG_DIR": str(dirs["cfg"]), "JUPYTER_RUNTIME_DIR": str(dirs["rt"]),
+        # JUPYTER_DATA_DIR too: a 'python3' kernelspec in ~/.local/share/jupyter would otherwise shadow the
+        # venv's, and the notebook kernel would run some other Python. JUPYTER_PATH would add more of those.
+        inherited = {k: v for k, v in os.environ.items() if k != "JUPYTER_PATH"}
+        env = {**inherited, **self.env, "JUPYTER_CONFIG_DIR": str(dirs["cfg"]), "JUPYTER_DATA_DIR": str(dirs["data"]),
+               "JUPYTER_RUNTIME_DIR": str(dirs["rt"]),
                "JUPYTERLAB_SETTINGS_DIR": str(dirs["settings"]), "JUPYTERLAB_WORKSPACES_DIR": str(dirs["ws"]),
                "IPYTHONDIR": str(dirs["ipy"])}
         self.log = open(self.workdir / "lab.log", "wb")  # noqa: SIM115 - closed in stop()
@@ -72,4 +76,5 @@ class LabServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        self.log.close()
+        if getattr(self, "log", None) is not None:
+            self.log.close()

@@ -48,7 +48,10 @@ class TreePanel(Polled):
         self.unit = unit
         self.snapshot: TreeSnapshot | None = None
         self.has_failed = False
-        self.bar = w.FloatProgress(value=0.0, min=0.0, max=1.0, bar_style="info", layout=w.Layout(width="45%"))
+        # description_width 'initial': the tree's name in full (up to 24 characters); the default
+        # (JupyterLab's 80 px label column) cut it to "cell_over_..." in the browser.
+        self.bar = w.FloatProgress(value=0.0, min=0.0, max=1.0, bar_style="info", layout=w.Layout(width="45%"),
+                                   style={"description_width": "initial"})
         self.label = w.HTML()
         self.info = w.HTML()
         self.counts = w.HTML()
