@@ -264,8 +264,8 @@ def decode_job(data: Mapping[str, Any]) -> Job:
         fields["error"] = JobError(**_checked(JobError, error, _TYPES[JobError], label="error."))
     try:
         return Job(**fields)
-    except ValueError as exc:  # a value of the right type out of range: attempts 0, max_parallel -1
-        raise MalformedJob(f"a field is out of range: {exc}") from None
+    except ValueError as exc:  # right type, out of range; __post_init__'s messages start with the field's name
+        raise MalformedJob(f"field {str(exc).split()[0]!r} is out of range: {exc}") from None
 
 
 def placeholder_job(data: Mapping[str, Any], problem: str) -> Job:

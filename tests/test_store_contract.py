@@ -240,6 +240,14 @@ def test_claim_skips_final_running_and_kill_requested_jobs(store: Store) -> None
     assert store.claim(CLAIMANT) is None
 
 
+def test_has_waiting_counts_what_a_claim_could_take_now_or_later(store: Store) -> None:
+    store.insert([make(state=s) for s in (State.COMPLETE, State.ERROR, State.INACTIVE, State.KILLED)])
+    store.insert([running(), make(kill_requested=True)])
+    assert not store.has_waiting()
+    store.insert([make(state=State.DEFERRED, query_at=time.time() + 3600)])  # not now, but later
+    assert store.has_waiting()
+
+
 def test_max_parallel_limits_running_jobs_per_name(store: Store) -> None:
     limited = [make("limited", max_parallel=2) for _ in range(5)]
     free = [make("free") for _ in range(2)]

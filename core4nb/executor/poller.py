@@ -30,7 +30,7 @@ from core4nb.executor.futures import Core4Future, Progress
 from core4nb.executor.local import LocalWorkers
 from core4nb.job import FINAL_STATES, Job
 from core4nb.queue import outcome
-from core4nb.store import Store
+from core4nb.store import Store, redact_url
 
 log = logging.getLogger("core4nb.executor")
 
@@ -114,10 +114,13 @@ class Poller:
                     next_refresh = time.monotonic() + PROGRESS_INTERVAL
                 else:
                     finished = self._complete(window)
-                failing_since = None
+                if failing_since is not None:
+                    log.warning("the queue answers again after %.1f s", time.monotonic() - failing_since)
+                    failing_since = None
             except Exception as exc:  # a store hiccup must not kill the only thread that completes futures
-                failing_since = failing_since or time.monotonic()
-                log.warning("polling the queue failed (%s: %s); retrying", type(exc).__name__, exc)
+                if failing_since is None:  # log an outage once, not once per retry
+                    failing_since = time.monotonic()
+                    log.warning("polling the queue failed (%s: %s); retrying", type(exc).__name__, exc)
                 if time.monotonic() - failing_since > STORE_PATIENCE:
                     self._store_failing(exc)
                 interval = MAX_INTERVAL
@@ -177,7 +180,7 @@ class Poller:
                 futures = self._tracked.pop(job_id, [])
             for future in futures:
                 self._settle(future, None, JobNotFound(
-                    f"job {job_id} was removed from queue {self.store.url} before it finished"))
+                    f"job {job_id} was removed from queue {redact_url(self.store.url)} before it finished"))
         return self._complete(final) if final else 0
 
     def _check_local(self) -> None:
@@ -188,7 +191,7 @@ class Poller:
 
     def _store_failing(self, exc: Exception) -> None:
         self._fail_all(lambda future: StoreUnavailable(
-            f"the queue {self.store.url} kept failing for {STORE_PATIENCE:g} s, so the result of job "
+            f"the queue {redact_url(self.store.url)} kept failing for {STORE_PATIENCE:g} s, so the result of job "
             f"{future.job_id} cannot be fetched: {type(exc).__name__}: {exc}; the job may still finish: "
             f"attach to it later with Core4Executor(url).attach({future.job_id!r})"))
 

@@ -5,6 +5,12 @@ documents. Every write that changes a job's state is conditional on the state
 it expects (and, when leaving ``running``, on the lease token), so two
 processes can never both win a transition. Both backends pass the one contract
 suite in ``tests/test_store_contract.py``.
+
+Documents are decoded by :func:`~core4nb.job.decode_job`, so a document that
+something else wrote (a missing or wrongly typed field) never breaks a read or
+a node: reads return a placeholder (:func:`listed_job`), and ``claim`` and
+``reap`` move such a document to error with a ``MalformedJob`` message naming
+the field, without handing it to anyone.
 """
 
 from __future__ import annotations
@@ -73,7 +79,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def get(self, job_id: str, *, blobs: bool = True) -> Job:
-        """The job with this id; raises :class:`~core4nb.errors.JobNotFound`."""
+        """The job with this id (a placeholder if malformed); raises :class:`~core4nb.errors.JobNotFound`."""
 
     @abc.abstractmethod
     def find(
@@ -86,12 +92,19 @@ class Store(abc.ABC):
         limit: int | None = None,
         blobs: bool = False,
     ) -> list[Job]:
-        """Jobs matching every given filter, oldest first. ``blobs`` loads payload/result."""
+        """Jobs matching every given filter, oldest first (placeholders for malformed documents).
+        ``blobs`` loads payload/result."""
 
     @abc.abstractmethod
     def counts(self, *, root_id: str | None = None, parent_id: str | None = None) -> dict[State, int]:
         """Number of jobs per state (all eight keys) in a tree, among a parent's
         children, or in the whole queue when neither is given."""
+
+    @abc.abstractmethod
+    def has_waiting(self) -> bool:
+        """Whether a claim could take some job now or once its ``query_at`` passes: a job in a
+        claimable state, without a kill request, whose ``query_at`` is a number (what a burst
+        node waits for; a malformed document no claim can match is not waited for)."""
 
     @abc.abstractmethod
     def claim(self, claimant: Claimant, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Job | None:
@@ -101,7 +114,8 @@ class Store(abc.ABC):
         request, and fewer than ``max_parallel`` jobs of the same name running
         (a hard cluster-wide limit). Best: highest priority, then oldest id.
         The job comes back ``running`` with a fresh lease, ``trial`` + 1 and its
-        payload loaded.
+        payload loaded. A malformed document the claim takes is moved to error
+        instead and the claim goes on to the next.
         """
 
     @abc.abstractmethod

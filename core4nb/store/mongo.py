@@ -28,41 +28,23 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import unquote_plus
 
-from pymongo import ASCENDING, DESCENDING, IndexModel, MongoClient, UpdateOne, uri_parser
+from pymongo import ASCENDING, MongoClient, UpdateOne, uri_parser
 from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
 
 from core4nb.errors import ConfigError, Core4Error, JobNotFound, MalformedJob, StoreUnavailable
-from core4nb.job import (
-    CLAIMABLE_STATES,
-    SCALAR_FIELDS,
-    Job,
-    JobError,
-    Lease,
-    State,
-    check_transition,
-    decode_job,
-    new_token,
-    placeholder_job,
-)
+from core4nb.job import SCALAR_FIELDS, Job, JobError, State, check_transition, decode_job, new_token, placeholder_job
 from core4nb.store import base
+from core4nb.store import mongo_claim as claims
 from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, lease_for, redact_url
 from core4nb.store.mongo_blobs import Blobs
-from core4nb.store.mongo_claim import AUTH_ERRORS, HELD, NO_LEASE, claim_document, doc_fields, epoch, ready_filter
-from core4nb.store.mongo_claim import set_aside as _set_aside
 
 CONNECT_TIMEOUT_MS = 5000  # server selection; a serverSelectionTimeoutMS in the URL wins
 MAX_SET_ASIDE = 16  # malformed documents one claim moves to error before it answers "nothing now"
 
-_CLAIMABLE = sorted(CLAIMABLE_STATES)  # State is a StrEnum: BSON stores the plain string
-_OPEN = [*_CLAIMABLE, State.RUNNING]
+_OPEN = [*claims.CLAIMABLE, State.RUNNING]
 _NO_BLOBS = {"payload": 0, "result": 0}
 _FINISH_FIELDS = (set(SCALAR_FIELDS) - {"id", "state"}) | {"result", "error"}
 _WORKER_FIELDS = {f.name for f in dataclasses.fields(WorkerInfo)}
-_INDEXES = [IndexModel([("slot", ASCENDING), ("holder", ASCENDING)], unique=True, name="slot_holder"),
-            IndexModel([("state", ASCENDING), ("priority", DESCENDING), ("seq", ASCENDING)], name="claim"),
-            IndexModel([("state", ASCENDING), ("lease_until", ASCENDING)], name="lease"),
-            IndexModel([("name", ASCENDING), ("state", ASCENDING)], name="name_state"),
-            IndexModel("root_id", name="root_id"), IndexModel("parent_id", name="parent_id")]
 
 
 def _parse_url(url: str) -> tuple[str, str, str, dict[str, Any]]:
@@ -102,16 +84,12 @@ def _guarded(method):
                                    "server or fix host/port in the URL (or wait longer: ?serverSelectionTimeoutMS="
                                    "30000)") from None
         except OperationFailure as exc:
-            if exc.code not in AUTH_ERRORS:
+            if exc.code not in claims.AUTH_ERRORS:
                 raise
             raise StoreUnavailable(f"MongoDB refused queue {redact_url(self.url)} ({exc.details.get('errmsg')}); "
                                    "check user, password and authSource in the URL") from None
 
     return wrapper
-
-
-def _lease_doc(lease: Lease | None) -> dict[str, Any]:
-    return dict(NO_LEASE) if lease is None else {f"lease_{k}": v for k, v in dataclasses.asdict(lease).items()}
 
 
 def _error_doc(error: JobError | None) -> dict[str, Any] | None:
@@ -133,7 +111,7 @@ class MongoStore(Store):
         self.blobs = Blobs(lambda: self._col("queue").database, self.collections["blobs"])
         try:
             self._client.admin.command("ping")  # fail here, not at the first claim
-            self._col("queue").create_indexes(_INDEXES)  # one round trip; a no-op once they exist
+            self._col("queue").create_indexes(claims.INDEXES)  # one round trip; a no-op once they exist
         except (PyMongoError, Core4Error):
             self.close()  # stop the client's monitor threads, or they retry the server forever
             raise
@@ -146,7 +124,7 @@ class MongoStore(Store):
     def _connect(self) -> None:
         self._client = MongoClient(self._driver_url, **self._options)
         self._pid = os.getpid()
-        self._claims = threading.local()  # per thread: the token of a claim whose reply was lost, see claim()
+        self._in_flight = threading.local()  # per thread: the token of a claim whose reply was lost, see claim()
 
     def _col(self, kind: str):
         if self._closed:
@@ -162,7 +140,7 @@ class MongoStore(Store):
 
     # -- documents <-> jobs ----------------------------------------------------------------------------
     def _fields(self, doc: dict[str, Any], blobs: bool) -> dict[str, Any]:
-        data = doc_fields(doc)
+        data = claims.doc_fields(doc)
         if blobs:  # a dangling GridFS reference is as malformed as a wrong type
             data.update(payload=self.blobs.get(doc, "payload"), result=self.blobs.get(doc, "result"))
         else:
@@ -178,7 +156,7 @@ class MongoStore(Store):
         try:
             data = self._fields(doc, blobs)
         except MalformedJob as exc:  # a dangling GridFS reference
-            return placeholder_job(doc_fields(doc), str(exc))
+            return placeholder_job(claims.doc_fields(doc), str(exc))
         return base.listed_job(data)
 
     def _not_found(self, job_id: str) -> JobNotFound:
@@ -191,7 +169,7 @@ class MongoStore(Store):
         for job in jobs:
             doc = {f: getattr(job, f) for f in SCALAR_FIELDS if f != "id"}
             doc.update(_id=job.id, seq=job.id, kill_requested=bool(job.kill_requested), error=_error_doc(job.error),
-                       holder=HELD if job.state is State.RUNNING else job.id, **_lease_doc(job.lease))
+                       holder=claims.HELD if job.state is State.RUNNING else job.id, **claims.lease_doc(job.lease))
             # A limited job's slot is the one it tries first: spread a batch over all M slots.
             doc["slot"] = f"{job.name}#{turns[job.name] % job.max_parallel}" if job.max_parallel else job.id
             turns[job.name] += 1
@@ -241,6 +219,12 @@ class MongoStore(Store):
         return base.count_states((row["_id"], row["n"]) for row in rows)
 
     @_guarded
+    def has_waiting(self) -> bool:
+        # $gte 0 matches numbers only (type bracketing): a string or missing query_at is never claimable.
+        query = {"state": {"$in": claims.CLAIMABLE}, "kill_requested": False, "query_at": {"$gte": 0}}
+        return self._col("queue").find_one(query, {"_id": 1}) is not None
+
+    @_guarded
     def claim(self, claimant: Claimant, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Job | None:
         """Take the best claimable job (see :meth:`Store.claim` and :mod:`~core4nb.store.mongo_claim`).
 
@@ -249,22 +233,20 @@ class MongoStore(Store):
         the job, instead of leaving it running under a lease nobody holds until it expires.
         """
         queue = self._col("queue")
-        lost = getattr(self._claims, "unanswered", None)
+        lost = getattr(self._in_flight, "token", None)
         if lost is not None:
             doc = queue.find_one({"lease_token": lost, "state": State.RUNNING})
             if doc is not None:
                 return self._decoded_claim(doc, lost)
-            self._claims.unanswered = None
+            self._in_flight.token = None
         for _ in range(MAX_SET_ASIDE):
-            now, token = epoch(time.time()), new_token()
+            now, token = claims.epoch(time.time()), new_token()
             lease = lease_for(claimant, token, lease_seconds, now)
-            lease.until = epoch(lease.until)
-            update = {"$set": {"state": State.RUNNING, "holder": HELD, "started_at": now, **_lease_doc(lease)},
-                      "$inc": {"trial": 1}}
-            self._claims.unanswered = token  # until the job is decoded: its payload download may fail too
-            doc = claim_document(queue, ready_filter(now), update, token)
+            lease.until = claims.epoch(lease.until)
+            self._in_flight.token = token  # until the job is decoded: its payload download may fail too
+            doc = claims.claim_document(queue, claims.ready_filter(now), claims.claim_update(lease, now), token)
             if doc is None:
-                self._claims.unanswered = None
+                self._in_flight.token = None
                 return None
             job = self._decoded_claim(doc, token)
             if job is not None:
@@ -276,9 +258,9 @@ class MongoStore(Store):
         try:
             job = self._job(doc, blobs=True)
         except MalformedJob as exc:
-            _set_aside(self._col("queue"), doc["_id"], str(exc), {"lease_token": token})
+            claims.set_aside(self._col("queue"), doc["_id"], str(exc), {"lease_token": token})
             job = None
-        self._claims.unanswered = None
+        self._in_flight.token = None
         return job
 
     @_guarded
@@ -295,11 +277,11 @@ class MongoStore(Store):
             values["kill_requested"] = bool(values["kill_requested"])
         if "result" in fields:
             values.update(self.blobs.put("result", fields["result"], job_id))
-        now, queue = epoch(time.time()), self._col("queue")
+        now, queue = claims.epoch(time.time()), self._col("queue")
 
         def leave(target: State, **expect: Any) -> bool:
             change = {**({"finished_at": now} if target.is_final else {}), **values, "state": target,
-                      "holder": job_id, **NO_LEASE}  # holder = own id: the slot is free again
+                      "holder": job_id, **claims.NO_LEASE}  # holder = own id: the slot is free again
             query = {"_id": job_id, "state": State.RUNNING, "lease_token": token, **expect}
             return queue.update_one(query, {"$set": change}).matched_count == 1
 
@@ -315,7 +297,7 @@ class MongoStore(Store):
     def heartbeat(self, leases: dict[str, str], *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> set[str]:
         if not leases:
             return set()
-        queue, until = self._col("queue"), epoch(time.time() + lease_seconds)
+        queue, until = self._col("queue"), claims.epoch(time.time() + lease_seconds)
         ops = [UpdateOne({"_id": job_id, "state": State.RUNNING, "lease_token": token},
                          {"$set": {"lease_until": until}}) for job_id, token in leases.items()]
         if queue.bulk_write(ops, ordered=False).matched_count == len(ops):
@@ -332,18 +314,18 @@ class MongoStore(Store):
 
     @_guarded
     def reap(self) -> list[Job]:
-        queue, now, reaped = self._col("queue"), epoch(time.time()), []
+        queue, now, reaped = self._col("queue"), claims.epoch(time.time()), []
         for doc in queue.find({"state": State.RUNNING, "lease_until": {"$lt": now}}, _NO_BLOBS):
             try:
                 job = self._job(doc, blobs=False)
             except MalformedJob as exc:  # e.g. written as running by hand: no node will ever finish it
-                _set_aside(queue, doc["_id"], str(exc), {"state": State.RUNNING, "lease_until": {"$lt": now}})
+                claims.set_aside(queue, doc["_id"], str(exc), {"state": State.RUNNING, "lease_until": {"$lt": now}})
                 continue
             state, left, error = base.reap_outcome(job, now)
             lease = job.lease
             change = {"state": state, "attempts_left": left, "error": _error_doc(error), "holder": job.id,
-                      "query_at": epoch(now + job.error_time) if state is State.FAILED else job.query_at,
-                      "finished_at": now if state.is_final else job.finished_at, **NO_LEASE}
+                      "query_at": claims.epoch(now + job.error_time) if state is State.FAILED else job.query_at,
+                      "finished_at": now if state.is_final else job.finished_at, **claims.NO_LEASE}
             # Still expired under the same token and kill flag: a late heartbeat or a kill request wins.
             query = {"_id": job.id, "state": State.RUNNING, "lease_token": lease.token,
                      "lease_until": {"$lt": now}, "kill_requested": job.kill_requested}
@@ -377,8 +359,8 @@ class MongoStore(Store):
         # leaves running becomes killed (finish, reap). So once the second write is done, no job of
         # the subtree can still be waiting -- without a transaction.
         flagged = queue.update_many({**query, "state": {"$in": _OPEN}}, {"$set": {"kill_requested": True}})
-        queue.update_many({**query, "state": {"$in": _CLAIMABLE}, "kill_requested": True},
-                          {"$set": {"state": State.KILLED, "finished_at": epoch(time.time())}})
+        queue.update_many({**query, "state": {"$in": claims.CLAIMABLE}, "kill_requested": True},
+                          {"$set": {"state": State.KILLED, "finished_at": claims.epoch(time.time())}})
         return flagged.matched_count
 
     @_guarded

@@ -14,24 +14,30 @@ document that cannot be decoded is, so one bad document never blocks the queue.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
-from pymongo import DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from core4nb.errors import MalformedJob
-from core4nb.job import CLAIMABLE_STATES, State, decode_job, set_aside_error
+from core4nb.job import CLAIMABLE_STATES, Lease, State, decode_job, set_aside_error
 
 HELD = "held"  # the `holder` of a running job; (slot, holder) is unique
 AUTH_ERRORS = (13, 18)  # Unauthorized, AuthenticationFailed: the store's problem, not the document's
 _PEEK = 8  # candidates read per round when the one-shot claim did not succeed
 _MAX_ROUNDS = 32  # then answer "nothing claimable now"; the worker polls again
-_CLAIMABLE = sorted(CLAIMABLE_STATES)  # State is a StrEnum: BSON stores the plain string
+CLAIMABLE = sorted(CLAIMABLE_STATES)  # State is a StrEnum: BSON stores the plain string
 # `seq` copies _id because nx breaks on compound indexes containing _id; it lets real MongoDB
 # serve the claim from the (state, priority, seq) index instead of sorting in memory.
-ORDER = [("priority", DESCENDING), ("seq", 1)]
+ORDER = [("priority", DESCENDING), ("seq", ASCENDING)]
+INDEXES = [IndexModel([("slot", ASCENDING), ("holder", ASCENDING)], unique=True, name="slot_holder"),
+           IndexModel([("state", ASCENDING), ("priority", DESCENDING), ("seq", ASCENDING)], name="claim"),
+           IndexModel([("state", ASCENDING), ("lease_until", ASCENDING)], name="lease"),
+           IndexModel([("name", ASCENDING), ("state", ASCENDING)], name="name_state"),
+           IndexModel("root_id", name="root_id"), IndexModel("parent_id", name="parent_id")]
 NO_LEASE = dict.fromkeys(("lease_worker", "lease_node", "lease_pid", "lease_token", "lease_until"))
 _GONE, _SLOT_HELD = object(), object()
 
@@ -42,13 +48,24 @@ def epoch(seconds: float) -> float:
     return float(f"{seconds:.15g}")
 
 
+def lease_doc(lease: Lease | None) -> dict[str, Any]:
+    """A lease as the top-level ``lease_*`` fields that filters and indexes reach."""
+    return dict(NO_LEASE) if lease is None else {f"lease_{k}": v for k, v in dataclasses.asdict(lease).items()}
+
+
+def claim_update(lease: Lease, now: float) -> dict[str, Any]:
+    """The update that makes a waiting document running under ``lease``."""
+    return {"$set": {"state": State.RUNNING, "holder": HELD, "started_at": now, **lease_doc(lease)},
+            "$inc": {"trial": 1}}
+
+
 def doc_fields(doc: dict[str, Any]) -> dict[str, Any]:
     """A job document as the flat fields :func:`~core4nb.job.decode_job` reads (``_id`` is the id)."""
     return {**{k: v for k, v in doc.items() if k != "_id"}, "id": doc.get("_id")}
 
 
 def ready_filter(now: float) -> dict[str, Any]:
-    return {"state": {"$in": _CLAIMABLE}, "query_at": {"$lte": now}, "kill_requested": False}
+    return {"state": {"$in": CLAIMABLE}, "query_at": {"$lte": now}, "kill_requested": False}
 
 
 def claim_document(queue: Collection, ready: dict, update: dict, token: str) -> dict | None:

@@ -111,18 +111,12 @@ def _columns(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fields(row: sqlite3.Row) -> dict[str, Any]:
-    """A row as the flat fields decode_job reads: the error JSON decoded (left as text when it is not JSON,
-    so that decoding names it)."""
+    """A row as the fields decode_job reads; error JSON decoded (left as text if it is not JSON: decoding names it)."""
     data = dict(zip(row.keys(), row, strict=True))
     if isinstance(data.get("error"), str):
         with suppress(ValueError):
             data["error"] = json.loads(data["error"])
     return data
-
-
-def _job(row: sqlite3.Row) -> Job:
-    """The job in a row; raises MalformedJob naming a missing or mistyped column."""
-    return decode_job(_fields(row))
 
 
 def _set_aside(conn: sqlite3.Connection, rowid: int, problem: str, now: float) -> None:
@@ -209,15 +203,14 @@ class SQLiteStore(Store):
         """Report a database that cannot be used as StoreUnavailable; SQL bugs and constraints stay as they are."""
         try:
             yield
-        except sqlite3.DataError as exc:
-            if getattr(exc, "sqlite_errorname", "") != "SQLITE_TOOBIG":
-                raise
-            limit = self._conn().getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
-            raise PayloadError(f"a payload or result is over the embedded queue's size limit of {limit / 2**20:.0f} "
-                               f"MB (SQLite's largest blob): pass large data by path, or use a MongoDB queue, "
-                               f"which keeps large blobs in GridFS") from None
         except sqlite3.DatabaseError as exc:
-            if (getattr(exc, "sqlite_errorname", "") or "").startswith(_UNAVAILABLE):
+            name = getattr(exc, "sqlite_errorname", "") or ""
+            if name == "SQLITE_TOOBIG":  # a blob over SQLite's length limit (1 GB unless lowered)
+                limit = self._conn().getlimit(sqlite3.SQLITE_LIMIT_LENGTH) / 2**20
+                raise PayloadError(f"a payload or result is over the embedded queue's size limit of {limit:.0f} MB "
+                                   "(SQLite's largest blob): pass large data by path, or use a MongoDB queue "
+                                   "(large blobs go to GridFS)") from None
+            if name.startswith(_UNAVAILABLE):
                 raise StoreUnavailable(f"queue file {self.path} cannot be used: {exc}; check the disk, the file's "
                                        "permissions and that it is a core4nb SQLite queue") from None
             raise
@@ -283,6 +276,10 @@ class SQLiteStore(Store):
         where, params = _where(root_id=root_id, parent_id=parent_id)
         return base.count_states(self._read(f"SELECT state, COUNT(*) FROM queue WHERE {where} GROUP BY state", params))
 
+    def has_waiting(self) -> bool:
+        return bool(self._read(f"SELECT 1 FROM queue WHERE state IN {_CLAIMABLE} AND kill_requested = 0 "
+                               "AND typeof(query_at) IN ('integer', 'real') LIMIT 1"))
+
     def claim(self, claimant: Claimant, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Job | None:
         with self._tx() as conn:
             for _ in range(MAX_SET_ASIDE):
@@ -293,7 +290,7 @@ class SQLiteStore(Store):
                 if not rows:
                     return None
                 try:
-                    return _job(rows[0])
+                    return decode_job(_fields(rows[0]))
                 except MalformedJob as exc:  # never run it, never hand it to a node: move it to error
                     _set_aside(conn, rows[0]["_rowid"], str(exc), now)
         return None
@@ -346,7 +343,7 @@ class SQLiteStore(Store):
                                    "AND lease_until < ?", (now,)).fetchall()
             for row in expired:
                 try:
-                    job = _job(row)
+                    job = decode_job(_fields(row))
                 except MalformedJob as exc:  # e.g. written as running by hand: no node will ever finish it
                     _set_aside(conn, row["_rowid"], str(exc), now)
                     continue
@@ -360,7 +357,7 @@ class SQLiteStore(Store):
                 rows = conn.execute(f"UPDATE queue SET {assignments} WHERE id = :_id AND state = 'running' AND "
                                     f"lease_token = :_token RETURNING {_NO_BLOBS}",
                                     {**values, "_id": job.id, "_token": lease.token}).fetchall()
-                reaped.extend(map(_job, rows))
+                reaped.extend(decode_job(_fields(row)) for row in rows)
         return reaped
 
     def _subtree(self, job_id: str, tree: bool) -> tuple[str, list[Any]]:

@@ -36,7 +36,7 @@ from multiprocessing.connection import wait
 
 from core4nb import serialize
 from core4nb.errors import ConfigError, PayloadError, StoreUnavailable
-from core4nb.job import CLAIMABLE_STATES, JobError
+from core4nb.job import JobError
 from core4nb.store import DEFAULT_LEASE_SECONDS, Claimant, WorkerInfo, open_store, redact_url
 from core4nb.store.outage import Outage
 from core4nb.worker import outcomes
@@ -120,6 +120,8 @@ class WorkerNode:
                         self._outage.ended()
                     except StoreUnavailable as exc:
                         self._outage.failed(exc)
+                if self._outage.is_ongoing and self._drain_expired() and not self._busy():
+                    break  # draining with the store down: stop at the deadline; _shutdown reports what is unsaved
                 poll = MIN_POLL if claimed or busy_before != len(self._busy()) else min(poll * 2, MAX_POLL)
                 timeout = max(poll, self._outage.wait_time()) if self._outage.is_ongoing else poll
                 wait([w for s in self._busy() for w in s.waitables()], timeout=timeout)
@@ -154,15 +156,15 @@ class WorkerNode:
                     f"draining (up to {self.grace:g} s)" if first else "stopping now")
         self.stop(drain=first)
 
+    def _drain_expired(self) -> bool:
+        return self._drain_deadline is not None and time.monotonic() > self._drain_deadline
+
     def _should_exit(self) -> bool:
         if self._busy() or self._unsaved:
             return False
         if self._drain_deadline is not None:
             return True
-        if self.burst:
-            counts = self.store.counts()
-            return not any(counts[s] for s in CLAIMABLE_STATES)
-        return False
+        return self.burst and not self.store.has_waiting()
 
     def _shutdown(self) -> None:
         for slot in self._busy():  # hard stop with jobs running: hand them back
@@ -231,7 +233,7 @@ class WorkerNode:
             job = slot.job
             if job.wall_time is not None and slot.elapsed() > job.wall_time:
                 slot.stop_job("wall_time")
-            elif self._drain_deadline is not None and time.monotonic() > self._drain_deadline:
+            elif self._drain_expired():
                 slot.stop_job("drain")
             slot.enforce_kill()
 

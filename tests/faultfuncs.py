@@ -1,0 +1,38 @@
+"""Job functions for the fault-injection tests (``tests/test_faults.py``), importable by worker children."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+from core4nb.context import current_job
+from tests import jobfuncs
+
+
+def whoami(path: str, tag: object, seconds: float = 0.0) -> str:
+    """Record ``tag`` (see :func:`jobfuncs.record`) after ``seconds``; return the running worker's name."""
+    jobfuncs.record(path, tag, seconds)
+    return current_job().job.lease.worker
+
+
+def digest(data: bytes) -> tuple[int, str]:
+    """Size and SHA-256 of a (large) argument, to prove it arrived whole."""
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+def unpicklable_result() -> threading.Lock:
+    return threading.Lock()
+
+
+class Trap:
+    """A value whose *unpickling* creates ``path``: proof of whether a process unpickled it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return jobfuncs.touch, (self.path,)
+
+
+def make_trap(path: str) -> Trap:
+    return Trap(path)
