@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core4nb.errors import MalformedJob
-from core4nb.job import Job, JobError, Lease, State, decode_job, placeholder_job
+from core4nb.job import SCALAR_FIELDS, Job, JobError, Lease, State, check_transition, decode_job, placeholder_job
 
 #: A claim grants this many seconds before the lease expires without a heartbeat.
 DEFAULT_LEASE_SECONDS = 30.0
@@ -217,3 +217,22 @@ def reap_outcome(job: Job, now: float) -> tuple[State, int, JobError]:
     error = JobError("WorkerLost", f"worker {lease.worker} on {lease.node} (pid {lease.pid}) stopped "
                      f"heartbeating; lease expired {now - lease.until:.1f} s ago; {outcome}")
     return state, left, error
+
+
+#: What ``finish`` may set besides the state: the job's scalars (not its identity), result, error.
+FINISH_FIELDS = frozenset((set(SCALAR_FIELDS) - {"id", "state"}) | {"result", "error"})
+
+
+def check_finish(state: State | str, fields: dict[str, Any]) -> State:
+    """Validate a ``finish`` call the same way in every store; return the new state.
+
+    Raises:
+        IllegalTransition: ``running → state`` is not allowed.
+        TypeError: a field a job does not have (or may not change).
+    """
+    state = State(state)
+    check_transition(State.RUNNING, state)
+    unknown = set(fields) - FINISH_FIELDS
+    if unknown:
+        raise TypeError(f"finish() got unknown job field(s) {sorted(unknown)}; allowed: {sorted(FINISH_FIELDS)}")
+    return state

@@ -32,10 +32,10 @@ from pymongo import ASCENDING, MongoClient, UpdateOne, uri_parser
 from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
 
 from core4nb.errors import ConfigError, Core4Error, JobNotFound, MalformedJob, StoreUnavailable
-from core4nb.job import SCALAR_FIELDS, Job, JobError, State, check_transition, decode_job, new_token, placeholder_job
+from core4nb.job import SCALAR_FIELDS, Job, JobError, State, decode_job, new_token, placeholder_job
 from core4nb.store import base
 from core4nb.store import mongo_claim as claims
-from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, lease_for, redact_url
+from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, check_finish, lease_for, redact_url
 from core4nb.store.mongo_blobs import Blobs
 
 CONNECT_TIMEOUT_MS = 5000  # server selection; a serverSelectionTimeoutMS in the URL wins
@@ -43,7 +43,6 @@ MAX_SET_ASIDE = 16  # malformed documents one claim moves to error before it ans
 
 _OPEN = [*claims.CLAIMABLE, State.RUNNING]
 _NO_BLOBS = {"payload": 0, "result": 0}
-_FINISH_FIELDS = (set(SCALAR_FIELDS) - {"id", "state"}) | {"result", "error"}
 _WORKER_FIELDS = {f.name for f in dataclasses.fields(WorkerInfo)}
 
 
@@ -265,11 +264,7 @@ class MongoStore(Store):
 
     @_guarded
     def finish(self, job_id: str, token: str, state: State, **fields: Any) -> bool:
-        state = State(state)
-        check_transition(State.RUNNING, state)
-        unknown = set(fields) - _FINISH_FIELDS
-        if unknown:
-            raise TypeError(f"finish() got unknown job field(s) {sorted(unknown)}; allowed: {sorted(_FINISH_FIELDS)}")
+        state = check_finish(state, fields)
         values = {k: v for k, v in fields.items() if k not in ("result", "error")}
         if "error" in fields:
             values["error"] = _error_doc(fields["error"])

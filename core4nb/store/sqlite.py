@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from core4nb.errors import ConfigError, JobNotFound, MalformedJob, PayloadError, StoreUnavailable
-from core4nb.job import CLAIMABLE_STATES, SCALAR_FIELDS, Job, State, check_transition, decode_job, new_token
+from core4nb.job import CLAIMABLE_STATES, SCALAR_FIELDS, Job, State, decode_job, new_token
 from core4nb.job import set_aside_error as _set_aside_error
 from core4nb.store import base
-from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, lease_for, redact_url
+from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, check_finish, lease_for, redact_url
 
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for the lock before giving up
 MAX_SET_ASIDE = 16  # malformed rows one claim moves to error before it answers "nothing now"
@@ -66,8 +66,6 @@ _NO_BLOBS = ", ".join(c for c in _COLUMNS if c not in ("payload", "result"))
 _CLAIMABLE = "('pending', 'deferred', 'failed')"
 assert {State(s) for s in ("pending", "deferred", "failed")} == CLAIMABLE_STATES
 _NO_LEASE = dict.fromkeys(("lease_worker", "lease_node", "lease_pid", "lease_token", "lease_until"))
-# What finish() may set besides the state: the job's scalars (not its identity), result, error.
-_FINISH_FIELDS = (set(SCALAR_FIELDS) - {"id", "state"}) | {"result", "error"}
 
 # The best claimable job: priority, then FIFO, skipping names already at max_parallel. `busy` counts the
 # running jobs per name once per claim (few rows); a per-candidate COUNT(*) made every claim crawl past a long
@@ -296,11 +294,7 @@ class SQLiteStore(Store):
         return None
 
     def finish(self, job_id: str, token: str, state: State, **fields: Any) -> bool:
-        state = State(state)
-        check_transition(State.RUNNING, state)
-        unknown = set(fields) - _FINISH_FIELDS
-        if unknown:
-            raise TypeError(f"finish() got unknown job field(s) {sorted(unknown)}; allowed: {sorted(_FINISH_FIELDS)}")
+        state = check_finish(state, fields)
         with self._tx() as conn:
             row = conn.execute("SELECT kill_requested FROM queue WHERE id = ? AND state = 'running' "
                                "AND lease_token = ?", (job_id, token)).fetchone()

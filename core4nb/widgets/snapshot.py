@@ -51,27 +51,33 @@ def failure_reason(job: Job) -> str:
     return job.progress_message or str(job.state)
 
 
+class _Tally:
+    """``total`` and ``done`` of whatever ``counts`` (jobs per state) a view counts."""
+
+    counts: dict[State, int]
+
+    @property
+    def total(self) -> int:
+        """Jobs counted."""
+        return sum(self.counts.values())
+
+    @property
+    def done(self) -> int:
+        """Jobs counted that reached a final state (complete, error, inactive, killed)."""
+        return sum(n for state, n in self.counts.items() if state.is_final)
+
+
 @dataclass(frozen=True)
-class Subtree:
+class Subtree(_Tally):
     """A child of the root that has children of its own."""
 
     job: Job
     #: Its direct children per state (all eight keys).
     counts: dict[State, int]
 
-    @property
-    def total(self) -> int:
-        """Its direct children."""
-        return sum(self.counts.values())
-
-    @property
-    def done(self) -> int:
-        """Its direct children in a final state."""
-        return sum(n for state, n in self.counts.items() if state.is_final)
-
 
 @dataclass(frozen=True)
-class TreeSnapshot:
+class TreeSnapshot(_Tally):
     """The state of one job tree at ``taken_at``.
 
     Progress counts the jobs below the root (the chunks); a root without
@@ -108,16 +114,6 @@ class TreeSnapshot:
         if not any(below.values()):
             return {state: int(state is self.root.state) for state in State}
         return below
-
-    @property
-    def total(self) -> int:
-        """Jobs the progress counts: the root's descendants, or the root alone."""
-        return sum(self.counts.values())
-
-    @property
-    def done(self) -> int:
-        """Jobs that reached a final state (complete, error, inactive, killed)."""
-        return sum(n for state, n in self.counts.items() if state.is_final)
 
     @property
     def fraction(self) -> float:
