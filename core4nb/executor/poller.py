@@ -50,6 +50,8 @@ BATCH = 1000
 WINDOW = 256
 #: A store that keeps failing this long fails the waiting futures instead of hanging them.
 STORE_PATIENCE = 60.0
+#: How often the doorbell thread looks whether the poller is stopping.
+BELL_CHECK = 0.25
 
 
 def snapshot(job: Job) -> Progress:
@@ -75,6 +77,17 @@ class Poller:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="core4nb-poller", daemon=True)
         self._thread.start()
+        # A store that rings when jobs finish (the embedded one) wakes the loop at once.
+        self._bell = store.listen("done")
+        self._bell_thread = None
+        if self._bell is not None:
+            self._bell_thread = threading.Thread(target=self._listen, name="core4nb-bell", daemon=True)
+            self._bell_thread.start()
+
+    def _listen(self) -> None:
+        while not self._stopping.is_set():
+            if self._bell.wait(BELL_CHECK):
+                self._wake.set()
 
     def track(self, futures: Iterable[Core4Future]) -> None:
         """Start watching these futures' jobs (insert the jobs first)."""
@@ -93,6 +106,9 @@ class Poller:
         self._wake.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        if self._bell_thread is not None:
+            self._bell_thread.join(timeout)
+            self._bell.close()
 
     # -- the loop ---------------------------------------------------------------------------
     def _run(self) -> None:

@@ -172,6 +172,12 @@ class Store(abc.ABC):
     def remove_worker(self, name: str) -> None:
         """Forget a node (after it stopped)."""
 
+    def listen(self, role: str):
+        """A doorbell (``fileno()``, ``wait(timeout)``, ``drain()``, ``close()``) rung when
+        jobs may have become claimable (``role="work"``) or finished (``"done"``), or None
+        when this backend cannot ring and listeners must poll."""
+        return None
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections; the store is unusable afterwards."""

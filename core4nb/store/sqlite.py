@@ -30,7 +30,7 @@ from typing import Any
 from core4nb.errors import ConfigError, JobNotFound, MalformedJob, PayloadError, StoreUnavailable
 from core4nb.job import CLAIMABLE_STATES, SCALAR_FIELDS, Job, State, decode_job, new_token
 from core4nb.job import set_aside_error as _set_aside_error
-from core4nb.store import base
+from core4nb.store import base, bell
 from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, check_finish, lease_for, redact_url
 
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for the lock before giving up
@@ -152,6 +152,7 @@ class SQLiteStore(Store):
                               "(three slashes for an absolute path; worker processes must share the file)")
         self.path = Path(raw).expanduser()
         self._check_path()
+        self._bells = bell.bell_dir(self.path)
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -251,6 +252,10 @@ class SQLiteStore(Store):
             ids = [j.id for j in jobs]
             raise ValueError(f"a job id among {ids[:5]}{'…' if len(ids) > 5 else ''} is already in queue "
                              f"{redact_url(self.url)} (or repeated); nothing was inserted") from None
+        bell.ring(self._bells, "work")
+
+    def listen(self, role: str) -> bell.Bell:
+        return bell.Bell(self._bells, role)
 
     def _not_found(self, job_id: str) -> JobNotFound:
         return JobNotFound(f"no job with id {job_id} in queue {redact_url(self.url)}; list jobs with `core4nb jobs`")
@@ -296,7 +301,7 @@ class SQLiteStore(Store):
     def finish(self, job_id: str, token: str, state: State, **fields: Any) -> bool:
         state = check_finish(state, fields)
         with self._tx() as conn:
-            row = conn.execute("SELECT kill_requested FROM queue WHERE id = ? AND state = 'running' "
+            row = conn.execute("SELECT kill_requested, max_parallel FROM queue WHERE id = ? AND state = 'running' "
                                "AND lease_token = ?", (job_id, token)).fetchone()
             if row is None:
                 return False  # not ours any more: reaped, killed, finished or removed
@@ -308,6 +313,10 @@ class SQLiteStore(Store):
             values.update(_columns(fields))
             assignments = ", ".join(f"{c} = :{c}" for c in values)
             conn.execute(f"UPDATE queue SET {assignments} WHERE id = :_id", {**values, "_id": job_id})
+        if state.is_final:
+            bell.ring(self._bells, "done")
+        if row[1] is not None or state == State.PENDING:  # a max_parallel slot is free, or a job handed back
+            bell.ring(self._bells, "work")
         return True
 
     def heartbeat(self, leases: dict[str, str], *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> set[str]:
@@ -373,6 +382,8 @@ class SQLiteStore(Store):
                                   f"AND state IN {_CLAIMABLE}", [time.time(), *params]).rowcount
             flagged = conn.execute(f"UPDATE queue SET kill_requested = 1 WHERE {where} AND state = 'running'",
                                    params).rowcount
+        if killed:
+            bell.ring(self._bells, "done")
         return killed + flagged
 
     def kill_requests(self, job_ids: Iterable[str]) -> set[str]:

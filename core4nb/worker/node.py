@@ -48,6 +48,8 @@ log = logging.getLogger("core4nb.worker")
 
 CONTROL_INTERVAL = 0.5
 MIN_POLL, MAX_POLL = 0.002, 0.1
+#: With a doorbell new work wakes the node at once; polling only catches deferred/failed jobs coming due.
+MAX_POLL_WITH_BELL = 0.25
 
 
 class WorkerNode:
@@ -107,7 +109,8 @@ class WorkerNode:
             signal.signal(signal.SIGINT, self._on_signal)
         self.slots = [Slot(self.url, self.key, self.memory_limit_mb) for _ in range(self.processes)]
         log.info("node %s serving %s with %d processes", self.name, redact_url(self.store.url), self.processes)
-        poll = MIN_POLL
+        poll, bell = MIN_POLL, self.store.listen("work")
+        max_poll = MAX_POLL if bell is None else MAX_POLL_WITH_BELL
         try:
             while not self._stop_now.is_set() and not self._is_done:
                 busy_before = len(self._busy())
@@ -122,10 +125,17 @@ class WorkerNode:
                         self._outage.failed(exc)
                 if self._outage.is_ongoing and self._drain_expired() and not self._busy():
                     break  # draining with the store down: stop at the deadline; _shutdown reports what is unsaved
-                poll = MIN_POLL if claimed or busy_before != len(self._busy()) else min(poll * 2, MAX_POLL)
+                poll = MIN_POLL if claimed or busy_before != len(self._busy()) else min(poll * 2, max_poll)
                 timeout = max(poll, self._outage.wait_time()) if self._outage.is_ongoing else poll
-                wait([w for s in self._busy() for w in s.waitables()], timeout=timeout)
+                waitables = [w for s in self._busy() for w in s.waitables()]
+                if bell and len(self._busy()) < self.processes:  # a free slot: new work should wake us
+                    waitables.append(bell)
+                wait(waitables, timeout)
+                if bell:
+                    bell.drain()
         finally:
+            if bell:
+                bell.close()
             self._shutdown()
         return self.jobs_done
 

@@ -1,0 +1,83 @@
+"""Doorbells: wake the processes that share an embedded queue file instead of polling it.
+
+Worker nodes and executors on one machine each listen on a Unix datagram
+socket in a directory that belongs to the queue file. A store rings ``work``
+bells when it inserts jobs (and when a job of a ``max_parallel`` name frees its
+slot) and ``done`` bells when a job finishes, so a node claims new work and an
+executor completes a future within a millisecond, while an idle process polls
+only rarely. A ring is a hint, never the truth: the listener always re-reads
+the store, so a lost datagram costs one poll interval, nothing more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import socket
+import tempfile
+from pathlib import Path
+
+ROLES = ("work", "done")
+
+
+def bell_dir(queue_path: Path) -> Path:
+    """The bells of one queue file: short (Unix socket paths are limited to ~107 bytes),
+    private to this user, the same for every process that opens the file."""
+    digest = hashlib.sha256(str(queue_path.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"core4nb-bells-{os.getuid()}" / digest
+
+
+class Bell:
+    """One listening socket; ``fileno()`` turns readable when someone rings."""
+
+    def __init__(self, directory: Path, role: str) -> None:
+        if role not in ROLES:
+            raise ValueError(f"bell role must be one of {ROLES}, got {role!r}")
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = directory / f"{role}-{os.getpid()}-{secrets.token_hex(3)}.sock"
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(self.path))
+        self._sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def drain(self) -> None:
+        """Swallow the rings received so far (many rings, one wake-up)."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            while self._sock.recv(64):
+                pass
+
+    def wait(self, timeout: float | None) -> bool:
+        """Block until a ring or ``timeout``; True when rung."""
+        import select
+
+        ready, _, _ = select.select([self._sock], [], [], timeout)
+        self.drain()
+        return bool(ready)
+
+    def close(self) -> None:
+        self._sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def ring(directory: Path, role: str) -> None:
+    """Wake every listener of ``role``; forget the sockets of processes that are gone."""
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(role + "-")]
+    except FileNotFoundError:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        sender.setblocking(False)
+        for name in names:
+            target = directory / name
+            try:
+                sender.sendto(b"!", str(target))
+            except (ConnectionRefusedError, FileNotFoundError):  # its process died without closing it
+                with contextlib.suppress(FileNotFoundError):
+                    target.unlink()
+            except (BlockingIOError, OSError):  # its buffer is full of unread rings: it is awake anyway
+                pass

@@ -1,0 +1,56 @@
+"""Doorbells of the embedded store: inserts wake nodes, finishes wake executors, across processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from core4nb.job import Job, State
+from core4nb.store import Claimant, open_store
+from tests.nodes import ROOT
+
+
+def test_insert_rings_work_and_finish_rings_done(sqlite_url):
+    with open_store(sqlite_url) as store:
+        work, done = store.listen("work"), store.listen("done")
+        try:
+            assert not work.wait(0) and not done.wait(0)
+            store.insert([Job(name="a", payload=b"x")])
+            assert work.wait(1) and not done.wait(0)
+            job = store.claim(Claimant("w", "n", 1))
+            assert store.finish(job.id, job.lease.token, State.COMPLETE)
+            assert done.wait(1)
+            assert not work.wait(0)  # a finished job without max_parallel frees nothing to claim
+        finally:
+            work.close()
+            done.close()
+        assert not work.path.exists()
+
+
+def test_another_process_rings_this_one(sqlite_url):
+    with open_store(sqlite_url) as store:
+        work = store.listen("work")
+        try:
+            code = ("from core4nb.store import open_store; from core4nb.job import Job; "
+                    f"open_store({sqlite_url!r}).insert([Job(name='b', payload=b'y')])")
+            subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
+            assert work.wait(5)
+        finally:
+            work.close()
+
+
+def test_a_dead_listener_is_forgotten(sqlite_url):
+    with open_store(sqlite_url) as store:
+        code = ("import os; from core4nb.store import open_store; "
+                f"b = open_store({sqlite_url!r}).listen('work'); print(b.path); os._exit(0)")
+        path = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                              cwd=ROOT, timeout=60).stdout.strip()
+        assert os.path.exists(path)
+        store.insert([Job(name="c", payload=b"z")])  # the ring finds nobody there and removes the socket
+        assert not os.path.exists(path)
+
+
+def test_mongo_store_has_no_bell(wire_server):
+    with open_store(f"{wire_server.url}/bellcheck?collection_prefix=sys_") as store:
+        assert store.listen("work") is None
