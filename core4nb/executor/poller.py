@@ -50,6 +50,8 @@ BATCH = 1000
 WINDOW = 256
 #: A store that keeps failing this long fails the waiting futures instead of hanging them.
 STORE_PATIENCE = 60.0
+#: The fallback poll interval when the store rings on every finish.
+BELL_MIN_INTERVAL = 0.05
 #: How often the doorbell thread looks whether the poller is stopping.
 BELL_CHECK = 0.25
 
@@ -77,10 +79,12 @@ class Poller:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="core4nb-poller", daemon=True)
         self._thread.start()
-        # A store that rings when jobs finish (the embedded one) wakes the loop at once.
+        # A store that rings when jobs finish (the embedded one) wakes the loop at once, so polling
+        # is only a fallback: a hot poll loop would take CPU from the workers on the same machine.
         self._bell = store.listen("done")
         self._bell_thread = None
         if self._bell is not None:
+            self.min_interval = BELL_MIN_INTERVAL
             self._bell_thread = threading.Thread(target=self._listen, name="core4nb-bell", daemon=True)
             self._bell_thread.start()
 
