@@ -31,9 +31,10 @@ from hypothesis import strategies as st
 
 from core4nb import Queue, State
 from core4nb.errors import PayloadError, SignatureError
-from core4nb.job import MALFORMED_NAME, Job
+from core4nb.job import Job
 from core4nb.queue import make_job
 from core4nb.serialize import key_file_path
+from core4nb.store.decode import MALFORMED_NAME
 from tests import faultfuncs, jobfuncs
 from tests.nodes import ROOT, node_log, start_node, stop_node, wait_for
 from tests.servers import WireServer, free_port

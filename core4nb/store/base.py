@@ -6,7 +6,7 @@ it expects (and, when leaving ``running``, on the lease token), so two
 processes can never both win a transition. Both backends pass the one contract
 suite in ``tests/test_store_contract.py``.
 
-Documents are decoded by :func:`~core4nb.job.decode_job`, so a document that
+Documents are decoded by :func:`~core4nb.store.decode.decode_job`, so a document that
 something else wrote (a missing or wrongly typed field) never breaks a read or
 a node: reads return a placeholder (:func:`listed_job`), and ``claim`` and
 ``reap`` move such a document to error with a ``MalformedJob`` message naming
@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core4nb.errors import MalformedJob
-from core4nb.job import SCALAR_FIELDS, Job, JobError, Lease, State, check_transition, decode_job, placeholder_job
+from core4nb.job import SCALAR_FIELDS, Job, JobError, Lease, State, check_transition
+from core4nb.store.decode import decode_job, placeholder_job
 
 #: A claim grants this many seconds before the lease expires without a heartbeat.
 DEFAULT_LEASE_SECONDS = 30.0
@@ -195,7 +196,7 @@ def lease_for(claimant: Claimant, token: str, lease_seconds: float, now: float) 
 
 def listed_job(data: dict[str, Any]) -> Job:
     """The job in a store's flat fields for a read (get, find): a malformed document shows as
-    a placeholder (see :func:`~core4nb.job.placeholder_job`) instead of failing the whole read."""
+    a placeholder (see :func:`~core4nb.store.decode.placeholder_job`) instead of failing the whole read."""
     try:
         return decode_job(data)
     except MalformedJob as exc:

@@ -32,10 +32,11 @@ from pymongo import ASCENDING, MongoClient, UpdateOne, uri_parser
 from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
 
 from core4nb.errors import ConfigError, Core4Error, JobNotFound, MalformedJob, StoreUnavailable
-from core4nb.job import SCALAR_FIELDS, Job, JobError, State, decode_job, new_token, placeholder_job
+from core4nb.job import SCALAR_FIELDS, Job, JobError, State, new_token
 from core4nb.store import base
 from core4nb.store import mongo_claim as claims
 from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, check_finish, lease_for, redact_url
+from core4nb.store.decode import decode_job, placeholder_job
 from core4nb.store.mongo_blobs import Blobs
 
 CONNECT_TIMEOUT_MS = 5000  # server selection; a serverSelectionTimeoutMS in the URL wins

@@ -23,7 +23,8 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from core4nb.errors import MalformedJob
-from core4nb.job import CLAIMABLE_STATES, Lease, State, decode_job, set_aside_error
+from core4nb.job import CLAIMABLE_STATES, Lease, State
+from core4nb.store.decode import decode_job, set_aside_error
 
 HELD = "held"  # the `holder` of a running job; (slot, holder) is unique
 AUTH_ERRORS = (13, 18)  # Unauthorized, AuthenticationFailed: the store's problem, not the document's
@@ -60,7 +61,7 @@ def claim_update(lease: Lease, now: float) -> dict[str, Any]:
 
 
 def doc_fields(doc: dict[str, Any]) -> dict[str, Any]:
-    """A job document as the flat fields :func:`~core4nb.job.decode_job` reads (``_id`` is the id)."""
+    """A job document as the flat fields :func:`~core4nb.store.decode.decode_job` reads (``_id`` is the id)."""
     return {**{k: v for k, v in doc.items() if k != "_id"}, "id": doc.get("_id")}
 
 

@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from core4nb.errors import ConfigError, JobNotFound, MalformedJob, PayloadError, StoreUnavailable
-from core4nb.job import CLAIMABLE_STATES, SCALAR_FIELDS, Job, State, decode_job, new_token
-from core4nb.job import set_aside_error as _set_aside_error
+from core4nb.job import CLAIMABLE_STATES, SCALAR_FIELDS, Job, State, new_token
 from core4nb.store import base, bell
 from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, check_finish, lease_for, redact_url
+from core4nb.store.decode import decode_job
+from core4nb.store.decode import set_aside_error as _set_aside_error
 
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for the lock before giving up
 MAX_SET_ASIDE = 16  # malformed rows one claim moves to error before it answers "nothing now"
