@@ -91,7 +91,7 @@ class Poller:
     def _listen(self) -> None:
         while not self._stopping.is_set():
             if self._bell.wait(BELL_CHECK):
-                self._wake.set()
+                self._wake.set()  # rings that come while the poller queries are read by its next query
 
     def track(self, futures: Iterable[Core4Future]) -> None:
         """Start watching these futures' jobs (insert the jobs first)."""
@@ -111,6 +111,7 @@ class Poller:
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
         if self._bell_thread is not None:
+            self._bell.nudge()  # ends the doorbell thread's wait now
             self._bell_thread.join(timeout)
             self._bell.close()
 

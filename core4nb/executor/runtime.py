@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -22,7 +23,11 @@ from core4nb.executor.futures import Core4Future
 from core4nb.executor.local import LocalWorkers
 from core4nb.executor.poller import Poller
 from core4nb.job import Job, State
-from core4nb.store import DEFAULT_LEASE_SECONDS, Store
+from core4nb.store import DEFAULT_LEASE_SECONDS, Store, WorkerInfo, redact_url
+
+log = logging.getLogger("core4nb.executor")
+#: How often a waiting shutdown looks whether any worker node still serves the queue.
+DRAIN_CHECK = 5.0
 
 
 def _close(poller: Poller, local: LocalWorkers | None, store: Store) -> None:
@@ -84,12 +89,15 @@ class Runtime:
                 cancelled += 1
         return cancelled
 
+    def _live_nodes(self) -> list[WorkerInfo]:
+        now = time.time()
+        return [w for w in self.store.workers() if w.state == "running" and now - w.heartbeat < DEFAULT_LEASE_SECONDS]
+
     def slots(self) -> int:
         """Worker slots serving this queue: live nodes' slots, else this machine's cores."""
         if self.is_shutdown:  # the store may be closed; the submit that follows raises anyway
             return os.cpu_count() or 1
-        now = time.time()
-        live = [w for w in self.store.workers() if w.state == "running" and now - w.heartbeat < DEFAULT_LEASE_SECONDS]
+        live = self._live_nodes()
         total = sum(w.slots for w in live)
         if self.local is not None and self.local.name not in {w.name for w in live}:
             total += self.local.processes  # started, not registered yet
@@ -122,8 +130,14 @@ class Runtime:
             func(*args, **kwargs)
 
     def _drain(self) -> None:
+        warned = False
         while pending := self.poller.pending():
-            cf.wait(pending)
+            done, _ = cf.wait(pending, timeout=DRAIN_CHECK)  # a timed wait keeps Ctrl-C working
+            if not done and not warned and self.local is None and not self._live_nodes():
+                log.warning("shutdown is waiting for %d job(s) of queue %s, but no worker node serves it: start "
+                            "`core4nb worker URL`, or interrupt and use shutdown(cancel_futures=True)",
+                            len(pending), redact_url(self.url))
+                warned = True
 
 
 _runtimes: weakref.WeakSet[Runtime] = weakref.WeakSet()

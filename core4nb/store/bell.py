@@ -35,10 +35,16 @@ class Bell:
     def __init__(self, directory: Path, role: str) -> None:
         if role not in ROLES:
             raise ValueError(f"bell role must be one of {ROLES}, got {role!r}")
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = directory / f"{role}-{os.getpid()}-{secrets.token_hex(3)}.sock"
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(str(self.path))
+        for attempt in range(3):  # the last listener's close() may remove the directory in between
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                self._sock.bind(str(self.path))
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
         self._sock.setblocking(False)
 
     def fileno(self) -> int:
@@ -58,10 +64,17 @@ class Bell:
         self.drain()
         return bool(ready)
 
+    def nudge(self) -> None:
+        """Ring this bell from inside its own process (e.g. to end a wait when stopping)."""
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"!", str(self.path))
+
     def close(self) -> None:
         self._sock.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        with contextlib.suppress(OSError):  # the last listener of a queue leaves no empty directory behind
+            self.path.parent.rmdir()
 
 
 def ring(directory: Path, role: str) -> None:

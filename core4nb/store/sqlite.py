@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -35,6 +36,9 @@ from core4nb.store.decode import decode_job
 from core4nb.store.decode import set_aside_error as _set_aside_error
 
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for the lock before giving up
+# SQLite's own busy handler sleeps up to 100 ms between tries: when 32 idle nodes are woken at once,
+# the last ones then claim long after the lock is free. Short jittered sleeps in Python instead.
+_LOCK_RETRY = (0.0005, 0.002)
 MAX_SET_ASIDE = 16  # malformed rows one claim moves to error before it answers "nothing now"
 
 _COLUMNS = {  # Job fields, the lease flattened into lease_* columns, blobs apart, the error as JSON text
@@ -89,6 +93,23 @@ RETURNING rowid AS _rowid, {_ALL}
 # Error codes that mean "the database is not usable right now", not "the SQL is wrong".
 _UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN",
                 "SQLITE_FULL", "SQLITE_NOTADB", "SQLITE_CORRUPT")
+
+
+def _begin_immediate(conn: sqlite3.Connection) -> None:
+    """Take the write lock, retrying briefly and often while another writer holds it."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorname", "") != "SQLITE_BUSY" or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(*_LOCK_RETRY))
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
 
 
 def _columns(fields: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +241,7 @@ class SQLiteStore(Store):
         """One write transaction holding the database's write lock from its start."""
         conn = self._conn()
         with self._errors():
-            conn.execute("BEGIN IMMEDIATE")
+            _begin_immediate(conn)
             try:
                 yield conn
             except BaseException:

@@ -100,6 +100,7 @@ class WorkerNode:
         self._outage = Outage(f"queue {redact_url(url)}", log)
         self._next_control = self._next_lease = 0.0
         self._is_done = False
+        self._bell = None  # the store's doorbell, while run() listens on it
 
     # -- lifecycle ---------------------------------------------------------------
     def run(self) -> int:
@@ -109,7 +110,8 @@ class WorkerNode:
             signal.signal(signal.SIGINT, self._on_signal)
         self.slots = [Slot(self.url, self.key, self.memory_limit_mb) for _ in range(self.processes)]
         log.info("node %s serving %s with %d processes", self.name, redact_url(self.store.url), self.processes)
-        poll, bell = MIN_POLL, self.store.listen("work")
+        poll = MIN_POLL
+        self._bell = bell = self.store.listen("work")
         max_poll = MAX_POLL if bell is None else MAX_POLL_WITH_BELL
         try:
             while not self._stop_now.is_set() and not self._is_done:
@@ -165,6 +167,8 @@ class WorkerNode:
         log.warning("node %s got %s: %s", self.name, signal.Signals(signum).name,
                     f"draining (up to {self.grace:g} s)" if first else "stopping now")
         self.stop(drain=first)
+        if self._bell is not None:
+            self._bell.nudge()  # end the loop's wait now rather than at the next poll
 
     def _drain_expired(self) -> bool:
         return self._drain_deadline is not None and time.monotonic() > self._drain_deadline
