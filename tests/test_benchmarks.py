@@ -1,0 +1,155 @@
+"""Smoke test of ``python -m benchmarks``: every workload at tiny size, serial +
+ProcessPoolExecutor (+ core4nb's embedded store when its executor imports).
+
+Benchmarks, not tests: only keys and sane, correct values are checked, never timings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKLOADS = ["primes", "overhead", "latency", "startup", "scaling", "queue"]
+
+
+def core4nb_executor_importable() -> bool:
+    try:
+        from core4nb import Core4Executor  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+HAS_CORE4NB = core4nb_executor_importable()
+BACKENDS = ["serial", "process"] + (["core4nb"] if HAS_CORE4NB else [])
+
+
+def run_benchmarks(tmp: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 280) -> dict[str, Any]:
+    """Run the CLI in a fresh interpreter (it sets up its own environment); return its JSON."""
+    scratch = tmp / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "TMPDIR": str(scratch), **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", *args, "--out", str(tmp), "--json",
+                           str(tmp / "results.json")], cwd=ROOT, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"benchmarks failed:\n{proc.stdout}\n{proc.stderr}"
+    # core4nb's per-user doorbell directory may stay (shared by every queue); it must be empty.
+    left = [p for p in scratch.iterdir() if not (p.name.startswith("core4nb-bells-") and not any(p.iterdir()))]
+    assert left == [], "the benchmark left files behind in its temp directory"
+    assert not processes_mentioning(str(scratch)), "the benchmark left processes behind"
+    return json.loads((tmp / "results.json").read_text())
+
+
+def processes_mentioning(text: str) -> list[int]:
+    psutil = pytest.importorskip("psutil")
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if any(text in part for part in proc.info["cmdline"] or ()):
+            found.append(proc.info["pid"])
+    return found
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    out = tmp_path_factory.mktemp("bench")
+    data = run_benchmarks(out, "all", "--size", "tiny", "--repeat", "1", "--backends", ",".join(BACKENDS))
+    return data, out
+
+
+def results(data: dict[str, Any], workload: str) -> dict[str, dict[str, Any]]:
+    return {r["backend"]: r for r in data["workloads"][workload]["results"]}
+
+
+def test_every_workload_ran_with_every_backend(tiny: tuple[dict[str, Any], Path]) -> None:
+    data, _ = tiny
+    assert set(data["workloads"]) == set(WORKLOADS)
+    for name in ["primes", "overhead", "latency", "startup"]:
+        by_backend = results(data, name)
+        assert set(BACKENDS) <= set(by_backend), name
+        for key in BACKENDS:
+            assert by_backend[key]["status"] == "ok", (name, by_backend[key])
+            assert by_backend[key]["correct"] is True, (name, key)
+    meta = data["meta"]
+    assert meta["cores"] >= 1 and meta["memory_gb"] > 0 and meta["python"].startswith("3.")
+    assert {"core4nb", "loky", "dask", "ipyparallel"} <= set(meta["versions"])
+    assert meta["size"] == "tiny" and meta["workers"] == 2
+    assert {t["target"] for t in data["targets"]} and all(t["met"] in (True, False, None) for t in data["targets"])
+
+
+def test_primes_counts_equal_the_serial_count(tiny: tuple[dict[str, Any], Path]) -> None:
+    data, _ = tiny
+    primes = data["workloads"]["primes"]
+    assert primes["params"]["chunks"] == 64
+    assert primes["expected"] == 45_322  # primes below 550,000
+    by_backend = results(data, "primes")
+    assert by_backend["serial"]["value"] == primes["expected"]
+    for key in BACKENDS:
+        entry = by_backend[key]
+        assert entry["value"] == by_backend["serial"]["value"]
+        assert 0 < entry["min_s"] <= entry["median_s"]
+        assert entry["startup_s"] >= 0 and entry["speedup_median"] > 0
+    assert by_backend["serial"]["speedup_median"] == pytest.approx(1.0)
+
+
+def test_overhead_latency_startup_values(tiny: tuple[dict[str, Any], Path]) -> None:
+    data, _ = tiny
+    overhead = results(data, "overhead")
+    assert overhead["process-tuned"]["options"] == {"chunksize": 100}
+    for entry in overhead.values():
+        assert entry["items"] >= 1_000 and entry["items_per_s_median"] > 0
+        assert entry["items_per_s_best"] >= entry["items_per_s_median"]
+    for entry in results(data, "latency").values():
+        assert 0 <= entry["min_ms"] <= entry["median_ms"] and entry["p95_ms"] >= 0
+    for entry in results(data, "startup").values():
+        assert 0 <= entry["min_s"] <= entry["median_s"]
+
+
+def test_scaling_and_queue(tiny: tuple[dict[str, Any], Path]) -> None:
+    data, _ = tiny
+    scaling, queue = results(data, "scaling")["core4nb"], results(data, "queue")["core4nb"]
+    assert data["workloads"]["scaling"]["core4os_aws"]["efficiency"][0] == pytest.approx(1.0)
+    if not HAS_CORE4NB:
+        assert scaling["status"] == queue["status"] == "skipped" and "core4nb" in scaling["reason"]
+        return
+    assert scaling["status"] == "ok", scaling
+    params = data["workloads"]["scaling"]["params"]
+    assert [p["nodes"] for p in scaling["points"]] == params["nodes"]
+    for point in scaling["points"]:
+        assert point["correct"] is True
+        assert point["ideal_s"] == pytest.approx(params["jobs"] * params["sleep_s"] / point["nodes"])
+        assert 0 < point["efficiency_median"] <= point["efficiency_best"]
+    assert queue["status"] == "ok", queue
+    assert queue["store"]["claimed"] == queue["jobs"] and queue["correct"] is True
+    assert queue["map"]["calls"]["worker"]["claim"] >= queue["jobs"]  # every job claimed (and the map's root)
+    assert queue["map"]["calls"]["client"]["insert"] >= 1
+    assert queue["map"]["round_trips_per_job"] >= 2  # at least a claim and a finish
+
+
+def test_report_and_plots(tiny: tuple[dict[str, Any], Path]) -> None:
+    _, out = tiny
+    text = (out / "RESULTS.md").read_text()
+    for heading in ["## Targets for core4nb", *(f"## {w}" for w in WORKLOADS)]:
+        assert heading in text
+    for name in ["primes_speedup", "overhead", "latency", "startup"] + (["scaling"] if HAS_CORE4NB else []):
+        png = out / "plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"plots/{name}.png" in text
+
+
+def test_a_missing_peer_is_reported_as_skipped(tmp_path: Path) -> None:
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "loky.py").write_text("raise ImportError('loky hidden by the test')\n")
+    data = run_benchmarks(tmp_path, "startup", "--size", "tiny", "--repeat", "1", "--backends", "serial,loky",
+                          "--no-report", env={"PYTHONPATH": str(fake)})
+    loky = results(data, "startup")["loky"]
+    assert loky["status"] == "skipped"
+    assert "loky hidden by the test" in loky["reason"]
+    assert results(data, "startup")["serial"]["status"] == "ok"
