@@ -1,21 +1,10 @@
 """Divide-and-conquer jobs: the class API of core4os's ``DivideAndConquer`` pattern.
 
 A :class:`Core4Job` launches children on its first trial, defers, watches them on
-later trials and reduces their results (DESIGN.md §1)::
+later trials and reduces their results (DESIGN.md §1); :class:`core4nb.examples.PrimeJob`
+is the worked example::
 
-    class PrimeJob(Core4Job):
-        defer_time = 1
-        def execute(self, start, end, chunksize=None):
-            if chunksize:
-                if self.trial == 1:
-                    for lo in range(start, end, chunksize):
-                        self.enqueue_child(PrimeJob, start=lo, end=min(lo + chunksize, end))
-                    self.defer("waiting")
-                if self.children_open():
-                    self.defer(f"{self.children_open()} children still open")
-                return sum(self.child_results())
-            return count_primes(start, end)
-
+    from core4nb.examples import PrimeJob
     handle = enqueue(PrimeJob, start=1, end=5_000_000, chunksize=100_000)
     handle.result()
 
