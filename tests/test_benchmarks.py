@@ -1,5 +1,5 @@
 """Smoke test of ``python -m benchmarks``: every workload at tiny size, serial +
-ProcessPoolExecutor (+ core4nb's embedded store when its executor imports).
+ProcessPoolExecutor + core4nb on its embedded store.
 
 Benchmarks, not tests: only keys and sane, correct values are checked, never timings.
 """
@@ -19,16 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = ["primes", "overhead", "latency", "startup", "scaling", "queue"]
 
 
-def core4nb_executor_importable() -> bool:
-    try:
-        from core4nb import Core4Executor  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-HAS_CORE4NB = core4nb_executor_importable()
-BACKENDS = ["serial", "process"] + (["core4nb"] if HAS_CORE4NB else [])
+BACKENDS = ["serial", "process", "core4nb"]
 
 
 def run_benchmarks(tmp: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 280) -> dict[str, Any]:
@@ -115,9 +106,6 @@ def test_scaling_and_queue(tiny: tuple[dict[str, Any], Path]) -> None:
     data, _ = tiny
     scaling, queue = results(data, "scaling")["core4nb"], results(data, "queue")["core4nb"]
     assert data["workloads"]["scaling"]["core4os_aws"]["efficiency"][0] == pytest.approx(1.0)
-    if not HAS_CORE4NB:
-        assert scaling["status"] == queue["status"] == "skipped" and "core4nb" in scaling["reason"]
-        return
     assert scaling["status"] == "ok", scaling
     params = data["workloads"]["scaling"]["params"]
     assert [p["nodes"] for p in scaling["points"]] == params["nodes"]
@@ -137,7 +125,7 @@ def test_report_and_plots(tiny: tuple[dict[str, Any], Path]) -> None:
     text = (out / "RESULTS.md").read_text()
     for heading in ["## Targets for core4nb", *(f"## {w}" for w in WORKLOADS)]:
         assert heading in text
-    for name in ["primes_speedup", "overhead", "latency", "startup"] + (["scaling"] if HAS_CORE4NB else []):
+    for name in ["primes_speedup", "overhead", "latency", "startup", "scaling"]:
         png = out / "plots" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert f"plots/{name}.png" in text
