@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--url", help="queue URL")
 
     demo = sub.add_parser("demo", help="count primes in parallel and compare with a serial run")
-    demo.add_argument("--end", type=int, default=1_000_000, help="count primes below this number")
+    demo.add_argument("--end", type=int, default=3_000_000, help="count primes below this number")
     demo.add_argument("--workers", type=int, help="local worker processes (default: cores)")
     return parser
 

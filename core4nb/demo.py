@@ -9,7 +9,7 @@ from core4nb.examples import count_primes
 from core4nb.store import redact_url
 
 
-def run_demo(end: int = 1_000_000, workers: int | None = None, chunks: int = 64) -> int:
+def run_demo(end: int = 3_000_000, workers: int | None = None, chunks: int = 64) -> int:
     """Count primes below ``end`` both ways; print counts, times and the speed-up."""
     from core4nb.executor import Core4Executor
 
