@@ -47,13 +47,22 @@ def counting(cls: type, counter: CallCounter, *, owner: bool = False) -> Iterato
     With ``owner`` the keys are ``"<id of the store>/<verb>"``.
     """
     originals: dict[str, Any] = {name: cls.__dict__.get(name) for name in store_verbs(cls)}
+    calling = threading.local()  # the verbs called by the verb running in this thread, if one is
 
     def wrap(name: str, method: Any) -> Any:
         @functools.wraps(method)
         def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
-            result = method(self, *args, **kwargs)
-            verb = f"{name}:empty" if name == "claim" and result is None else name
-            counter.add(f"{id(self)}/{verb}" if owner else verb)
+            outer = getattr(calling, "verbs", None)
+            if outer is not None:
+                outer.append(name)
+            calling.verbs = inner = []
+            try:
+                result = method(self, *args, **kwargs)
+            finally:
+                calling.verbs = outer
+            if not inner:  # a verb built of other verbs (finish_and_claim on MongoDB) counts as those
+                verb = f"{name}:empty" if name == "claim" and result is None else name
+                counter.add(f"{id(self)}/{verb}" if owner else verb)
             return result
         return counted
 

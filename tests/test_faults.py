@@ -34,6 +34,7 @@ from core4nb.errors import PayloadError, SignatureError
 from core4nb.job import Job
 from core4nb.queue import make_job
 from core4nb.serialize import key_file_path
+from core4nb.store import Claimant
 from core4nb.store.decode import MALFORMED_NAME
 from tests import faultfuncs, jobfuncs
 from tests.nodes import ROOT, node_log, start_node, stop_node, wait_for
@@ -432,6 +433,21 @@ def test_malformed_documents_are_set_aside_never_run(queue, raw, tmp_path):
     finally:
         text = stop_node(node)
     assert node.returncode == 0 and "Traceback" not in text and len(examples) >= 6
+
+
+def test_finish_and_claim_sets_a_malformed_next_job_aside(queue, raw):
+    """A node's combined write (outcome + next claim) meets a corrupted document first: it is moved to
+    error and the claim goes on to the next good job."""
+    store, claimant = queue.store, Claimant(worker="w1", node="node-a", pid=4242)
+    store.insert([make_job(jobfuncs.add, (1, 2))])
+    first = store.claim(claimant)
+    bad, good = make_job(jobfuncs.add, (3, 4)), make_job(jobfuncs.add, (5, 6))
+    store.insert([bad, good])
+    raw.change(bad.id, {"priority": "high"})  # claimed before `good` (same priority, older id), unreadable
+    done, nxt = store.finish_and_claim(first.id, first.lease.token, State.COMPLETE, claimant)
+    assert done and nxt.id == good.id
+    doc = raw.read(bad.id)
+    assert doc["state"] == "error" and "'priority'" in doc["error"]["message"]
 
 
 def test_unclaimable_malformed_documents_are_listed_never_run(queue, raw, tmp_path):

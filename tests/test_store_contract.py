@@ -297,6 +297,41 @@ def test_finish_with_wrong_token_changes_nothing(store: Store) -> None:
     assert not store.finish("ffffffffffffffffffffffff", job.lease.token, State.COMPLETE)
 
 
+def test_finish_and_claim_records_the_outcome_and_takes_the_next_job(store: Store) -> None:
+    first, second = make(), make()
+    store.insert([first, second])
+    job = store.claim(CLAIMANT)
+    done, nxt = store.finish_and_claim(job.id, job.lease.token, State.COMPLETE, CLAIMANT, result=b"42", runtime=0.5)
+    assert done
+    finished = store.get(first.id)
+    assert (finished.state, finished.result, finished.runtime, finished.lease) == (State.COMPLETE, b"42", 0.5, None)
+    assert (nxt.id, nxt.state, nxt.trial, nxt.payload) == (second.id, State.RUNNING, 1, second.payload)
+    assert (nxt.lease.worker, nxt.lease.node, nxt.lease.pid) == (CLAIMANT.worker, CLAIMANT.node, CLAIMANT.pid)
+    assert store.get(second.id) == nxt
+    # Nothing left to claim: the outcome is still recorded.
+    assert store.finish_and_claim(nxt.id, nxt.lease.token, State.ERROR, CLAIMANT) == (True, None)
+    assert store.get(second.id).state is State.ERROR
+
+
+def test_finish_and_claim_takes_the_max_parallel_slot_it_frees(store: Store) -> None:
+    solo = [make("solo", max_parallel=1) for _ in range(2)]
+    store.insert(solo)
+    job = store.claim(CLAIMANT)
+    assert store.claim(CLAIMANT) is None  # the name is at its limit
+    done, nxt = store.finish_and_claim(job.id, job.lease.token, State.COMPLETE, CLAIMANT)
+    assert done and nxt.id == solo[1].id
+    assert store.counts()[State.RUNNING] == 1
+
+
+def test_finish_and_claim_with_a_lost_lease_still_claims(store: Store) -> None:
+    first, second = make(), make()
+    store.insert([first, second])
+    job = store.claim(CLAIMANT)
+    done, nxt = store.finish_and_claim(job.id, "not-the-token", State.COMPLETE, CLAIMANT, result=b"x")
+    assert not done and nxt.id == second.id
+    assert store.get(first.id) == job
+
+
 def test_finish_non_final_state_keeps_finished_at_unset(store: Store) -> None:
     store.insert([make(attempts=3)])
     job = store.claim(CLAIMANT)

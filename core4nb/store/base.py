@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from core4nb.errors import MalformedJob
+from core4nb.errors import MalformedJob, StoreUnavailable
 from core4nb.job import SCALAR_FIELDS, Job, JobError, Lease, State, check_transition
 from core4nb.store.decode import decode_job, placeholder_job
 
@@ -128,6 +128,17 @@ class Store(abc.ABC):
         Raises IllegalTransition when ``running → state`` is not allowed and
         TypeError for a field a job does not have.
         """
+
+    def finish_and_claim(self, job_id: str, token: str, state: State, claimant: Claimant, *,
+                         lease_seconds: float = DEFAULT_LEASE_SECONDS, **fields: Any) -> tuple[bool, Job | None]:
+        """:meth:`finish`, then :meth:`claim` for ``claimant``: what a node does when a job ends and
+        its slot is free. Returns (finished, claimed job or None). A store that can make it one
+        transaction overrides this (SQLite: one write lock instead of two, per job)."""
+        done = self.finish(job_id, token, state, **fields)
+        try:
+            return done, self.claim(claimant, lease_seconds=lease_seconds)
+        except StoreUnavailable:  # the outcome is recorded; the node claims again on its next step
+            return done, None
 
     @abc.abstractmethod
     def heartbeat(self, leases: dict[str, str], *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> set[str]:

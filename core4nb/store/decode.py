@@ -9,6 +9,7 @@ decode through :func:`decode_job`, so they agree on what is malformed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,9 +22,14 @@ _STATE_VALUES = frozenset(str(s) for s in State)
 _TYPES = {cls: {f.name: f.type for f in dataclasses.fields(cls)} for cls in (Job, Lease, JobError)}
 
 
+@functools.cache  # a handful of annotations, read for every field of every claimed job
+def _kinds(annotation: str) -> frozenset[str]:
+    return frozenset(kind.strip() for kind in annotation.split("|"))
+
+
 def _fits(value: Any, annotation: str) -> bool:
     """Does a stored value fit a field annotated ``annotation`` (e.g. ``"float | None"``)?"""
-    kinds = {kind.strip() for kind in annotation.split("|")}
+    kinds = _kinds(annotation)
     if value is None:
         return "None" in kinds
     if isinstance(value, bool):  # before int: True is an int, but not a priority

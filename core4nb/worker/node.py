@@ -27,16 +27,17 @@ node is fenced off, and this node logs that its outcome was discarded.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import select
 import signal
 import socket
 import threading
 import time
-from multiprocessing.connection import wait
 
 from core4nb import serialize
 from core4nb.errors import ConfigError, PayloadError, StoreUnavailable
-from core4nb.job import JobError
+from core4nb.job import Job, JobError
 from core4nb.store import DEFAULT_LEASE_SECONDS, Claimant, WorkerInfo, open_store, redact_url
 from core4nb.store.outage import Outage
 from core4nb.worker import outcomes
@@ -111,12 +112,12 @@ class WorkerNode:
         self.slots = [Slot(self.url, self.key, self.memory_limit_mb) for _ in range(self.processes)]
         log.info("node %s serving %s with %d processes", self.name, redact_url(self.store.url), self.processes)
         poll = MIN_POLL
+        ready = None  # what woke the loop; None: look at every slot
         self._bell = bell = self.store.listen("work")
-        max_poll = MAX_POLL if bell is None else MAX_POLL_WITH_BELL
         try:
             while not self._stop_now.is_set() and not self._is_done:
                 busy_before = len(self._busy())
-                self._collect()
+                self._collect(ready)
                 self._police()
                 claimed = False
                 if self._outage.wait_time() == 0:
@@ -127,12 +128,16 @@ class WorkerNode:
                         self._outage.failed(exc)
                 if self._outage.is_ongoing and self._drain_expired() and not self._busy():
                     break  # draining with the store down: stop at the deadline; _shutdown reports what is unsaved
-                poll = MIN_POLL if claimed or busy_before != len(self._busy()) else min(poll * 2, max_poll)
-                timeout = max(poll, self._outage.wait_time()) if self._outage.is_ongoing else poll
-                waitables = [w for s in self._busy() for w in s.waitables()]
-                if bell and len(self._busy()) < self.processes:  # a free slot: new work should wake us
+                busy = self._busy()
+                free_slot = len(busy) < self.processes
+                if bell is None and free_slot:  # only polling finds new work: soon after activity, then less often
+                    poll = MIN_POLL if claimed or busy_before != len(busy) else min(poll * 2, MAX_POLL)
+                else:  # new work rings (or no slot could take it): wake for children, deadlines, rare checks
+                    poll = MAX_POLL_WITH_BELL
+                waitables = [w for s in self.slots for w in s.waitables()]  # idle children too: a death respawns
+                if bell and free_slot:  # a free slot: new work should wake us
                     waitables.append(bell)
-                wait(waitables, timeout)
+                ready = set(select.select(waitables, [], [], self._wait_time(poll, busy))[0])
                 if bell:
                     bell.drain()
         finally:
@@ -143,8 +148,9 @@ class WorkerNode:
 
     def _store_step(self) -> bool:
         """Everything the loop does with the store; raises StoreUnavailable when it is down. True: claimed."""
-        self._flush()  # outcomes first: they free the jobs' max_parallel slots in the store
-        claimed = self._claim()
+        # Outcomes first: they free the jobs' max_parallel slots in the store. With a slot free, the last
+        # outcome's write also claims the next job (on SQLite in one transaction: one write lock per job, not two).
+        claimed = self._claim(self._flush(claim=self._drain_deadline is None and len(self._busy()) < self.processes))
         now = time.monotonic()
         if now >= self._next_control:
             self._control()
@@ -154,6 +160,14 @@ class WorkerNode:
             self._next_lease = now + self.heartbeat_interval
         self._is_done = self._should_exit()
         return claimed
+
+    def _wait_time(self, poll: float, busy: list[Slot]) -> float:
+        """How long the loop may sleep when nothing wakes it: ``poll``, or less when a
+        job's wall time or kill escalation is due sooner, or more while the store is down."""
+        if self._outage.is_ongoing:
+            return max(poll, self._outage.wait_time())
+        due = min((d for s in busy if (d := s.next_deadline()) is not None), default=math.inf)
+        return max(MIN_POLL, min(poll, due - time.monotonic()))
 
     def stop(self, *, drain: bool = True) -> None:
         """Ask the loop to stop (thread-safe); with ``drain`` running jobs may finish first."""
@@ -202,14 +216,18 @@ class WorkerNode:
     def _busy(self) -> list[Slot]:
         return [s for s in self.slots if s.is_busy]
 
-    def _claim(self) -> bool:
-        if self._drain_deadline is not None:
-            return False
+    def _claim(self, first: Job | None = None) -> bool:
+        """Start ``first`` (claimed along with an outcome), then claim a job for every other free slot."""
         claimed = False
         for slot in self.slots:
             if slot.is_busy:
                 continue
-            job = self.store.claim(self.claimant, lease_seconds=self.lease_seconds)
+            if first is not None:
+                job, first = first, None
+            elif self._drain_deadline is not None:
+                break
+            else:
+                job = self.store.claim(self.claimant, lease_seconds=self.lease_seconds)
             if job is None:
                 break
             log.debug("claimed %s %s (trial %d)", job.id, job.name, job.trial)
@@ -217,9 +235,11 @@ class WorkerNode:
             claimed = True
         return claimed
 
-    def _collect(self) -> None:
+    def _collect(self, ready: set | None) -> None:
+        """Messages and deaths of the children whose pipe or sentinel woke the loop (all when ``ready`` is None)."""
         for slot in self.slots:
-            self._collect_slot(slot)
+            if ready is None or not ready.isdisjoint(slot.waitables()):
+                self._collect_slot(slot)
 
     def _collect_slot(self, slot: Slot) -> None:
         for message in slot.receive():
@@ -289,17 +309,24 @@ class WorkerNode:
         self._progress.clear()
 
     # -- outcomes --------------------------------------------------------------------
-    def _flush(self) -> None:
-        """Write the outcomes owed, oldest first; one that fails with StoreUnavailable stays for the next try."""
+    def _flush(self, *, claim: bool = False) -> Job | None:
+        """Write the outcomes owed, oldest first; one that fails with StoreUnavailable stays for the next try.
+        With ``claim``, the last write also claims the next job, returned."""
+        claimed = None
         while self._unsaved:
             write = self._unsaved[0]
-            self._finish(write)
+            claimed = self._finish(write, claim=claim and len(self._unsaved) == 1)
             self._unsaved.pop(0)
+        return claimed
 
-    def _finish(self, write: Write) -> None:
-        job, state = write.job, write.state
+    def _finish(self, write: Write, *, claim: bool) -> Job | None:
+        job, state, claimed = write.job, write.state, None
         try:
-            done = self.store.finish(job.id, job.lease.token, state, **write.fields)
+            if claim:
+                done, claimed = self.store.finish_and_claim(job.id, job.lease.token, state, self.claimant,
+                                                            lease_seconds=self.lease_seconds, **write.fields)
+            else:
+                done = self.store.finish(job.id, job.lease.token, state, **write.fields)
         except PayloadError as exc:  # a result the store cannot hold (over its size limit): the job errs
             log.error("job %s: %s", job.id, exc)
             write = outcomes.failure(job, JobError("PayloadError", str(exc)), None, retry=False,
@@ -311,3 +338,4 @@ class WorkerNode:
         else:
             log.warning("job %s: lease no longer held, its %s outcome is discarded (another node owns it)",
                         job.id, state)
+        return claimed

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import select
 import signal
 import time
 
@@ -66,6 +67,14 @@ class Slot:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
+    def next_deadline(self) -> float | None:
+        """When the node must look at this slot unprompted: its job's wall time, or the SIGKILL after a SIGTERM."""
+        if self.term_sent_at is not None:
+            return self.term_sent_at + KILL_GRACE
+        if self.job is not None and self.job.wall_time is not None:
+            return self.started + self.job.wall_time
+        return None
+
     def waitables(self) -> list:
         return [self.conn, self.process.sentinel]
 
@@ -73,7 +82,8 @@ class Slot:
         """Every message the child has sent so far (without blocking)."""
         messages = []
         try:
-            while self.conn.poll():
+            # select() rather than conn.poll(), which builds a selector per call: this runs for every message
+            while select.select([self.conn], [], [], 0)[0]:
                 messages.append(self.conn.recv())
         except (EOFError, OSError):
             pass  # the child died; is_dead tells
