@@ -5,12 +5,14 @@ One loop, one thread::
     ┌─► collect  child messages and deaths → outcomes to write (no store I/O)
     │   police   wall time, drain deadline, SIGKILL escalation (no store I/O)
     │   store    unless backing off from an outage:
-    │              flush   outcomes → finish(job, state) under the job's lease token
+    │              flush   outcomes → finish(job, state) under the job's lease token; the last
+    │                      one with a slot free also claims the next job (finish_and_claim)
     │              claim   while a slot is free (atomic, max_parallel-safe, in the store)
     │              control every 0.5 s: progress, kill requests
     │              lease   every lease/6 s: heartbeat leases (lost → stop that child),
     │                      sys.worker heartbeat, reap expired leases of dead nodes
-    └── wait     on child pipes and sentinels, with an adaptive poll timeout
+    └── wait     on child pipes and sentinels, the doorbell while a slot is free,
+                 stop(); until the next poll (a free slot) or tick (all busy)
 
 The node never runs user code and never imports a database driver. Every state
 write carries the lease token, so a node that was paused past its lease cannot
@@ -26,6 +28,7 @@ node is fenced off, and this node logs that its outcome was discarded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -102,6 +105,7 @@ class WorkerNode:
         self._next_control = self._next_lease = 0.0
         self._is_done = False
         self._bell = None  # the store's doorbell, while run() listens on it
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None  # stop() ends the loop's wait through it
 
     # -- lifecycle ---------------------------------------------------------------
     def run(self) -> int:
@@ -114,6 +118,7 @@ class WorkerNode:
         poll = MIN_POLL
         ready = None  # what woke the loop; None: look at every slot
         self._bell = bell = self.store.listen("work")
+        self._wakeup = socket.socketpair()
         try:
             while not self._stop_now.is_set() and not self._is_done:
                 busy_before = len(self._busy())
@@ -128,21 +133,16 @@ class WorkerNode:
                         self._outage.failed(exc)
                 if self._outage.is_ongoing and self._drain_expired() and not self._busy():
                     break  # draining with the store down: stop at the deadline; _shutdown reports what is unsaved
-                busy = self._busy()
-                free_slot = len(busy) < self.processes
-                if bell is None and free_slot:  # only polling finds new work: soon after activity, then less often
-                    poll = MIN_POLL if claimed or busy_before != len(busy) else min(poll * 2, MAX_POLL)
-                else:  # new work rings (or no slot could take it): wake for children, deadlines, rare checks
+                if bell is None:  # only polling finds new work: soon after activity, then less often
+                    poll = MIN_POLL if claimed or busy_before != len(self._busy()) else min(poll * 2, MAX_POLL)
+                else:  # new work rings; polling only catches deferred and failed jobs coming due
                     poll = MAX_POLL_WITH_BELL
-                waitables = [w for s in self.slots for w in s.waitables()]  # idle children too: a death respawns
-                if bell and free_slot:  # a free slot: new work should wake us
-                    waitables.append(bell)
-                ready = set(select.select(waitables, [], [], self._wait_time(poll, busy))[0])
-                if bell:
-                    bell.drain()
+                ready = self._wait(poll)
         finally:
             if bell:
                 bell.close()
+            for end in self._wakeup:
+                end.close()
             self._shutdown()
         return self.jobs_done
 
@@ -161,13 +161,35 @@ class WorkerNode:
         self._is_done = self._should_exit()
         return claimed
 
-    def _wait_time(self, poll: float, busy: list[Slot]) -> float:
-        """How long the loop may sleep when nothing wakes it: ``poll``, or less when a
-        job's wall time or kill escalation is due sooner, or more while the store is down."""
+    def _wait(self, poll: float) -> set:
+        """Sleep until a child speaks or dies, new work rings (while a slot is free), :meth:`stop`
+        is called, or something is due; return what woke the loop."""
+        busy = self._busy()
+        # Idle children's sentinels too: a child that dies between jobs is replaced at once.
+        waitables = [self._wakeup[0], *(w for s in self.slots for w in s.waitables())]
+        if len(busy) < self.processes:
+            timeout = poll
+            if self._bell is not None:
+                waitables.append(self._bell)
+        else:  # no slot could take work: children wake the loop, else its next control or lease tick
+            timeout = min(self._next_control, self._next_lease) - time.monotonic()
+        ready = set(select.select(waitables, [], [], self._wait_time(timeout, busy))[0])
+        if self._bell is not None:
+            self._bell.drain()
+        if self._wakeup[0] in ready:
+            with contextlib.suppress(BlockingIOError):
+                self._wakeup[0].recv(4096, socket.MSG_DONTWAIT)
+        return ready
+
+    def _wait_time(self, timeout: float, busy: list[Slot]) -> float:
+        """``timeout``, or less when a job's wall time, a kill escalation or the drain deadline is
+        due sooner, or more while the store is down."""
         if self._outage.is_ongoing:
-            return max(poll, self._outage.wait_time())
+            return max(timeout, self._outage.wait_time())
         due = min((d for s in busy if (d := s.next_deadline()) is not None), default=math.inf)
-        return max(MIN_POLL, min(poll, due - time.monotonic()))
+        if self._drain_deadline is not None:
+            due = min(due, self._drain_deadline)
+        return max(MIN_POLL, min(timeout, due - time.monotonic()))
 
     def stop(self, *, drain: bool = True) -> None:
         """Ask the loop to stop (thread-safe); with ``drain`` running jobs may finish first."""
@@ -175,14 +197,15 @@ class WorkerNode:
             self._drain_deadline = time.monotonic() + self.grace
         else:
             self._stop_now.set()
+        if self._wakeup is not None:  # end the loop's wait now rather than at its next deadline
+            with contextlib.suppress(OSError):
+                self._wakeup[1].send(b"!", socket.MSG_DONTWAIT)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         first = self._drain_deadline is None
         log.warning("node %s got %s: %s", self.name, signal.Signals(signum).name,
                     f"draining (up to {self.grace:g} s)" if first else "stopping now")
         self.stop(drain=first)
-        if self._bell is not None:
-            self._bell.nudge()  # end the loop's wait now rather than at the next poll
 
     def _drain_expired(self) -> bool:
         return self._drain_deadline is not None and time.monotonic() > self._drain_deadline
