@@ -1,4 +1,4 @@
-"""Doorbells of the embedded store: inserts wake nodes, finishes wake executors, across processes."""
+"""Doorbells: inserts wake nodes, finishes wake executors, across the processes of one machine (both stores)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from core4nb.store import Claimant, open_store
 from tests.nodes import ROOT
 
 
-def test_insert_rings_work_and_finish_rings_done(sqlite_url):
-    with open_store(sqlite_url) as store:
+def test_insert_rings_work_and_finish_rings_done(queue_url):
+    with open_store(queue_url) as store:
         work, done = store.listen("work"), store.listen("done")
         try:
             assert not work.wait(0) and not done.wait(0)
@@ -28,22 +28,22 @@ def test_insert_rings_work_and_finish_rings_done(sqlite_url):
         assert not work.path.exists()
 
 
-def test_another_process_rings_this_one(sqlite_url):
-    with open_store(sqlite_url) as store:
+def test_another_process_rings_this_one(queue_url):
+    with open_store(queue_url) as store:
         work = store.listen("work")
         try:
             code = ("from core4nb.store import open_store; from core4nb.job import Job; "
-                    f"open_store({sqlite_url!r}).insert([Job(name='b', payload=b'y')])")
+                    f"open_store({queue_url!r}).insert([Job(name='b', payload=b'y')])")
             subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
             assert work.wait(5)
         finally:
             work.close()
 
 
-def test_a_dead_listener_is_forgotten(sqlite_url):
-    with open_store(sqlite_url) as store:
+def test_a_dead_listener_is_forgotten(queue_url):
+    with open_store(queue_url) as store:
         code = ("import os; from core4nb.store import open_store; "
-                f"b = open_store({sqlite_url!r}).listen('work'); print(b.path); os._exit(0)")
+                f"b = open_store({queue_url!r}).listen('work'); print(b.path); os._exit(0)")
         path = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
                               cwd=ROOT, timeout=60).stdout.strip()
         assert os.path.exists(path)
@@ -51,6 +51,25 @@ def test_a_dead_listener_is_forgotten(sqlite_url):
         assert not os.path.exists(path)
 
 
-def test_mongo_store_has_no_bell(wire_server):
-    with open_store(f"{wire_server.url}/bellcheck?collection_prefix=sys_") as store:
-        assert store.listen("work") is None
+def test_only_the_embedded_bell_hears_every_writer(queue_url):
+    """A SQLite file's writers are all on this machine: its bell hears them all and listeners need
+    not poll. A MongoDB queue's bell hears this machine's writers only: its listeners keep polling."""
+    with open_store(queue_url) as store:
+        work = store.listen("work")
+        try:
+            assert work.hears_everyone is queue_url.startswith("sqlite")
+        finally:
+            work.close()
+
+
+def test_a_killed_pending_job_rings_done(queue_url):
+    with open_store(queue_url) as store:
+        done = store.listen("done")
+        try:
+            job = Job(name="d", payload=b"k")
+            store.insert([job])
+            assert not done.wait(0)
+            assert store.request_kill(job.id) == 1
+            assert done.wait(1)
+        finally:
+            done.close()

@@ -119,7 +119,8 @@ def test_scaling_and_queue(tiny: tuple[dict[str, Any], Path]) -> None:
     # Every job claimed (and the map's root): alone, or with the outcome before it in one transaction.
     assert worker.get("claim", 0) + worker.get("finish_and_claim", 0) >= queue["jobs"]
     assert queue["map"]["calls"]["client"]["insert"] >= 1
-    assert queue["map"]["round_trips_per_job"] >= 2  # at least a claim and a finish
+    assert worker.get("finish", 0) + worker.get("finish_and_claim", 0) >= queue["jobs"]  # every outcome recorded
+    assert queue["map"]["round_trips_per_job"] >= 1
 
 
 def test_report_and_plots(tiny: tuple[dict[str, Any], Path]) -> None:

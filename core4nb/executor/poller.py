@@ -79,12 +79,14 @@ class Poller:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="core4nb-poller", daemon=True)
         self._thread.start()
-        # A store that rings when jobs finish (the embedded one) wakes the loop at once, so polling
-        # is only a fallback: a hot poll loop would take CPU from the workers on the same machine.
+        # A store that rings when jobs finish wakes the loop at once. When every writer rings (the
+        # embedded store) polling is only a fallback: a hot poll loop would take CPU from the workers
+        # on the same machine. A MongoDB queue's bell hears this machine's nodes only: poll on.
         self._bell = store.listen("done")
         self._bell_thread = None
         if self._bell is not None:
-            self.min_interval = BELL_MIN_INTERVAL
+            if self._bell.hears_everyone:
+                self.min_interval = BELL_MIN_INTERVAL
             self._bell_thread = threading.Thread(target=self._listen, name="core4nb-bell", daemon=True)
             self._bell_thread.start()
 

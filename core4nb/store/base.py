@@ -187,7 +187,8 @@ class Store(abc.ABC):
     def listen(self, role: str):
         """A doorbell (``fileno()``, ``wait(timeout)``, ``drain()``, ``close()``) rung when
         jobs may have become claimable (``role="work"``) or finished (``"done"``), or None
-        when this backend cannot ring and listeners must poll."""
+        when this backend cannot ring and listeners must poll. A bell whose
+        ``hears_everyone`` is False hears this machine's writers only: poll as well."""
         return None
 
     @abc.abstractmethod

@@ -1,12 +1,14 @@
-"""Doorbells: wake the processes that share an embedded queue file instead of polling it.
+"""Doorbells: wake the processes on one machine that share a queue instead of polling it.
 
-Worker nodes and executors on one machine each listen on a Unix datagram
-socket in a directory that belongs to the queue file. A store rings ``work``
-bells when it inserts jobs (and when a job of a ``max_parallel`` name frees its
-slot) and ``done`` bells when a job finishes, so a node claims new work and an
-executor completes a future within a millisecond, while an idle process polls
-only rarely. A ring is a hint, never the truth: the listener always re-reads
-the store, so a lost datagram costs one poll interval, nothing more.
+Worker nodes and executors on one machine each listen on a Unix datagram socket
+in a directory that belongs to the queue (its file, or its database). A store
+rings ``work`` bells when it inserts jobs (and when a job of a ``max_parallel``
+name frees its slot) and ``done`` bells when a job finishes, so a node claims
+new work and an executor completes a future within a millisecond, while an idle
+process polls only rarely. A ring is a hint, never the truth: the listener
+always re-reads the store, so a lost datagram costs one poll interval, nothing
+more. A MongoDB queue rings the same way for the processes of one machine;
+writers on other machines do not ring, so its listeners keep polling too.
 """
 
 from __future__ import annotations
@@ -22,19 +24,27 @@ from pathlib import Path
 ROLES = ("work", "done")
 
 
-def bell_dir(queue_path: Path) -> Path:
-    """The bells of one queue file: short (Unix socket paths are limited to ~107 bytes),
-    private to this user, the same for every process that opens the file."""
-    digest = hashlib.sha256(str(queue_path.resolve()).encode()).hexdigest()[:16]
+def bell_dir(queue: Path | str) -> Path:
+    """The bells of one queue (a SQLite file's path, or a database's redacted URL): short (Unix
+    socket paths are limited to ~107 bytes), private to this user, the same for every process
+    on this machine that opens the queue."""
+    identity = str(queue.resolve()) if isinstance(queue, Path) else queue
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"core4nb-bells-{os.getuid()}" / digest
 
 
 class Bell:
-    """One listening socket; ``fileno()`` turns readable when someone rings."""
+    """One listening socket; ``fileno()`` turns readable when someone rings.
 
-    def __init__(self, directory: Path, role: str) -> None:
+    ``hears_everyone``: every writer of the queue rings it (a SQLite file: all its writers are
+    on this machine), so a listener need not poll for what rings. False for a database other
+    machines write to: only this machine's writers ring, and listeners keep polling.
+    """
+
+    def __init__(self, directory: Path, role: str, *, hears_everyone: bool = True) -> None:
         if role not in ROLES:
             raise ValueError(f"bell role must be one of {ROLES}, got {role!r}")
+        self.hears_everyone = hears_everyone
         self.path = directory / f"{role}-{os.getpid()}-{secrets.token_hex(3)}.sock"
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         for attempt in range(3):  # the last listener's close() may remove the directory in between

@@ -33,7 +33,7 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, 
 
 from core4nb.errors import ConfigError, Core4Error, JobNotFound, MalformedJob, StoreUnavailable
 from core4nb.job import SCALAR_FIELDS, Job, JobError, State, new_token
-from core4nb.store import base
+from core4nb.store import base, bell
 from core4nb.store import mongo_claim as claims
 from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, check_finish, lease_for, redact_url
 from core4nb.store.decode import decode_job, placeholder_job
@@ -107,6 +107,8 @@ class MongoStore(Store):
         wait_given = "serverselectiontimeoutms" in {key.lower() for key in options}
         self._options = {} if wait_given else {"serverSelectionTimeoutMS": CONNECT_TIMEOUT_MS}
         self._closed = False
+        self._bells = bell.bell_dir(redact_url(url))  # this machine's nodes and executors of this queue
+        self._idle = False  # the last claim found nothing: the next one looks (a read) before it writes
         self._connect()
         self.blobs = Blobs(lambda: self._col("queue").database, self.collections["blobs"])
         try:
@@ -190,6 +192,10 @@ class MongoStore(Store):
             ids = [j.id for j in jobs]
             raise ValueError(f"a job id among {ids[:5]}{'…' if len(ids) > 5 else ''} is already in queue "
                              f"{redact_url(self.url)} (or repeated); nothing was inserted") from None
+        bell.ring(self._bells, "work")
+
+    def listen(self, role: str) -> bell.Bell:
+        return bell.Bell(self._bells, role, hears_everyone=False)  # other machines' writes do not ring
 
     @_guarded
     def get(self, job_id: str, *, blobs: bool = True) -> Job:
@@ -233,6 +239,8 @@ class MongoStore(Store):
         the job, instead of leaving it running under a lease nobody holds until it expires.
         """
         queue = self._col("queue")
+        if self._idle and queue.find_one(claims.ready_filter(claims.epoch(time.time())), {"_id": 1}) is None:
+            return None  # an idle node's poll: one read, no write (an empty claim is two round trips)
         lost = getattr(self._in_flight, "token", None)
         if lost is not None:
             doc = queue.find_one({"lease_token": lost, "state": State.RUNNING})
@@ -245,6 +253,7 @@ class MongoStore(Store):
             lease.until = claims.epoch(lease.until)
             self._in_flight.token = token  # until the job is decoded: its payload download may fail too
             doc = claims.claim_document(queue, claims.ready_filter(now), claims.claim_update(lease, now), token)
+            self._idle = doc is None
             if doc is None:
                 self._in_flight.token = None
                 return None
@@ -281,12 +290,13 @@ class MongoStore(Store):
             query = {"_id": job_id, "state": State.RUNNING, "lease_token": token, **expect}
             return queue.update_one(query, {"$set": change}).matched_count == 1
 
-        if state.is_claimable:  # a job with a kill request is never claimed again: it must not wait
-            done = leave(state, kill_requested=False) or leave(State.KILLED, kill_requested=True)
-        else:
-            done = leave(state)
+        done = leave(state, **({"kill_requested": False} if state.is_claimable else {}))
+        if not done and state.is_claimable:  # a job with a kill request is never claimed again: it must not wait
+            state, done = State.KILLED, leave(State.KILLED, kill_requested=True)
         if not done and values.get("result_ref"):
             self.blobs.delete([values["result_ref"]])
+        if done and (state.is_final or state is State.PENDING):  # finished, or handed back to the queue
+            bell.ring(self._bells, "done" if state.is_final else "work")
         return done
 
     @_guarded
@@ -355,8 +365,10 @@ class MongoStore(Store):
         # leaves running becomes killed (finish, reap). So once the second write is done, no job of
         # the subtree can still be waiting -- without a transaction.
         flagged = queue.update_many({**query, "state": {"$in": _OPEN}}, {"$set": {"kill_requested": True}})
-        queue.update_many({**query, "state": {"$in": claims.CLAIMABLE}, "kill_requested": True},
-                          {"$set": {"state": State.KILLED, "finished_at": claims.epoch(time.time())}})
+        killed = queue.update_many({**query, "state": {"$in": claims.CLAIMABLE}, "kill_requested": True},
+                                   {"$set": {"state": State.KILLED, "finished_at": claims.epoch(time.time())}})
+        if killed.modified_count:
+            bell.ring(self._bells, "done")
         return flagged.matched_count
 
     @_guarded

@@ -133,7 +133,7 @@ class WorkerNode:
                         self._outage.failed(exc)
                 if self._outage.is_ongoing and self._drain_expired() and not self._busy():
                     break  # draining with the store down: stop at the deadline; _shutdown reports what is unsaved
-                if bell is None:  # only polling finds new work: soon after activity, then less often
+                if bell is None or not bell.hears_everyone:  # polling finds work: soon after activity, then less often
                     poll = MIN_POLL if claimed or busy_before != len(self._busy()) else min(poll * 2, MAX_POLL)
                 else:  # new work rings; polling only catches deferred and failed jobs coming due
                     poll = MAX_POLL_WITH_BELL
