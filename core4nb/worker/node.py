@@ -186,10 +186,11 @@ class WorkerNode:
         due sooner, or more while the store is down."""
         if self._outage.is_ongoing:
             return max(timeout, self._outage.wait_time())
+        now = time.monotonic()
         due = min((d for s in busy if (d := s.next_deadline()) is not None), default=math.inf)
-        if self._drain_deadline is not None:
+        if self._drain_deadline is not None and self._drain_deadline > now:  # once past, police has acted on it
             due = min(due, self._drain_deadline)
-        return max(MIN_POLL, min(timeout, due - time.monotonic()))
+        return max(MIN_POLL, min(timeout, due - now))
 
     def stop(self, *, drain: bool = True) -> None:
         """Ask the loop to stop (thread-safe); with ``drain`` running jobs may finish first."""
