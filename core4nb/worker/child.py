@@ -72,8 +72,7 @@ def _die_with_node(node_pid: int) -> None:
     PR_SET_PDEATHSIG makes that exit SIGKILL the child. Elsewhere a thread watches.
     (A watching thread in each of 32 idle children cost ~35 ms of CPU a second.)
     """
-    if _kill_me_with_my_parent():
-        _release_forkserver()
+    if _kill_me_with_my_parent() and _release_forkserver():
         if process_is_gone(node_pid):  # gone before the signal was armed
             os._exit(70)
         return
@@ -91,20 +90,25 @@ def _kill_me_with_my_parent() -> bool:
         return False
 
 
-def _release_forkserver() -> None:
-    """Close this child's copy of the pipe that keeps the forkserver alive.
+def _release_forkserver() -> bool:
+    """Close this child's copy of the pipe that keeps the forkserver alive; False if not found.
 
     multiprocessing hands it to every child (for a child that starts processes itself;
     this one would start its own forkserver: it has no address of the node's); held
     here, it would keep the forkserver, and so this child, alive after the node died.
+    It is a private attribute: where a Python version names it otherwise, the caller
+    falls back to watching the node.
     """
     from multiprocessing import forkserver
 
-    server = forkserver._forkserver
-    if server._forkserver_alive_fd is not None:
-        with contextlib.suppress(OSError):
-            os.close(server._forkserver_alive_fd)
-        server._forkserver_alive_fd = None
+    server = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if not isinstance(fd, int):
+        return False
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    server._forkserver_alive_fd = None
+    return True
 
 
 def _watch_node(node_pid: int) -> None:
