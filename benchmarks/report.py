@@ -73,7 +73,9 @@ def scaling(w: dict[str, Any]) -> list[str]:
     out = [f"k simulated worker nodes (`python -m core4nb worker URL --processes 1`) on this machine, "
            f"{p['jobs']} jobs that each sleep {p['sleep_s']} s, enqueued at once; wall time from the enqueue until "
            "the last result is in (`Core4Executor(url, workers=0).map(nap, …, chunksize=1)`); *last job done*: the "
-           "last job's finish time in the queue. Sleeping jobs hold a node without a core, so this measures the queue.",
+           "last job's finish time in the queue. Sleeping jobs hold a node without a core, so this measures the queue. "
+           "All nodes share this machine, so they hear its doorbells on both stores; on MongoDB, nodes on other "
+           "machines would find new work by polling (every ≤ 0.1 s) instead.",
            ""]
     for r in w["results"]:
         out.append(f"**{r['label']}**" + ("" if r["status"] == "ok" else f": {r['status']}: {r.get('reason')}"))
