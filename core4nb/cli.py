@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--json", action="store_true", help="machine-readable output")
 
     for name, text in (("kill", "kill a job and its subtree"), ("restart", "enqueue a finished job again"),
-                       ("remove", "delete a job and its subtree")):
+                       ("remove", "delete a job and its subtree"), ("output", "what a job printed (its last trial)")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("job_id", metavar="ID")
         cmd.add_argument("--url", help="queue URL")
@@ -109,6 +109,11 @@ def _remove(args: argparse.Namespace) -> int:
         print(f"removed {queue.remove(args.job_id)} job(s)")
 
 
+def _output(args: argparse.Namespace) -> int:
+    with Queue(args.url or default_url()) as queue:
+        print(queue.output(args.job_id), end="")
+
+
 def _demo(args: argparse.Namespace) -> int:
     from core4nb.demo import run_demo
 
@@ -116,4 +121,4 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"worker": _worker, "status": _status, "jobs": _jobs, "kill": _kill, "restart": _restart,
-            "remove": _remove, "demo": _demo}
+            "remove": _remove, "output": _output, "demo": _demo}

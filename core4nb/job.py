@@ -152,6 +152,8 @@ class Job:
     error: JobError | None = None
     kill_requested: bool = False
     restarted_from: str | None = None
+    #: What the job's last trial printed (stdout and stderr, the last OUTPUT_LIMIT characters).
+    output: str = ""
 
     def __post_init__(self) -> None:
         self.state = State(self.state)
@@ -177,13 +179,20 @@ class Job:
         data = dataclasses.asdict(self)
         data.pop("payload")
         data.pop("result")
+        data.pop("output")
         data["state"] = str(self.state)
         return data
 
 
-# Fields a store copies to/from its rows; blobs and nested objects are handled apart.
+#: Fields read only when asked for (``blobs=True``): they may be large. ``output`` was added after
+#: 0.1, so a document written before may lack it (it reads as "").
+LARGE_FIELDS = ("payload", "result", "output")
+#: Job output kept per job: the last this many characters of what its last trial printed.
+OUTPUT_LIMIT = 64 * 1024
+
+# Fields a store copies to/from its rows; large fields and nested objects are handled apart.
 SCALAR_FIELDS = tuple(
     f.name
     for f in dataclasses.fields(Job)
-    if f.name not in {"payload", "result", "lease", "error"}
+    if f.name not in {*LARGE_FIELDS, "lease", "error"}
 )

@@ -46,9 +46,15 @@ class CellRun:
         self._done = False
 
     def result(self) -> Any:
-        """Wait for every chunk; the values in chunk order (reduced if ``--reduce`` was given)."""
+        """Wait for every chunk; the values in chunk order (reduced if ``--reduce`` was given).
+        What the chunks printed is printed here, in chunk order, as if the cell had run locally."""
         if not self._done:
-            values = list(self._results)
+            try:
+                values = list(self._results)
+            finally:  # a failing chunk's output (and that of the chunks before it) helps most
+                printed = "".join(self._results.outputs)
+                if printed:
+                    print(printed, end="" if printed.endswith("\n") else "\n")
             self._value, self._done = (self._reduce(values) if self._reduce else values), True
         return self._value
 

@@ -157,8 +157,12 @@ class Queue:
         return job.id
 
     def get(self, job_id: str) -> Job:
-        """The job (without its blobs); raises JobNotFound."""
+        """The job (without its blobs and output); raises JobNotFound."""
         return self.store.get(job_id, blobs=False)
+
+    def output(self, job_id: str) -> str:
+        """What the job printed to stdout and stderr in its last trial (the last 64 KiB); raises JobNotFound."""
+        return self.store.get(job_id, blobs=True).output
 
     def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.05) -> Job:
         """Block until the job is final.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 from core4nb.context import current_job
@@ -110,3 +111,26 @@ def fan_out(n: int, fail_at: int | None = None, levels: int = 1, seconds: float 
     if still_open:
         job.defer(f"{still_open} children still open")
     return sum(job.child_results())
+
+
+def chatty(out: str, err: str, fail: bool = False) -> int:
+    """Print to stdout and stderr, then return (or raise): a job whose output the notebook should see."""
+    print(out)
+    print(err, file=sys.stderr)
+    if fail:
+        raise ValueError("failed after printing")
+    return len(out)
+
+
+def flood(chars: int) -> int:
+    """Print ``chars`` characters in numbered lines of 100 (99 and a newline)."""
+    for i in range(chars // 100):
+        print(f"{i:08d}".ljust(99, "."))
+    return chars
+
+
+def print_through_a_subprocess(text: str) -> int:
+    """Code that hands sys.stdout to a subprocess needs its file descriptor."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-c", f"print({text!r})"], stdout=sys.stdout, check=True).returncode

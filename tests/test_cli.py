@@ -58,6 +58,13 @@ def test_jobs_kill_restart_remove_round_trip(queue):
     assert [j.id for j in queue.jobs()] == [restarted]
 
 
+def test_output_prints_what_the_job_printed(queue):
+    job_id = queue.enqueue(jobfuncs.chatty, "hello", "careful")
+    start_node(queue.url, "node", processes=1, burst=True).wait(60)
+    done = core4nb("output", job_id, "--url", queue.url)
+    assert (done.returncode, done.stdout) == (0, "hello\ncareful\n")
+
+
 def test_restart_of_an_open_job_is_refused(queue):
     job_id = queue.enqueue(jobfuncs.add, 1, 1)
     done = core4nb("restart", job_id, "--url", queue.url)
@@ -79,7 +86,7 @@ def test_bad_urls_are_one_line_errors(args, message):
     assert message in done.stderr and "secret" not in done.stderr
 
 
-@pytest.mark.parametrize("command", ["kill", "restart", "remove"])
+@pytest.mark.parametrize("command", ["kill", "restart", "remove", "output"])
 def test_unknown_job_id_is_an_error_and_changes_nothing(queue, command):
     kept = queue.enqueue(jobfuncs.add, 1, 1)
     done = core4nb(command, "0" * 24, "--url", queue.url)

@@ -500,3 +500,13 @@ def test_a_node_that_cannot_start_is_reported_not_restarted_forever(tmp_path):
     assert problems[-1].startswith(f"the local worker node {node.name} exited with code 1 within 5 s of starting, "
                                    f"3 times")
     node.stop()
+
+
+def test_future_and_map_keep_what_the_jobs_printed(ex):
+    from tests.jobfuncs import chatty
+
+    future = ex.submit(chatty, "out", "err")
+    assert future.result(timeout=60) == 3 and future.output == "out\nerr\n"
+    results = ex.map(chatty, ["a", "bb"], ["x", "y"], chunksize=1, timeout=60)
+    assert list(results) == [1, 2]
+    assert results.outputs == ["a\nx\n", "bb\ny\n"]

@@ -171,3 +171,12 @@ def test_unload_stops_local_workers(shell):
     psutil.Process(pid).wait(15) if psutil.pid_exists(pid) else None
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     shell.run_line_magic("load_ext", "core4nb")  # the fixture unloads again
+
+
+def test_what_the_chunks_print_is_printed_in_chunk_order(shell, capsys):
+    shell.run_cell("words = ['alpha', 'beta', 'gamma']")
+    capsys.readouterr()
+    cell(shell, "--chunks 3 --over words --out lengths", "print('chunk', words[0])\nlen(words[0])")
+    assert shell.user_ns["lengths"] == [5, 4, 5]
+    printed = capsys.readouterr().out  # after the (headless) panel's text line
+    assert printed.endswith("\nchunk alpha\nchunk beta\nchunk gamma\n") and printed.count("chunk ") == 3

@@ -91,7 +91,7 @@ def test_insert_get_round_trips_every_field(store: Store) -> None:
         progress_message="half way", enqueued_at=100.5, started_at=101.5, finished_at=103.5, deferred_since=102.5,
         runtime=1.25, result=b"\x80result\x00",
         error=JobError("ValueError", "bad value", "Traceback (most recent call last): ...", exit_code=3),
-        kill_requested=True, restarted_from="s" * 24,
+        kill_requested=True, restarted_from="s" * 24, output="printed\nand warned\n",
     )
     default = Job(name="x")
     # Guard: every field differs from its default, so the round trip really covers every field.
@@ -100,7 +100,7 @@ def test_insert_get_round_trips_every_field(store: Store) -> None:
 
     store.insert([original])
     assert store.get(original.id) == original
-    assert store.get(original.id, blobs=False) == dataclasses.replace(original, payload=None, result=None)
+    assert store.get(original.id, blobs=False) == dataclasses.replace(original, payload=None, result=None, output="")
 
 
 def test_insert_get_round_trips_defaults(store: Store) -> None:
@@ -735,6 +735,30 @@ def test_open_store_rejects_bad_urls() -> None:
         open_store("/just/a/path.db")
     with pytest.raises(ConfigError, match="unknown scheme 'redis'"):
         open_store("redis://localhost/0")
+
+
+def test_sqlite_queue_file_of_an_earlier_version_gains_the_new_columns(tmp_path) -> None:
+    """A queue file written by 0.1 (no ``output`` column): opening it adds the column, its jobs still read
+    and run, and an outcome's output is stored."""
+    import sqlite3
+
+    from core4nb.store import sqlite_sql
+
+    path = tmp_path / "old.db"
+    old_columns = {c: t for c, t in sqlite_sql.COLUMNS.items() if c != "output"}
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"CREATE TABLE queue ({', '.join(f'{c} {t}' for c, t in old_columns.items())})")
+    job = make()
+    with sqlite3.connect(path) as conn:  # the row as 0.1 wrote it
+        row = {**{c: getattr(job, c) for c in old_columns if hasattr(job, c)}, "state": "pending",
+               "kill_requested": 0, "error": None}
+        conn.execute(f"INSERT INTO queue ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+    with open_store(f"sqlite://{path}") as store:
+        assert store.get(job.id).output == ""
+        claimed = store.claim(CLAIMANT)
+        assert claimed.id == job.id
+        assert store.finish(claimed.id, claimed.lease.token, State.COMPLETE, output="done\n")
+        assert store.get(job.id).output == "done\n"
 
 
 def test_sqlite_store_creates_missing_directories(tmp_path) -> None:

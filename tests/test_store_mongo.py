@@ -79,6 +79,16 @@ def test_large_payload_and_result_round_trip_through_gridfs(store: MongoStore) -
     assert blob_files(store) == []
 
 
+def test_document_of_an_earlier_version_without_output_reads_and_runs(store: MongoStore) -> None:
+    job = Job(name="old", payload=b"p")
+    store.insert([job])
+    raw_db(store)[store.collections["queue"]].update_one({"_id": job.id}, {"$unset": {"output": ""}})
+    assert store.get(job.id).output == ""
+    claimed = store.claim(CLAIMANT)
+    assert store.finish(claimed.id, claimed.lease.token, State.COMPLETE, output="done\n")
+    assert store.get(job.id).output == "done\n"
+
+
 def test_fenced_off_finish_leaves_no_blob_behind(store: MongoStore) -> None:
     store.insert([Job(name="big", payload=b"p")])
     job = store.claim(CLAIMANT)

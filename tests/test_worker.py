@@ -236,3 +236,25 @@ def test_children_die_with_their_node(queue):
     gone, alive = psutil.wait_procs(forkserver_children, timeout=5)
     assert alive == []
     assert os.path.exists("/proc") and len(gone) == len(forkserver_children)
+
+
+def test_what_a_job_prints_is_kept_with_it(queue):
+    ok = queue.enqueue(jobfuncs.chatty, "to stdout", "to stderr")
+    bad = queue.enqueue(jobfuncs.chatty, "before the error", "and a warning", True)
+    flood = queue.enqueue(jobfuncs.flood, 100_000)
+    handed = queue.enqueue(jobfuncs.print_through_a_subprocess, "from a subprocess")
+    node = start_node(queue.url, "printer", processes=2, burst=True)
+    assert node.wait(60) == 0
+    assert queue.output(ok) == "to stdout\nto stderr\n"
+    assert queue.get(bad).state is State.ERROR and queue.output(bad) == "before the error\nand a warning\n"
+    # Only the last 64 KiB are kept, and the text says so.
+    kept = queue.output(flood)
+    banner, _, tail = kept.partition("\n")
+    assert banner == "[… earlier output dropped: the last 64 KiB are kept]"
+    assert len(tail) == 64 * 1024 and tail.endswith(f"{999:08d}".ljust(99, ".") + "\n")
+    # Listings leave the output out (it may be large); the node's own log still shows it.
+    assert queue.get(ok).output == ""
+    # sys.stdout still has a file descriptor (subprocess needs one); such output goes to the node only.
+    assert queue.result(handed) == 0 and queue.output(handed) == ""
+    log = stop_node(node)
+    assert "to stdout" in log and "from a subprocess" in log

@@ -43,11 +43,14 @@ class Core4Future(Future):
     Attributes:
         job_id: the job's id in the queue (``Core4Executor(url).attach(job_id)``
             gives a new future for it in any process).
+        output: what the job printed (stdout and stderr of its last trial; the last
+            64 KiB), once the future is done; "" before.
     """
 
     def __init__(self, job_id: str, runtime: Runtime) -> None:
         super().__init__()
         self.job_id = job_id
+        self.output = ""
         # The runtime (store, poller, workers) stays alive while a future needs it.
         self._runtime = runtime
         self._progress = Progress()

@@ -48,6 +48,7 @@ class _MapRun:
         self.offset = 0  # items
         self.root_inserted = False
         self.futures: collections.deque[Core4Future] = collections.deque()
+        self.outputs: list[str] = []  # what each chunk job printed, in order, as its results are consumed
 
     def chunk_job(self, chunk: list) -> Job:
         self.runtime.check_open()  # before pickling, as ProcessPoolExecutor.submit does
@@ -95,6 +96,8 @@ class MapIterator:
         job_id: the map's root job (None for an empty map): attach to it for
             every result, or kill the whole map with ``store.request_kill``.
         url: the queue the map runs in (``core4nb.progress(it)`` shows its tree).
+        outputs: what each chunk job printed (stdout and stderr), in order, filled
+            as the results are consumed.
     """
 
     def __init__(self, runtime: Runtime, fn: Callable, iterables: tuple[Iterable, ...], options: dict[str, Any],
@@ -120,6 +123,7 @@ class MapIterator:
             chunks = None if exhausted else chunks
         self.job_id = run.root_id if run.submitted else None
         self.url = runtime.url
+        self.outputs = run.outputs
         self._gen = _results(run, chunks, end_time)
 
     def __iter__(self) -> MapIterator:
@@ -152,7 +156,9 @@ def _results(run: _MapRun, chunks: Iterator[list] | None, end_time: float | None
                 if chunk is None:
                     chunks = None
                 run.submit([chunk] if chunk is not None else [], last=chunk is None)
-            values, error = _chunk_result(futures.popleft(), end_time)
+            future = futures.popleft()
+            values, error = _chunk_result(future, end_time)
+            run.outputs.append(future.output)
             yield from values
             if error is not None:
                 raise error

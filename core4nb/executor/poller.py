@@ -182,6 +182,7 @@ class Poller:
                 value, error = None, exc
             for future in futures:
                 future._see(snapshot(job))
+                future.output = job.output
                 self._settle(future, value, error)
         return len(jobs)
 

@@ -239,7 +239,7 @@ def reap_outcome(job: Job, now: float) -> tuple[State, int, JobError]:
 
 
 #: What ``finish`` may set besides the state: the job's scalars (not its identity), result, error.
-FINISH_FIELDS = frozenset((set(SCALAR_FIELDS) - {"id", "state"}) | {"result", "error"})
+FINISH_FIELDS = frozenset((set(SCALAR_FIELDS) - {"id", "state"}) | {"result", "error", "output"})
 
 
 def check_finish(state: State | str, fields: dict[str, Any]) -> State:

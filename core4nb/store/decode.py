@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from core4nb.errors import MalformedJob
-from core4nb.job import OPEN_STATES, SCALAR_FIELDS, Job, JobError, Lease, State
+from core4nb.job import LARGE_FIELDS, OPEN_STATES, SCALAR_FIELDS, Job, JobError, Lease, State
 
 #: The name listings show for a document that cannot be read as a job.
 MALFORMED_NAME = "<malformed job>"
@@ -74,12 +74,12 @@ def decode_job(data: Mapping[str, Any]) -> Job:
 
     ``data`` holds :data:`SCALAR_FIELDS`, the lease as ``lease_worker`` … ``lease_until``
     (no lease when ``lease_token`` is None), ``error`` as a mapping or None, and
-    ``payload``/``result`` when they were loaded.
+    ``payload``/``result``/``output`` when they were loaded.
 
     Raises:
         MalformedJob: naming the first field that is missing or of the wrong type.
     """
-    fields = _checked(Job, data, [*SCALAR_FIELDS, *(blob for blob in ("payload", "result") if blob in data)])
+    fields = _checked(Job, data, [*SCALAR_FIELDS, *(large for large in LARGE_FIELDS if large in data)])
     if data.get("lease_token") is not None:
         fields["lease"] = Lease(**_checked(Lease, data, _TYPES[Lease], prefix="lease_", label="lease_"))
     error = data.get("error")

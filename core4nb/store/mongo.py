@@ -32,7 +32,7 @@ from pymongo import ASCENDING, MongoClient, UpdateOne, uri_parser
 from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
 
 from core4nb.errors import ConfigError, Core4Error, JobNotFound, MalformedJob, StoreUnavailable
-from core4nb.job import SCALAR_FIELDS, Job, JobError, State, new_token
+from core4nb.job import LARGE_FIELDS, SCALAR_FIELDS, Job, JobError, State, new_token
 from core4nb.store import base, bell
 from core4nb.store import mongo_claim as claims
 from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, check_finish, lease_for, redact_url
@@ -43,7 +43,7 @@ CONNECT_TIMEOUT_MS = 5000  # server selection; a serverSelectionTimeoutMS in the
 MAX_SET_ASIDE = 16  # malformed documents one claim moves to error before it answers "nothing now"
 
 _OPEN = [*claims.CLAIMABLE, State.RUNNING]
-_NO_BLOBS = {"payload": 0, "result": 0}
+_NO_BLOBS = {"payload": 0, "result": 0, "output": 0}
 _WORKER_FIELDS = {f.name for f in dataclasses.fields(WorkerInfo)}
 
 
@@ -146,7 +146,8 @@ class MongoStore(Store):
         if blobs:  # a dangling GridFS reference is as malformed as a wrong type
             data.update(payload=self.blobs.get(doc, "payload"), result=self.blobs.get(doc, "result"))
         else:
-            data.pop("payload", None), data.pop("result", None)
+            for large in LARGE_FIELDS:
+                data.pop(large, None)
         return data
 
     def _job(self, doc: dict[str, Any], blobs: bool) -> Job:
@@ -171,6 +172,7 @@ class MongoStore(Store):
         for job in jobs:
             doc = {f: getattr(job, f) for f in SCALAR_FIELDS if f != "id"}
             doc.update(_id=job.id, seq=job.id, kill_requested=bool(job.kill_requested), error=_error_doc(job.error),
+                       output=job.output,
                        holder=claims.HELD if job.state is State.RUNNING else job.id, **claims.lease_doc(job.lease))
             # A limited job's slot is the one it tries first: spread a batch over all M slots.
             doc["slot"] = f"{job.name}#{turns[job.name] % job.max_parallel}" if job.max_parallel else job.id

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from core4nb.errors import ConfigError, JobNotFound, MalformedJob, PayloadError, StoreUnavailable
-from core4nb.job import SCALAR_FIELDS, Job, State
+from core4nb.job import LARGE_FIELDS, SCALAR_FIELDS, Job, State
 from core4nb.store import base, bell
 from core4nb.store import sqlite_sql as sql
 from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, check_finish, redact_url
@@ -88,6 +88,7 @@ class SQLiteStore(Store):
         with self._tx() as conn:  # every opener runs it: IF NOT EXISTS makes it idempotent, the lock serial
             for statement in filter(str.strip, sql.SCHEMA.split(";")):
                 conn.execute(statement)
+            sql.add_missing_columns(conn)
 
     def _check_path(self) -> None:
         path, fix = self.path, "point the queue URL at a writable file, e.g. sqlite:///tmp/core4nb/queue.db"
@@ -168,7 +169,7 @@ class SQLiteStore(Store):
 
     # -- jobs --------------------------------------------------------------------------------------
     def insert(self, jobs: Sequence[Job]) -> None:
-        rows = [sql.columns({**{f: getattr(j, f) for f in SCALAR_FIELDS}, "payload": j.payload, "result": j.result,
+        rows = [sql.columns({**{f: getattr(j, f) for f in SCALAR_FIELDS}, **{f: getattr(j, f) for f in LARGE_FIELDS},
                           "lease": j.lease, "error": j.error}) for j in jobs]
         if not rows:
             return

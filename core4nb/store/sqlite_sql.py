@@ -13,7 +13,7 @@ import time
 from contextlib import suppress
 from typing import Any
 
-from core4nb.job import CLAIMABLE_STATES, SCALAR_FIELDS, State, new_token
+from core4nb.job import CLAIMABLE_STATES, LARGE_FIELDS, SCALAR_FIELDS, State, new_token
 from core4nb.store.base import Claimant
 from core4nb.store.decode import set_aside_error
 
@@ -27,6 +27,7 @@ COLUMNS = {  # Job fields, the lease flattened into lease_* columns, blobs apart
     "progress_value": "REAL", "progress_message": "TEXT NOT NULL", "enqueued_at": "REAL NOT NULL",
     "started_at": "REAL", "finished_at": "REAL", "deferred_since": "REAL", "runtime": "REAL",
     "result": "BLOB", "error": "TEXT", "kill_requested": "INTEGER NOT NULL DEFAULT 0", "restarted_from": "TEXT",
+    "output": "TEXT NOT NULL DEFAULT ''",  # added after 0.1: add_missing_columns() brings older files up to date
 }
 # A new Job field must get a column here, or jobs would silently lose it.
 assert set(SCALAR_FIELDS) <= set(COLUMNS), set(SCALAR_FIELDS) - set(COLUMNS)
@@ -44,7 +45,7 @@ PRAGMA user_version = 1;
 """
 
 ALL = ", ".join(COLUMNS)
-NO_BLOBS = ", ".join(c for c in COLUMNS if c not in ("payload", "result"))
+NO_BLOBS = ", ".join(c for c in COLUMNS if c not in LARGE_FIELDS)
 INSERT = f"INSERT INTO queue ({ALL}) VALUES ({', '.join(':' + c for c in COLUMNS)})"
 CLAIMABLE = "('pending', 'deferred', 'failed')"
 assert {State(s) for s in ("pending", "deferred", "failed")} == CLAIMABLE_STATES
@@ -70,6 +71,15 @@ RETURNING rowid AS _rowid, {ALL}
 
 # A claim's cheap first look (a read: WAL readers never wait for the writer). Nothing due: no claim transaction.
 ANY_DUE = f"SELECT 1 FROM queue WHERE state IN {CLAIMABLE} AND query_at <= :now AND kill_requested = 0 LIMIT 1"
+
+
+def add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Bring a queue file written by an earlier version up to :data:`COLUMNS` (inside the opener's write
+    transaction). Every column added after 0.1 has a default, so existing rows stay valid."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(queue)")}
+    for column, kind in COLUMNS.items():
+        if column not in present:
+            conn.execute(f"ALTER TABLE queue ADD COLUMN {column} {kind}")
 
 
 def claim_params(claimant: Claimant, lease_seconds: float) -> dict[str, Any]:

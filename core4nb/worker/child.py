@@ -13,19 +13,22 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import io
 import os
 import resource
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from typing import TextIO
 
 from core4nb import serialize
 from core4nb.context import Defer, JobContext, activate, deactivate
 from core4nb.errors import PayloadError
-from core4nb.job import Job, JobError
+from core4nb.job import OUTPUT_LIMIT, Job, JobError
 from core4nb.queue import format_exception
 
 NODE_WATCH_INTERVAL = 0.25  # without PR_SET_PDEATHSIG: how often a child checks its node
@@ -41,6 +44,70 @@ class Outcome:
     result: bytes | None = None  # signed value, or the signed exception for "failed"
     error: JobError | None = None
     message: str = ""
+    output: str = ""  # what the trial printed (its tail)
+
+
+class OutputTail:
+    """What a job prints to stdout and stderr, interleaved as printed: passed on to the node's own
+    streams (an operator still sees it) and kept, the last ``limit`` characters, for the job's document."""
+
+    def __init__(self, limit: int = OUTPUT_LIMIT) -> None:
+        self.limit = limit
+        self._parts: list[str] = []
+        self._size = 0
+        self._dropped = False
+
+    def add(self, text: str) -> None:
+        self._parts.append(text)
+        self._size += len(text)
+        if self._size > 2 * self.limit:  # trim now and then, not on every write
+            self._parts, self._size, self._dropped = ["".join(self._parts)[-self.limit:]], self.limit, True
+
+    def text(self) -> str:
+        text = "".join(self._parts)
+        if len(text) > self.limit or self._dropped:
+            text = f"[… earlier output dropped: the last {self.limit // 1024} KiB are kept]\n" + text[-self.limit:]
+        return text
+
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[None]:
+        with contextlib.redirect_stdout(_Tee(sys.stdout, self)), contextlib.redirect_stderr(_Tee(sys.stderr, self)):
+            yield
+
+
+class _Tee(io.TextIOBase):
+    """sys.stdout or sys.stderr during a job. What asks for a file descriptor (``subprocess``,
+    ``faulthandler``) gets the node's stream's: such output bypasses the tail, as it would any capture."""
+
+    def __init__(self, stream: TextIO | None, tail: OutputTail) -> None:
+        self._stream, self._tail = stream, tail
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        if self._stream is None:
+            raise io.UnsupportedOperation("this job's output stream has no file descriptor")
+        return self._stream.fileno()
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self._stream, "encoding", None) or "utf-8"
+
+    def write(self, text: str) -> int:
+        self._tail.add(text)
+        if self._stream is not None:
+            with contextlib.suppress(Exception):  # the node's stream closed or gone: the tail still has it
+                self._stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._stream is not None:
+            with contextlib.suppress(Exception):
+                self._stream.flush()
 
 
 def child_main(conn: Connection, url: str, key: bytes, node_pid: int, memory_limit_mb: int | None = None) -> None:
@@ -154,21 +221,22 @@ def run_job(job: Job, url: str, key: bytes, conn: Connection) -> Outcome:
         return Outcome("rejected", elapsed(), error=_job_error(exc))
 
     ctx = JobContext(job, url, lambda value, message: conn.send(("progress", value, message)))
-    token = activate(ctx)
+    token, printed = activate(ctx), OutputTail()
     try:
-        value = fn.run_job(ctx, *args, **kwargs) if hasattr(fn, "run_job") else fn(*args, **kwargs)
+        with printed.capturing():
+            value = fn.run_job(ctx, *args, **kwargs) if hasattr(fn, "run_job") else fn(*args, **kwargs)
     except Defer as defer:
-        return Outcome("deferred", elapsed(), message=str(defer))
+        return Outcome("deferred", elapsed(), message=str(defer), output=printed.text())
     except BaseException as exc:
-        return Outcome("failed", elapsed(), result=_try_dumps(exc, key), error=_job_error(exc))
+        return Outcome("failed", elapsed(), result=_try_dumps(exc, key), error=_job_error(exc), output=printed.text())
     finally:
         deactivate(token)
         ctx.close()
     try:
         what = f"the job's result (a {type(value).__module__}.{type(value).__qualname__})"
-        return Outcome("complete", elapsed(), result=serialize.dumps(value, key=key, what=what))
+        return Outcome("complete", elapsed(), result=serialize.dumps(value, key=key, what=what), output=printed.text())
     except PayloadError as exc:
-        return Outcome("failed", elapsed(), error=JobError("PayloadError", str(exc)))
+        return Outcome("failed", elapsed(), error=JobError("PayloadError", str(exc)), output=printed.text())
 
 
 def _job_error(exc: BaseException) -> JobError:

@@ -31,23 +31,29 @@ def for_outcome(job: Job, outcome: Outcome) -> Write:
     now = time.time()
     if outcome.kind == "complete":
         return Write(job, State.COMPLETE, {"result": outcome.result, "runtime": outcome.runtime,
-                                           "progress_value": 1.0})
+                                           "progress_value": 1.0, "output": outcome.output})
     if outcome.kind == "deferred":
         since = job.deferred_since or job.started_at or now
         if job.defer_max is not None and now - since >= job.defer_max:
-            return Write(job, State.INACTIVE, {"runtime": outcome.runtime, "progress_message": (
-                f"deferred for {now - since:.0f} s, past defer_max={job.defer_max:g} s: {outcome.message}")})
+            message = f"deferred for {now - since:.0f} s, past defer_max={job.defer_max:g} s: {outcome.message}"
+            return Write(job, State.INACTIVE, {"runtime": outcome.runtime, "output": outcome.output,
+                                               "progress_message": message})
         return Write(job, State.DEFERRED, {"runtime": outcome.runtime, "query_at": now + job.defer_time,
-                                           "deferred_since": since, "progress_message": outcome.message})
-    return failure(job, outcome.error, outcome.result, retry=outcome.kind == "failed", runtime=outcome.runtime)
+                                           "deferred_since": since, "progress_message": outcome.message,
+                                           "output": outcome.output})
+    return failure(job, outcome.error, outcome.result, retry=outcome.kind == "failed", runtime=outcome.runtime,
+                   output=outcome.output)
 
 
-def failure(job: Job, error: JobError, result: bytes | None, *, retry: bool, runtime: float) -> Write:
-    """Failed (retried after error_time) while ``retry`` and attempts are left, else error."""
+def failure(job: Job, error: JobError, result: bytes | None, *, retry: bool, runtime: float,
+            output: str | None = None) -> Write:
+    """Failed (retried after error_time) while ``retry`` and attempts are left, else error.
+    ``output``: what the trial printed (None: the child died, its output is not known)."""
     left = job.attempts_left - 1
     state = State.FAILED if retry and left > 0 else State.ERROR
-    return Write(job, state, {"error": error, "result": result, "attempts_left": left, "runtime": runtime,
-                              "query_at": time.time() + job.error_time})
+    fields = {"error": error, "result": result, "attempts_left": left, "runtime": runtime,
+              "query_at": time.time() + job.error_time}
+    return Write(job, state, fields if output is None else {**fields, "output": output})
 
 
 def for_death(job: Job, reason: str | None, exitcode: int | None, runtime: float, node: str) -> Write | None:
