@@ -43,7 +43,7 @@ CONNECT_TIMEOUT_MS = 5000  # server selection; a serverSelectionTimeoutMS in the
 MAX_SET_ASIDE = 16  # malformed documents one claim moves to error before it answers "nothing now"
 
 _OPEN = [*claims.CLAIMABLE, State.RUNNING]
-_NO_BLOBS = {"payload": 0, "result": 0, "output": 0}
+_NO_BLOBS = dict.fromkeys(LARGE_FIELDS, 0)  # listings leave the large fields out
 _WORKER_FIELDS = {f.name for f in dataclasses.fields(WorkerInfo)}
 
 
