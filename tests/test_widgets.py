@@ -412,6 +412,17 @@ def test_import_core4nb_does_not_import_ipywidgets():
 
 
 # -- a real worker node ----------------------------------------------------------------------------
+def wait_with_burst_node(panel, url: str, name: str):
+    """Run the queue's jobs on a real burst node (2 processes) while ``panel`` polls; its final snapshot."""
+    node = start_node(url, name, processes=2, burst=True)
+    try:
+        snap = panel.wait(timeout=60)
+        assert node.wait(60) == 0
+    finally:
+        stop_node(node)
+    return snap
+
+
 def test_real_worker_tree_to_success(sqlite_url):
     with Core4Executor(sqlite_url, defer_time=0.1) as ex:  # a URL: no local workers, the node does the work
         future = ex.submit(jobfuncs.fan_out, 8, None, 1, 0.3)  # 8 chunks of 0.3 s: ~1.2 s on 2 processes
@@ -419,12 +430,7 @@ def test_real_worker_tree_to_success(sqlite_url):
         values, infos = [], []
         panel.bar.observe(lambda change: values.append(change["new"]), "value")
         panel.info.observe(lambda change: infos.append(change["new"]), "value")
-        node = start_node(sqlite_url, "node-w", processes=2, burst=True)
-        try:
-            snap = panel.wait(timeout=60)
-            assert node.wait(60) == 0
-        finally:
-            stop_node(node)
+        snap = wait_with_burst_node(panel, sqlite_url, "node-w")
         assert future.result(10) == sum(i * i for i in range(8))
     assert snap.is_final and not panel.is_polling
     assert (panel.bar.value, panel.bar.max, panel.bar.bar_style) == (8.0, 8.0, "success")
@@ -438,12 +444,7 @@ def test_real_worker_tree_failure(sqlite_url):
     with Queue(sqlite_url) as queue:
         root = queue.enqueue(jobfuncs.fan_out, 4, 2, defer_time=0.1)
         panel = progress(root, url=sqlite_url, widget=True, display=False)
-        node = start_node(sqlite_url, "node-f", processes=2, burst=True)
-        try:
-            snap = panel.wait(timeout=60)
-            assert node.wait(60) == 0
-        finally:
-            stop_node(node)
+        snap = wait_with_burst_node(panel, sqlite_url, "node-f")
     assert snap.is_final and snap.root.state is State.ERROR
     assert panel.bar.bar_style == "danger"
     failures = panel.failures.value
