@@ -4,6 +4,7 @@
     core4nb status [URL]
     core4nb jobs [URL] [--state S] [--limit N] [--json]
     core4nb kill ID [--url URL]     core4nb restart ID [--url URL]     core4nb remove ID [--url URL]
+    core4nb gc [URL] [--older-than 1h] [--dry-run]
     core4nb demo [--end N] [--workers N]
 
 Without a URL, ``CORE4NB_URL`` or the embedded queue file (``~/.core4nb/queue.db``).
@@ -52,10 +53,28 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("job_id", metavar="ID")
         cmd.add_argument("--url", help="queue URL")
 
+    gc = sub.add_parser("gc", help="delete blobs no job refers to (large arguments and results)")
+    gc.add_argument("url", nargs="?", help="queue URL")
+    gc.add_argument("--older-than", type=_duration, default=3600.0, metavar="AGE",
+                    help="only blobs stored longer ago than this: 90s, 30m, 2h, 7d (default 1h)")
+    gc.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
+
     demo = sub.add_parser("demo", help="count primes in parallel and compare with a serial run")
     demo.add_argument("--end", type=int, default=3_000_000, help="count primes below this number")
     demo.add_argument("--workers", type=int, help="local worker processes (default: cores)")
     return parser
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """Seconds in ``90``, ``90s``, ``30m``, ``2h`` or ``7d``."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        return float(number) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age: use e.g. 90s, 30m, 2h or 7d") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,6 +133,13 @@ def _output(args: argparse.Namespace) -> int:
         print(queue.output(args.job_id), end="")
 
 
+def _gc(args: argparse.Namespace) -> int:
+    with Queue(args.url or default_url()) as queue:
+        swept = queue.store.sweep_blobs(args.older_than, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} {swept.count} unreferenced blob(s), {swept.size / 2**20:.1f} MB")
+
+
 def _demo(args: argparse.Namespace) -> int:
     from core4nb.demo import run_demo
 
@@ -121,4 +147,4 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"worker": _worker, "status": _status, "jobs": _jobs, "kill": _kill, "restart": _restart,
-            "remove": _remove, "output": _output, "demo": _demo}
+            "remove": _remove, "output": _output, "gc": _gc, "demo": _demo}

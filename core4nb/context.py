@@ -41,10 +41,12 @@ class JobContext:
         report_progress: sends ``(value, message)`` to the worker node.
     """
 
-    def __init__(self, job: Job, url: str, report_progress: Callable[[float | None, str], None]) -> None:
+    def __init__(self, job: Job, url: str, report_progress: Callable[[float | None, str], None],
+                 store: Callable[[], Any] | None = None) -> None:
         self.job = job
         self.url = url
         self._report_progress = report_progress
+        self._store = store  # the worker child's own store (kept for its life), else one per context
         self._queue = None
 
     @property
@@ -61,7 +63,7 @@ class JobContext:
         if self._queue is None:
             from core4nb.queue import Queue
 
-            self._queue = Queue(self.url)
+            self._queue = Queue(self.url, store=self._store() if self._store else None)
         return self._queue
 
     def defer(self, message: str = "") -> NoReturn:
@@ -105,7 +107,7 @@ class JobContext:
         if open_ids:
             raise Core4Error(f"{len(open_ids)} children still open (first: {open_ids[0]}); "
                              f"defer until children_open() is 0")
-        return [outcome(c) for c in children]
+        return [outcome(c, self.queue.store) for c in children]
 
     def _fail_on_child(self) -> NoReturn:
         bad = self.queue.store.find(parent_id=self.id, states=[State.ERROR, State.KILLED, State.INACTIVE], limit=1)[0]
@@ -115,7 +117,7 @@ class JobContext:
         raise ChildFailed(f"child job {bad.id} ({bad.name}) ended {bad.state}: {reason}")
 
     def close(self) -> None:
-        if self._queue is not None:
+        if self._queue is not None and self._store is None:
             self._queue.close()
 
 

@@ -41,6 +41,10 @@ class SignatureError(PayloadError):
     """A payload is unsigned or signed with another key: it is never unpickled."""
 
 
+class BlobMissing(PayloadError):
+    """A blob a payload or result names is not in the store (deleted by hand or swept): nothing runs."""
+
+
 class FingerprintMismatch(PayloadError):
     """A payload was pickled by a Python/cloudpickle this process cannot load."""
 

@@ -154,6 +154,9 @@ class Job:
     restarted_from: str | None = None
     #: What the job's last trial printed (stdout and stderr, the last OUTPUT_LIMIT characters).
     output: str = ""
+    #: Not stored as a field: the payload's out-of-band buffers (digest → bytes) that ``insert`` stores
+    #: as blobs before the job; empty on jobs read back from a store.
+    blobs: dict[str, memoryview] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.state = State(self.state)
@@ -176,10 +179,9 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data view (blobs left out) for JSON output and widgets."""
-        data = dataclasses.asdict(self)
-        data.pop("payload")
-        data.pop("result")
-        data.pop("output")
+        data = dataclasses.asdict(dataclasses.replace(self, payload=None, result=None, blobs={}))
+        for large in (*LARGE_FIELDS, "blobs"):
+            data.pop(large)
         data["state"] = str(self.state)
         return data
 
@@ -194,5 +196,5 @@ OUTPUT_LIMIT = 64 * 1024
 SCALAR_FIELDS = tuple(
     f.name
     for f in dataclasses.fields(Job)
-    if f.name not in {*LARGE_FIELDS, "lease", "error"}
+    if f.name not in {*LARGE_FIELDS, "lease", "error", "blobs"}
 )

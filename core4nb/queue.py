@@ -20,7 +20,7 @@ from typing import Any
 
 from core4nb import serialize
 from core4nb.errors import ConfigError, JobFailed, RemoteError, StoreUnavailable
-from core4nb.job import FINAL_STATES, Job, State
+from core4nb.job import FINAL_STATES, Job, State, new_job_id
 from core4nb.store import Store, open_store, redact_url
 from core4nb.store import default_url as env_url
 from core4nb.store.outage import Outage
@@ -52,11 +52,13 @@ def describe(fn: Any) -> str:
 
 
 def make_job(fn: Callable, args: tuple = (), kwargs: dict | None = None, *, name: str | None = None,
-             parent: Job | None = None, key: bytes | None = None, **options: Any) -> Job:
-    """Build (not store) a signed job for ``fn(*args, **kwargs)``.
+             parent: Job | None = None, key: bytes | None = None, job_id: str | None = None,
+             memo: serialize.DigestMemo | None = None, **options: Any) -> Job:
+    """Build (not store) a signed job for ``fn(*args, **kwargs)``; its large buffers ride in ``job.blobs``.
 
     Option defaults come from ``fn.job_options()`` when ``fn`` provides it (the
-    :class:`~core4nb.Core4Job` class attributes), then from ``options``.
+    :class:`~core4nb.Core4Job` class attributes), then from ``options``. ``memo`` shares
+    buffer digests between the jobs of one submission (a closure in every chunk is hashed once).
     Raises PayloadError naming the part that cannot be pickled, TypeError for
     an unknown option — before anything is stored.
     """
@@ -68,26 +70,30 @@ def make_job(fn: Callable, args: tuple = (), kwargs: dict | None = None, *, name
         raise TypeError(f"unknown job option(s) {', '.join(sorted(unknown))}; valid: {', '.join(JOB_OPTIONS)}")
     merged = dict(fn.job_options()) if hasattr(fn, "job_options") else {}
     merged.update({k: v for k, v in options.items() if v is not None})
-    payload = serialize.dumps_call(fn, args, kwargs, key=key)
+    job_id = job_id or new_job_id()
+    packed = serialize.dumps_call(fn, args, kwargs, key=key, job_id=job_id, memo=memo)
     tree = {"parent_id": parent.id, "root_id": parent.root_id} if parent else {}
     try:
-        return Job(name=name or describe(fn), payload=payload,
+        return Job(name=name or describe(fn), id=job_id, payload=packed.frame, blobs=packed.blobs,
                    args_summary=serialize.summarize_args(args, kwargs), **tree, **merged)
     except ValueError as exc:
         raise ConfigError(f"bad job option: {exc}") from None
 
 
-def outcome(job: Job, key: bytes | None = None) -> Any:
-    """The value of a final job, or raise what it raised.
+def outcome(job: Job, store: Store, key: bytes | None = None) -> Any:
+    """The value of a final job, or raise what it raised (its blobs read from ``store``).
 
     An exception from the job is re-raised as its own type with the remote
     traceback as ``__cause__`` (as ``concurrent.futures`` does); when its type
     cannot be rebuilt here, as :class:`RemoteError`.
     """
     if job.state == State.COMPLETE:
-        return serialize.loads(job.result, key=key, what=f"result of job {job.id}") if job.result else None
+        if not job.result:
+            return None
+        return serialize.loads(job.result, key=key, job_id=job.id, kinds={serialize.Kind.RESULT},
+                               blobs=store.blobs, what=f"result of job {job.id}")
     if job.state == State.ERROR:
-        raise rebuild_exception(job, key)
+        raise rebuild_exception(job, store, key)
     if job.state in (State.KILLED, State.INACTIVE):
         reason = job.error.summary() if job.error else job.progress_message or "no reason recorded"
         raise JobFailed(f"job {job.id} ({job.name}) is {job.state}: {reason}")
@@ -105,14 +111,15 @@ class RemoteTraceback(Exception):
         return f'\n"""\n{self.tb}"""'
 
 
-def rebuild_exception(job: Job, key: bytes | None = None) -> BaseException:
+def rebuild_exception(job: Job, store: Store, key: bytes | None = None) -> BaseException:
     error = job.error
     if error is None:
         return RemoteError("UnknownError", f"job {job.id} ended in error without a record")
     exc: BaseException | None = None
     if job.result:
         try:
-            exc = serialize.loads(job.result, key=key, what=f"exception of job {job.id}")
+            exc = serialize.loads(job.result, key=key, job_id=job.id, kinds={serialize.Kind.EXCEPTION},
+                                  blobs=store.blobs, what=f"exception of job {job.id}")
         except Exception:  # type not importable here: fall back to text below
             exc = None
     if not isinstance(exc, BaseException):
@@ -194,7 +201,7 @@ class Queue:
 
     def result(self, job_id: str, timeout: float | None = None) -> Any:
         """Wait for the job and return its value (or raise its exception)."""
-        return outcome(self.wait(job_id, timeout))
+        return outcome(self.wait(job_id, timeout), self.store)
 
     def kill(self, job_id: str) -> int:
         """Kill the job and its subtree; returns how many jobs were killed or flagged."""
@@ -205,10 +212,12 @@ class Queue:
         old = self.store.get(job_id)
         if old.state not in FINAL_STATES:
             raise JobFailed(f"job {job_id} is {old.state}; only a finished job can be restarted (kill it first)")
-        keep = {f: getattr(old, f) for f in ("name", "payload", "args_summary", "priority", "max_parallel",
+        keep = {f: getattr(old, f) for f in ("name", "args_summary", "priority", "max_parallel",
                                              "attempts", "defer_time", "defer_max", "error_time", "wall_time")}
         tree = {"parent_id": old.parent_id, "root_id": old.root_id} if old.parent_id else {}
-        new = Job(**keep, **tree, restarted_from=old.id)  # a restarted child stays in its tree
+        new_id = new_job_id()  # the payload is signed for its job: sign the same call for the new one
+        payload = serialize.rebind(old.payload, job_id=new_id, what=f"payload of job {old.id}")
+        new = Job(**keep, **tree, id=new_id, payload=payload, restarted_from=old.id)  # a child stays in its tree
         self.store.insert([new])
         return new.id
 

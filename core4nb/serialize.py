@@ -1,16 +1,27 @@
-"""Code and data on the wire: cloudpickle bytes, signed with the cluster key.
+"""Code and data on the wire: cloudpickle with protocol-5 out-of-band buffers, signed with the cluster key.
 
-The only module that imports cloudpickle. A frame is::
+The only module that imports cloudpickle. A value becomes one small signed *frame* and, for its
+large buffers (numpy arrays, pandas columns, bytes…), content-addressed *blobs*::
 
-    b"C4NB" | u32 header length | header (JSON fingerprint) | HMAC-SHA256 | pickle
+    frame  = b"C4N2" | u32 header length | header | HMAC-SHA256 | pickle
+    header = JSON {"fp": fingerprint, "job": job id, "kind": call|result|exception,
+                   "blobs": [[sha256 of the bytes, size], …]}        (out-of-band buffers, in pickle order)
 
-The MAC covers header and pickle. ``loads`` checks the MAC *before* it looks at
-anything else, then the fingerprint, and only then unpickles: nothing unsigned
-or signed with another key is ever unpickled.
+- The MAC covers every byte before it and the pickle after it: the length prefix too, so a frame
+  cannot be re-split into another header and body; the digests, so a blob cannot be swapped; and the
+  job id and kind, so a signed payload copied into another job, or a result moved into a payload,
+  is refused.
+- ``loads`` checks the MAC first, then the binding and the fingerprint, then fetches each blob
+  from a :class:`BlobSource` (which checks its bytes against the digest), and only then unpickles.
+  Nothing unsigned, re-bound or changed is ever unpickled.
+- A buffer under :data:`BLOB_THRESHOLD` bytes stays inside the pickle; one that cannot be exported
+  as contiguous memory too. A value used by many jobs (a broadcast global, a closure, the same
+  argument in every chunk) has one digest, so a store keeps it once.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import json
@@ -20,18 +31,46 @@ import secrets
 import stat
 import struct
 import sys
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import cloudpickle
 
-from core4nb.errors import FingerprintMismatch, KeyFileError, PayloadError, SignatureError
+from core4nb.errors import BlobMissing, FingerprintMismatch, KeyFileError, PayloadError, SignatureError
 
-MAGIC = b"C4NB"
+MAGIC = b"C4N2"
+_PREFIX = struct.Struct(">4sI")
 _MAC_SIZE = 32
 KEY_ENV = "CORE4NB_KEY"
 KEY_FILE_ENV = "CORE4NB_KEY_FILE"
 DEFAULT_KEY_FILE = Path.home() / ".core4nb" / "key"
+THRESHOLD_ENV = "CORE4NB_BLOB_THRESHOLD"
+#: Buffers of at least this many bytes travel as blobs (``CORE4NB_BLOB_THRESHOLD`` overrides).
+BLOB_THRESHOLD = 1024 * 1024
+
+
+class Kind(enum.StrEnum):
+    """What a frame holds: it is signed with it, so one kind cannot pass for another."""
+
+    CALL = "call"
+    RESULT = "result"
+    EXCEPTION = "exception"
+
+
+class BlobSource(Protocol):
+    """Where ``loads`` finds blobs: the bytes of ``digest``, already checked against it, read-only."""
+
+    def open(self, digest: str, size: int) -> memoryview: ...
+
+
+@dataclass
+class Packed:
+    """A signed frame and the out-of-band buffers it names (digest → bytes), to be stored first."""
+
+    frame: bytes
+    blobs: dict[str, memoryview] = field(default_factory=dict)
 
 
 def fingerprint() -> dict[str, str]:
@@ -70,58 +109,237 @@ def load_key() -> bytes:
     return key.encode()
 
 
-def _mac(key: bytes, header: bytes, body: bytes) -> bytes:
-    return hmac.new(key, header + b"\0" + body, hashlib.sha256).digest()
+def digest(data: memoryview | bytes) -> str:
+    """The content address of a blob: SHA-256 of its bytes (hex)."""
+    return hashlib.sha256(data).hexdigest()
 
 
-def dumps(obj: Any, *, key: bytes | None = None, what: str = "object") -> bytes:
-    """Pickle ``obj`` with cloudpickle and sign it.
+def blob_threshold() -> int:
+    value = os.environ.get(THRESHOLD_ENV)
+    if not value:
+        return BLOB_THRESHOLD
+    try:
+        return max(0, int(value))
+    except ValueError:
+        raise PayloadError(f"{THRESHOLD_ENV}={value!r} is not a number of bytes; unset it, or e.g. 1048576") from None
+
+
+class DigestMemo:
+    """Digests already computed for buffers of live objects, so a value pickled into many jobs of one
+    submission (a closure in every chunk of a map) is hashed once. Holds its objects: an id is only
+    reused once its object is gone, and the memo lives no longer than one submission (or a share)."""
+
+    def __init__(self) -> None:
+        self._digests: dict[tuple[int, int], tuple[object, str]] = {}
+
+    def digest_of(self, view: memoryview) -> str:
+        key = (id(view.obj), view.nbytes)
+        hit = self._digests.get(key)
+        if hit is None or hit[0] is not view.obj:
+            hit = self._digests[key] = (view.obj, digest(view))
+        return hit[1]
+
+    def known(self, view: memoryview) -> str | None:
+        hit = self._digests.get((id(view.obj), view.nbytes))
+        return hit[1] if hit is not None and hit[0] is view.obj else None
+
+
+_shared = weakref.WeakSet()  # the memos of live share() handles
+
+
+class Shared:
+    """A value stored once and passed to any number of jobs: they receive the value itself.
+
+    Made by ``Core4Executor.share(value)``. Its buffers were hashed (and stored) when it was made,
+    so passing the handle costs a lookup, not a hash or a copy. Jobs see the value as it was then.
+    """
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self.memo = DigestMemo()
+        self.packed = dumps(value, key=b"-", job_id="share", kind=Kind.RESULT, what="the shared value", memo=self.memo)
+        _shared.add(self)
+
+    def __reduce__(self) -> tuple:
+        return _identity, (self.value,)
+
+    def __repr__(self) -> str:
+        size = sum(b.nbytes for b in self.packed.blobs.values())
+        return f"<core4nb.Shared {type(self.value).__qualname__}: {len(self.packed.blobs)} blob(s), {size:,} bytes>"
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _header_digest(view: memoryview, memo: DigestMemo | None) -> str:
+    for handle in list(_shared):
+        found = handle.memo.known(view)
+        if found is not None:
+            return found
+    return memo.digest_of(view) if memo is not None else digest(view)
+
+
+class _LargeBytes:
+    """A ``bytes``/``bytearray`` value that pickles through a buffer: the C pickler writes exact bytes
+    in-band and asks no reducer, so large ones are wrapped before pickling (see :func:`_out_of_band_bytes`)."""
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple:
+        return type(self.data), (pickle.PickleBuffer(self.data),)
+
+
+#: Lists and tuples longer than this are not looked into for large bytes (the look costs per item).
+_SCAN_ITEMS = 10_000
+
+
+def _out_of_band_bytes(value: Any, threshold: int, depth: int = 2) -> Any:
+    """``value`` with large bytes wrapped, looked for at its top and inside lists, tuples and dict values."""
+    kind = type(value)
+    if kind in (bytes, bytearray):
+        return _LargeBytes(value) if len(value) >= threshold else value
+    if depth == 0:
+        return value
+    if kind in (list, tuple) and len(value) <= _SCAN_ITEMS:
+        items = [_out_of_band_bytes(v, threshold, depth - 1) for v in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else kind(items)
+    if kind is dict and len(value) <= _SCAN_ITEMS:
+        items = {k: _out_of_band_bytes(v, threshold, depth - 1) for k, v in value.items()}
+        return value if all(items[k] is v for k, v in value.items()) else items
+    return value
+
+
+def _mac(key: bytes, signed: bytes, body: memoryview | bytes) -> bytes:
+    mac = hmac.new(key, signed, hashlib.sha256)
+    mac.update(body)
+    return mac.digest()
+
+
+def dumps(obj: Any, *, key: bytes | None = None, job_id: str, kind: Kind, what: str = "object",
+          memo: DigestMemo | None = None, threshold: int | None = None) -> Packed:
+    """Pickle ``obj`` (large buffers out of band) into a frame signed for ``job_id`` and ``kind``.
 
     Raises:
         PayloadError: naming ``what`` when ``obj`` cannot be pickled.
     """
+    threshold = blob_threshold() if threshold is None else threshold
+    blobs: dict[str, memoryview] = {}
+    listed: list[list] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            view = buffer.raw()
+        except BufferError:  # not contiguous: it stays in the pickle
+            return True
+        if view.nbytes < threshold:
+            return True
+        name = _header_digest(view, memo)
+        blobs.setdefault(name, view)
+        listed.append([name, view.nbytes])
+        return False
+
     try:
-        body = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        body = cloudpickle.dumps(_out_of_band_bytes(obj, threshold, 3), protocol=5, buffer_callback=out_of_band)
     except Exception as exc:
         raise PayloadError(f"cannot serialize {what}: {type(exc).__name__}: {exc}") from exc
-    header = json.dumps(fingerprint(), sort_keys=True).encode()
+    header = json.dumps({"fp": fingerprint(), "job": job_id, "kind": str(kind), "blobs": listed},
+                        sort_keys=True).encode()
+    signed = _PREFIX.pack(MAGIC, len(header)) + header
     key = load_key() if key is None else key
-    return MAGIC + struct.pack(">I", len(header)) + header + _mac(key, header, body) + body
+    return Packed(signed + _mac(key, signed, body) + body, blobs)
 
 
-def loads(frame: bytes, *, key: bytes | None = None, what: str = "payload") -> Any:
-    """Verify and unpickle a frame made by :func:`dumps`."""
-    if not isinstance(frame, (bytes, bytearray, memoryview)) or bytes(frame[:4]) != MAGIC:
+def _split(frame: bytes | memoryview, what: str) -> tuple[memoryview, dict, bytes, memoryview]:
+    """(signed part, header, mac, body) of a frame, or SignatureError when it is not one."""
+    view = memoryview(frame) if isinstance(frame, (bytes, bytearray, memoryview)) else None
+    if view is None or view.nbytes < _PREFIX.size or bytes(view[:4]) != MAGIC:
         raise SignatureError(f"{what} is not a signed core4nb frame; refusing to unpickle it")
-    frame = bytes(frame)
+    size = _PREFIX.unpack(view[: _PREFIX.size])[1]
+    end = _PREFIX.size + size
+    if view.nbytes < end + _MAC_SIZE:
+        raise SignatureError(f"{what} is truncated; refusing to unpickle it")
     try:
-        (size,) = struct.unpack(">I", frame[4:8])
-    except struct.error:
-        raise SignatureError(f"{what} is truncated; refusing to unpickle it") from None
-    header = frame[8 : 8 + size]
-    mac = frame[8 + size : 8 + size + _MAC_SIZE]
-    body = frame[8 + size + _MAC_SIZE :]
+        header = json.loads(bytes(view[_PREFIX.size : end]))
+    except ValueError:
+        header = None
+    if not isinstance(header, dict):
+        raise SignatureError(f"{what} has a damaged header; refusing to unpickle it")
+    return view[:end], header, bytes(view[end : end + _MAC_SIZE]), view[end + _MAC_SIZE :]
+
+
+def frame_digests(frame: bytes | memoryview | None) -> list[str]:
+    """The blob digests a frame names, unverified: what a store must keep while the frame is kept."""
+    if not frame:
+        return []
+    try:
+        return sorted({str(name) for name, _ in _split(frame, "frame")[1].get("blobs", [])})
+    except (SignatureError, TypeError, ValueError):
+        return []  # not a frame of ours: it references nothing (loads will refuse it)
+
+
+def _verified(frame: bytes | memoryview, key: bytes | None, what: str) -> tuple[dict, memoryview, bytes]:
+    signed, header, mac, body = _split(frame, what)
     key = load_key() if key is None else key
-    if not hmac.compare_digest(mac, _mac(key, header, body)):
+    if not hmac.compare_digest(mac, _mac(key, signed, body)):
         raise SignatureError(
             f"{what} signature does not match this process's cluster key: the job was "
             f"submitted with another key or its bytes were changed; give every notebook "
             f"and worker the same {KEY_ENV} (or key file)"
         )
-    theirs, ours = json.loads(header), fingerprint()
+    return header, body, key
+
+
+def loads(frame: bytes | memoryview, *, key: bytes | None = None, job_id: str, kinds: frozenset[Kind] | set[Kind],
+          blobs: BlobSource | None = None, what: str = "payload") -> Any:
+    """Verify a frame made by :func:`dumps` for ``job_id`` (one of ``kinds``), fetch its blobs, unpickle."""
+    header, body, _ = _verified(frame, key, what)
+    if header.get("job") != job_id or header.get("kind") not in kinds:
+        raise SignatureError(
+            f"{what} is signed for {header.get('kind')} of job {header.get('job')}, not for "
+            f"{'/'.join(sorted(kinds))} of job {job_id}: it was copied from another job; refusing to unpickle it"
+        )
+    theirs, ours = header.get("fp"), fingerprint()
     if theirs != ours:
+        theirs = theirs if isinstance(theirs, dict) else {}
         diffs = ", ".join(f"{k} {theirs.get(k)} here {ours.get(k)}" for k in ours if theirs.get(k) != ours.get(k))
         raise FingerprintMismatch(
             f"{what} was pickled with {diffs}; run notebook and workers on the same Python minor "
             f"version and cloudpickle version"
         )
-    return pickle.loads(body)
+    listed = header.get("blobs") or []
+    if listed and blobs is None:
+        raise PayloadError(f"{what} names {len(listed)} blob(s) but this reader has no blob store (a bug)")
+    try:
+        buffers = [blobs.open(name, size) for name, size in listed]
+    except BlobMissing as exc:
+        raise BlobMissing(f"{what}: {exc}") from None
+    return pickle.loads(body, buffers=buffers)
 
 
-def dumps_call(fn: Any, args: tuple, kwargs: dict, *, key: bytes | None = None) -> bytes:
+def rebind(frame: bytes, *, key: bytes | None = None, job_id: str, what: str = "payload") -> bytes:
+    """The same signed content bound to another job (``restart`` makes a new job of an old payload)."""
+    header, body, key = _verified(frame, key, what)
+    header = json.dumps({**header, "job": job_id}, sort_keys=True).encode()
+    signed = _PREFIX.pack(MAGIC, len(header)) + header
+    return signed + _mac(key, signed, body) + bytes(body)
+
+
+def round_trips(obj: Any) -> bool:
+    """Whether ``obj`` survives pickling and unpickling here (some exceptions pickle but cannot be rebuilt)."""
+    try:
+        pickle.loads(cloudpickle.dumps(obj, protocol=5))
+        return True
+    except Exception:
+        return False
+
+
+def dumps_call(fn: Any, args: tuple, kwargs: dict, *, key: bytes | None = None, job_id: str,
+               memo: DigestMemo | None = None) -> Packed:
     """Serialize a call; on failure name exactly which part could not be pickled."""
     try:
-        return dumps((fn, args, kwargs), key=key, what="call")
+        return dumps((fn, args, kwargs), key=key, job_id=job_id, kind=Kind.CALL, what="call", memo=memo)
     except PayloadError as exc:
         culprit = _find_unpicklable(fn, args, kwargs)
         raise PayloadError(f"cannot send {culprit} to a worker: {exc.__cause__}") from exc.__cause__
@@ -132,11 +350,18 @@ def _find_unpicklable(fn: Any, args: tuple, kwargs: dict) -> str:
     parts += [(f"argument {i} ({_describe(a)})", a) for i, a in enumerate(args)]
     parts += [(f"keyword argument {k!r} ({_describe(v)})", v) for k, v in kwargs.items()]
     for label, part in parts:
-        try:
-            cloudpickle.dumps(part)
-        except Exception:
+        if not is_picklable(part):
             return label
     return f"the call to {_describe(fn)}"
+
+
+def is_picklable(obj: Any) -> bool:
+    """Whether cloudpickle can pickle ``obj`` (buffers are not copied to find out)."""
+    try:
+        cloudpickle.dumps(obj, protocol=5, buffer_callback=lambda _: False)
+        return True
+    except Exception:
+        return False
 
 
 def _describe(obj: Any) -> str:
@@ -152,6 +377,8 @@ def summarize_args(args: tuple, kwargs: dict, limit: int = 120) -> str:
 
 
 def _short_repr(value: Any) -> str:
+    if isinstance(value, Shared):
+        return repr(value)
     try:
         text = repr(value)
     except Exception:

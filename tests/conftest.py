@@ -26,6 +26,8 @@ def _isolated_key(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.delenv("CORE4NB_KEY", raising=False)
     monkeypatch.delenv("CORE4NB_URL", raising=False)
     monkeypatch.setenv("CORE4NB_KEY_FILE", str(tmp_path_factory.mktemp("key") / "key"))
+    # MongoDB queues read blobs through a per-machine cache: the tests' own, never ~/.cache.
+    monkeypatch.setenv("CORE4NB_BLOB_CACHE", str(tmp_path_factory.mktemp("blob-cache")))
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +63,11 @@ def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite://{tmp_path / 'queue.db'}"
+
+
+@pytest.fixture
+def mongo_url(request: pytest.FixtureRequest) -> str:
+    """A fresh database on the MongoDB wire-protocol test server (or the real MongoDB when given)."""
+    if REAL_MONGO_URL:
+        return _mongo_url(REAL_MONGO_URL, "sys.")
+    return _mongo_url(request.getfixturevalue("wire_server").url, "sys_")

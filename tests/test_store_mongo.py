@@ -22,12 +22,12 @@ from core4nb.job import Job, State
 from core4nb.store import Claimant, WorkerInfo, open_store
 from core4nb.store import mongo as mongo_module
 from core4nb.store.mongo import MongoStore
-from core4nb.store.mongo_blobs import BLOB_LIMIT
+from core4nb.store.mongo_blobs import FRAME_LIMIT
 from tests.conftest import REAL_MONGO_URL, _mongo_url
 from tests.servers import WireServer, free_port
 
 CLAIMANT = Claimant("w1", "node-a", 4242)
-BIG = BLOB_LIMIT + 12 * 1024 * 1024  # 20 MB: over the inline limit and over MongoDB's 16 MB document limit
+BIG = FRAME_LIMIT + 12 * 1024 * 1024  # 20 MB: over the inline limit and over MongoDB's 16 MB document limit
 
 
 @pytest.fixture(params=["mongo-wire"] + (["mongo-real"] if REAL_MONGO_URL else []))

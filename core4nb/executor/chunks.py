@@ -77,12 +77,9 @@ def run_chunk(fn: Callable, items: list, star: bool) -> list:
 
 def _transportable(exc: Exception, tb: str) -> BaseException:
     """The exception if it survives a pickle round trip, else a RemoteError with its text."""
-    try:
-        key = serialize.load_key()
-        serialize.loads(serialize.dumps(exc, key=key), key=key)
+    if serialize.round_trips(exc):
         return exc
-    except Exception:
-        return RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), tb)
+    return RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), tb)
 
 
 class MapRoot(Core4Job):
@@ -142,8 +139,6 @@ def describe_item(item: Any) -> str:
 def first_unpicklable(items: Iterable, offset: int) -> str | None:
     """Name the first element of a chunk that cannot be pickled (for the error message)."""
     for i, item in enumerate(items):
-        try:
-            serialize.dumps(item, key=b"-")
-        except Exception:
+        if not serialize.is_picklable(item):
             return f"element {offset + i} of the map ({describe_item(item)})"
     return None

@@ -147,6 +147,21 @@ class Core4Executor(cf.Executor):
             raise ValueError("buffersize must be None or > 0")
         return MapIterator(self._runtime, fn, iterables, self._options, timeout, chunksize, buffersize)
 
+    def share(self, value: Any) -> serialize.Shared:
+        """Store ``value`` once and return a small handle to pass to any number of jobs and cells.
+
+        Like ``ray.put`` or Dask's ``scatter``: its large buffers (numpy arrays, DataFrame columns,
+        bytes) are hashed and stored now; each job the handle is passed to (as an argument, in a
+        list, in a closure) receives the value itself, mapped from the store without a copy on the
+        embedded queue and downloaded once per machine from a MongoDB queue. Jobs see the value as
+        it was when shared; arrays arrive read-only. The stored blobs live while any job names them
+        (``remove`` of the tree deletes them) and, unnamed, until ``core4nb gc`` sweeps them; while
+        the handle lives in this process, a swept blob is stored again when a job needs it.
+        """
+        handle = serialize.Shared(value)
+        self._runtime.store.blobs.put(handle.packed.blobs)
+        return handle
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._runtime.shutdown(wait, cancel_futures)
 

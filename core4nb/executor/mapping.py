@@ -28,6 +28,7 @@ from core4nb.executor.chunks import (
 )
 from core4nb.job import Job
 from core4nb.queue import RemoteTraceback, describe, make_job
+from core4nb.serialize import DigestMemo
 
 if TYPE_CHECKING:
     from core4nb.executor.futures import Core4Future
@@ -50,14 +51,13 @@ class _MapRun:
         self.futures: collections.deque[Core4Future] = collections.deque()
         self.outputs: list[str] = []  # what each chunk job printed, in order, as its results are consumed
 
-    def chunk_job(self, chunk: list) -> Job:
+    def chunk_job(self, chunk: list, memo: DigestMemo) -> Job:
         self.runtime.check_open()  # before pickling, as ProcessPoolExecutor.submit does
         try:
             job = make_job(run_chunk, (self.fn, chunk, self.star), name=self.name, parent=self.root_stub,
-                           key=self.runtime.key, **self.options)
+                           key=self.runtime.key, job_id=self.ids.next(), memo=memo, **self.options)
         except PayloadError:
             raise self._diagnose(chunk) from None
-        job.id = self.ids.next()
         self.offset += len(chunk)
         self.submitted += 1
         return job
@@ -74,14 +74,14 @@ class _MapRun:
     def root_job(self) -> Job:
         priority = (self.options.get("priority") or 0) - 1  # chunks are claimed before their root
         root = make_job(MapRoot, (), {"total": self.submitted}, name=f"map:{self.name}", key=self.runtime.key,
-                        priority=priority)
-        root.id = root.root_id = self.root_id
+                        job_id=self.root_id, priority=priority)
         self.root_inserted = True
         return root
 
     def submit(self, chunks: list[list], *, last: bool) -> None:
         """Insert these chunk jobs (and the root when ``last``) in one call; track them."""
-        jobs = [self.chunk_job(chunk) for chunk in chunks]
+        memo = DigestMemo()  # one submission: a value in every chunk (the function's closure) is hashed once
+        jobs = [self.chunk_job(chunk, memo) for chunk in chunks]
         if last and self.submitted:
             jobs.insert(0, self.root_job())
         if jobs:

@@ -177,7 +177,7 @@ class Poller:
             if not futures:
                 continue
             try:
-                value, error = outcome(job, self.key), None
+                value, error = outcome(job, self.store, self.key), None
             except BaseException as exc:  # the job's own exception, rebuilt: it belongs to the future
                 value, error = None, exc
             for future in futures:

@@ -44,6 +44,19 @@ class WorkerInfo:
 
 
 @dataclass
+class BlobSweep:
+    """What a blob sweep removed (or, dry, would remove): how many blobs and their bytes."""
+
+    count: int = 0
+    size: int = 0
+
+
+#: ``sweep_blobs`` default: an unreferenced blob younger than this may belong to a job being submitted
+#: or finished right now (blobs are stored before the job that names them), so it is left alone.
+DEFAULT_SWEEP_AGE = 3600.0
+
+
+@dataclass
 class Claimant:
     """Who asks for a job: the worker node's name, host and process id."""
 
@@ -72,6 +85,8 @@ class Store(abc.ABC):
     """The queue's storage. Thread-safe; open one per process (never share across fork)."""
 
     url: str
+    #: The queue's blobs (the large buffers of payloads and results): ``put``, ``open``, ``delete``, ``listing``.
+    blobs: Any
 
     # -- jobs ------------------------------------------------------------------
     @abc.abstractmethod
@@ -161,6 +176,12 @@ class Store(abc.ABC):
 
         A flagged job is never claimed again, so when it leaves ``running`` for
         pending, deferred or failed (``finish`` or ``reap``) it becomes killed instead."""
+
+    @abc.abstractmethod
+    def sweep_blobs(self, older_than: float = DEFAULT_SWEEP_AGE, *, dry_run: bool = False) -> BlobSweep:
+        """Delete blobs no job refers to that were stored more than ``older_than`` seconds ago.
+        A blob a job refers to -- pending, running or finished -- is never deleted; ``remove``
+        deletes the blobs of the jobs it removes that no other job refers to."""
 
     @abc.abstractmethod
     def kill_requests(self, job_ids: Iterable[str]) -> set[str]:

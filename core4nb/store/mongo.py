@@ -9,7 +9,8 @@ unique indexes, epoch-float times, whole-value ``$set``; no transactions, no loc
 - Every write names the state it expects, and every write that leaves ``running`` names the
   lease token (fencing), so two processes never both win a transition.
 - ``max_parallel`` is a unique index, not a count: see :mod:`core4nb.store.mongo_claim`.
-- Payloads and results over 8 MB live in GridFS: see :mod:`core4nb.store.mongo_blobs`.
+- Blobs (large buffers) and frames over 8 MB live in GridFS, read through a per-machine cache:
+  see :mod:`core4nb.store.mongo_blobs`. ``payload_refs``/``result_refs`` list the digests a job names.
 - A document that cannot be decoded is listed as a placeholder and set aside as error when a
   claim (or the reaper) meets it; a claim whose reply was lost with the connection is found
   again by its lease token at the next claim, so an outage does not strand a job.
@@ -31,13 +32,15 @@ from urllib.parse import unquote_plus
 from pymongo import ASCENDING, MongoClient, UpdateOne, uri_parser
 from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
 
-from core4nb.errors import ConfigError, Core4Error, JobNotFound, MalformedJob, StoreUnavailable
+from core4nb.errors import BlobMissing, ConfigError, Core4Error, JobNotFound, MalformedJob, StoreUnavailable
 from core4nb.job import LARGE_FIELDS, SCALAR_FIELDS, Job, JobError, State, new_token
+from core4nb.serialize import frame_digests
 from core4nb.store import base, bell
 from core4nb.store import mongo_claim as claims
 from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, check_finish, lease_for, redact_url
+from core4nb.store.blobfiles import FileBlobs
 from core4nb.store.decode import decode_job, placeholder_job
-from core4nb.store.mongo_blobs import Blobs
+from core4nb.store.mongo_blobs import Bucket, FrameFiles, GridFSBlobs, cache_dir, cache_limit
 
 CONNECT_TIMEOUT_MS = 5000  # server selection; a serverSelectionTimeoutMS in the URL wins
 MAX_SET_ASIDE = 16  # malformed documents one claim moves to error before it answers "nothing now"
@@ -110,7 +113,9 @@ class MongoStore(Store):
         self._bells = bell.bell_dir(redact_url(url))  # this machine's nodes and executors of this queue
         self._idle = False  # the last claim found nothing: the next one looks (a read) before it writes
         self._connect()
-        self.blobs = Blobs(lambda: self._col("queue").database, self.collections["blobs"])
+        bucket = Bucket(lambda: self._col("queue").database, self.collections["blobs"])
+        self.frames = FrameFiles(bucket)
+        self.blobs = GridFSBlobs(bucket, FileBlobs(cache_dir(redact_url(url))), cache_limit())
         try:
             self._client.admin.command("ping")  # fail here, not at the first claim
             self._col("queue").create_indexes(claims.INDEXES)  # one round trip; a no-op once they exist
@@ -144,7 +149,7 @@ class MongoStore(Store):
     def _fields(self, doc: dict[str, Any], blobs: bool) -> dict[str, Any]:
         data = claims.doc_fields(doc)
         if blobs:  # a dangling GridFS reference is as malformed as a wrong type
-            data.update(payload=self.blobs.get(doc, "payload"), result=self.blobs.get(doc, "result"))
+            data.update(payload=self.frames.get(doc, "payload"), result=self.frames.get(doc, "result"))
         else:
             for large in LARGE_FIELDS:
                 data.pop(large, None)
@@ -172,7 +177,8 @@ class MongoStore(Store):
         for job in jobs:
             doc = {f: getattr(job, f) for f in SCALAR_FIELDS if f != "id"}
             doc.update(_id=job.id, seq=job.id, kill_requested=bool(job.kill_requested), error=_error_doc(job.error),
-                       output=job.output,
+                       output=job.output, payload_refs=frame_digests(job.payload),
+                       result_refs=frame_digests(job.result),
                        holder=claims.HELD if job.state is State.RUNNING else job.id, **claims.lease_doc(job.lease))
             # A limited job's slot is the one it tries first: spread a batch over all M slots.
             doc["slot"] = f"{job.name}#{turns[job.name] % job.max_parallel}" if job.max_parallel else job.id
@@ -180,21 +186,33 @@ class MongoStore(Store):
             docs.append(doc)
         if not docs:
             return
+        blobs = {name: data for job in jobs for name, data in job.blobs.items()}
+        self.blobs.put(blobs)
         try:
             for doc, job in zip(docs, jobs, strict=True):
-                doc.update(self.blobs.put("payload", job.payload, job.id))
-                doc.update(self.blobs.put("result", job.result, job.id))
+                doc.update(self.frames.put("payload", job.payload, job.id))
+                doc.update(self.frames.put("result", job.result, job.id))
             self._col("queue").insert_many(docs, ordered=True)
         except BulkWriteError as exc:  # all or nothing: take back the documents before the failing one
             failed = exc.details["writeErrors"][0]
             self._col("queue").delete_many({"_id": {"$in": [d["_id"] for d in docs[: failed["index"]]]}})
-            self.blobs.delete(d[ref] for d in docs for ref in ("payload_ref", "result_ref") if d.get(ref))
+            self.frames.delete(d[ref] for d in docs for ref in ("payload_ref", "result_ref") if d.get(ref))
             if failed["code"] != 11000:
                 raise
             ids = [j.id for j in jobs]
             raise ValueError(f"a job id among {ids[:5]}{'…' if len(ids) > 5 else ''} is already in queue "
                              f"{redact_url(self.url)} (or repeated); nothing was inserted") from None
+        self._recheck_blobs(jobs, blobs)
         bell.ring(self._bells, "work")
+
+    def _recheck_blobs(self, jobs: Sequence[Job], blobs: dict[str, memoryview]) -> None:
+        """After the insert: a remove or sweep racing it may have deleted a blob it found stored; store it again."""
+        named = {name for job in jobs for name in frame_digests(job.payload)}
+        lost = self.blobs.missing(named)
+        self.blobs.put({name: blobs[name] for name in lost if name in blobs})
+        if lost - set(blobs):
+            raise BlobMissing(f"{len(lost - set(blobs))} blob(s) the new jobs name are no longer in queue "
+                              f"{redact_url(self.url)} (removed or swept; first {sorted(lost)[0]}); submit them anew")
 
     def listen(self, role: str) -> bell.Bell:
         return bell.Bell(self._bells, role, hears_everyone=False)  # other machines' writes do not ring
@@ -283,7 +301,8 @@ class MongoStore(Store):
         if "kill_requested" in values:
             values["kill_requested"] = bool(values["kill_requested"])
         if "result" in fields:
-            values.update(self.blobs.put("result", fields["result"], job_id))
+            values.update(self.frames.put("result", fields["result"], job_id),
+                          result_refs=frame_digests(fields["result"]))
         now, queue = claims.epoch(time.time()), self._col("queue")
 
         def leave(target: State, **expect: Any) -> bool:
@@ -296,7 +315,7 @@ class MongoStore(Store):
         if not done and state.is_claimable:  # a job with a kill request is never claimed again: it must not wait
             state, done = State.KILLED, leave(State.KILLED, kill_requested=True)
         if not done and values.get("result_ref"):
-            self.blobs.delete([values["result_ref"]])
+            self.frames.delete([values["result_ref"]])
         if done and (state.is_final or state is State.PENDING):  # finished, or handed back to the queue
             bell.ring(self._bells, "done" if state.is_final else "work")
         return done
@@ -382,10 +401,30 @@ class MongoStore(Store):
     def remove(self, job_id: str) -> int:
         queue = self._col("queue")
         ids = [doc["_id"] for doc in queue.find(self._subtree(job_id, tree=True), {"_id": 1})]
+        named = self._referenced({"_id": {"$in": ids}})
         removed = queue.delete_many({"_id": {"$in": ids}}).deleted_count
         # After the documents: a crash leaves orphan files, never dangling references.
-        self.blobs.delete_for_jobs(ids)
+        self.frames.delete_for_jobs(ids)
+        if named:
+            self.blobs.delete(named - self._referenced({"$or": [{"payload_refs": {"$in": list(named)}},
+                                                                 {"result_refs": {"$in": list(named)}}]}))
         return removed
+
+    def _referenced(self, query: dict[str, Any]) -> set[str]:
+        docs = self._col("queue").find(query, {"payload_refs": 1, "result_refs": 1})
+        return {name for doc in docs for refs in (doc.get("payload_refs"), doc.get("result_refs"))
+                if isinstance(refs, list) for name in refs if isinstance(name, str)}
+
+    @_guarded
+    def sweep_blobs(self, older_than: float = base.DEFAULT_SWEEP_AGE, *, dry_run: bool = False) -> base.BlobSweep:
+        cutoff = time.time() - older_than
+        old = [b for b in self.blobs.listing() if b.mtime <= cutoff]
+        names = list({b.digest for b in old})
+        kept = self._referenced({"$or": [{"payload_refs": {"$in": names}}, {"result_refs": {"$in": names}}]})
+        orphans = [b for b in old if b.digest not in kept]
+        if orphans and not dry_run:
+            self.blobs.delete({b.digest for b in orphans})
+        return base.BlobSweep(len(orphans), sum(b.size for b in orphans))
 
     # -- worker nodes ---------------------------------------------------------------------------------
     @_guarded

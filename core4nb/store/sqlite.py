@@ -33,11 +33,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from core4nb.errors import ConfigError, JobNotFound, MalformedJob, PayloadError, StoreUnavailable
+from core4nb.errors import BlobMissing, ConfigError, JobNotFound, MalformedJob, PayloadError, StoreUnavailable
 from core4nb.job import LARGE_FIELDS, SCALAR_FIELDS, Job, State
+from core4nb.serialize import frame_digests
 from core4nb.store import base, bell
 from core4nb.store import sqlite_sql as sql
 from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, check_finish, redact_url
+from core4nb.store.blobfiles import FileBlobs
 from core4nb.store.decode import decode_job
 
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for the lock before giving up
@@ -80,6 +82,7 @@ class SQLiteStore(Store):
         self.path = Path(raw).expanduser()
         self._check_path()
         self._bells = bell.bell_dir(self.path)
+        self.blobs = FileBlobs(self.path.with_name(self.path.name + "-blobs"))
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -173,14 +176,28 @@ class SQLiteStore(Store):
                           "lease": j.lease, "error": j.error}) for j in jobs]
         if not rows:
             return
+        blobs = {name: data for job in jobs for name, data in job.blobs.items()}
+        self.blobs.put(blobs)  # before the lock: writing 100s of MB must not stall every node's claims
         try:
             with self._tx() as conn:
+                self._check_blobs(jobs, blobs)
                 conn.executemany(sql.INSERT, rows)
         except sqlite3.IntegrityError:
             ids = [j.id for j in jobs]
             raise ValueError(f"a job id among {ids[:5]}{'…' if len(ids) > 5 else ''} is already in queue "
                              f"{redact_url(self.url)} (or repeated); nothing was inserted") from None
         bell.ring(self._bells, "work")
+
+    def _check_blobs(self, jobs: Sequence[Job], blobs: dict[str, memoryview]) -> None:
+        """Under the write lock: every blob the jobs name is there (a racing remove or sweep may have
+        deleted one stored just before; it is written again). Raises BlobMissing for one nobody has."""
+        for job in jobs:
+            for name in frame_digests(job.payload):
+                if not self.blobs.has(name):
+                    if name not in blobs:
+                        raise BlobMissing(f"job {job.id} ({job.name}) names blob {name}, which queue "
+                                          f"{redact_url(self.url)} no longer has (removed or swept); submit it anew")
+                    self.blobs.put({name: blobs[name]})
 
     def listen(self, role: str) -> bell.Bell:
         return bell.Bell(self._bells, role)
@@ -343,8 +360,20 @@ class SQLiteStore(Store):
 
     def remove(self, job_id: str) -> int:
         where, params = self._subtree(job_id, tree=True)
+        with self._tx() as conn:  # under the lock: no insert can start to rely on a blob deleted here
+            named = sql.referenced_blobs(conn, where, params)
+            removed = conn.execute(f"DELETE FROM queue WHERE {where}", params).rowcount
+            if named:
+                self.blobs.delete(named - sql.referenced_blobs(conn))
+        return removed
+
+    def sweep_blobs(self, older_than: float = base.DEFAULT_SWEEP_AGE, *, dry_run: bool = False) -> base.BlobSweep:
         with self._tx() as conn:
-            return conn.execute(f"DELETE FROM queue WHERE {where}", params).rowcount
+            kept, cutoff = sql.referenced_blobs(conn), time.time() - older_than
+            orphans = [b for b in self.blobs.listing() if b.digest not in kept and b.mtime <= cutoff]
+            if not dry_run:
+                self.blobs.delete(b.digest for b in orphans)
+        return base.BlobSweep(len(orphans), sum(b.size for b in orphans))
 
     # -- worker nodes ------------------------------------------------------------------------------
     def save_worker(self, info: WorkerInfo) -> None:

@@ -10,10 +10,12 @@ import dataclasses
 import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any
 
 from core4nb.job import CLAIMABLE_STATES, LARGE_FIELDS, SCALAR_FIELDS, State, new_token
+from core4nb.serialize import frame_digests
 from core4nb.store.base import Claimant
 from core4nb.store.decode import set_aside_error
 
@@ -28,6 +30,8 @@ COLUMNS = {  # Job fields, the lease flattened into lease_* columns, blobs apart
     "started_at": "REAL", "finished_at": "REAL", "deferred_since": "REAL", "runtime": "REAL",
     "result": "BLOB", "error": "TEXT", "kill_requested": "INTEGER NOT NULL DEFAULT 0", "restarted_from": "TEXT",
     "output": "TEXT NOT NULL DEFAULT ''",  # added after 0.1: add_missing_columns() brings older files up to date
+    # The blob digests the payload and the result name (space separated): what remove and sweep_blobs keep.
+    "payload_refs": "TEXT NOT NULL DEFAULT ''", "result_refs": "TEXT NOT NULL DEFAULT ''",
 }
 # A new Job field must get a column here, or jobs would silently lose it.
 assert set(SCALAR_FIELDS) <= set(COLUMNS), set(SCALAR_FIELDS) - set(COLUMNS)
@@ -103,6 +107,8 @@ def columns(fields: dict[str, Any]) -> dict[str, Any]:
     if "kill_requested" in out:
         out["kill_requested"] = int(bool(out["kill_requested"]))
     for blob in ("payload", "result"):
+        if blob in out:
+            out[f"{blob}_refs"] = " ".join(frame_digests(out[blob]))
         if out.get(blob) is not None:
             out[blob] = bytes(out[blob])
     if "lease" in out:
@@ -120,6 +126,13 @@ def fields(row: sqlite3.Row) -> dict[str, Any]:
         with suppress(ValueError):
             data["error"] = json.loads(data["error"])
     return data
+
+
+def referenced_blobs(conn: sqlite3.Connection, where: str = "1", params: Sequence[Any] = ()) -> set[str]:
+    """The digests the payloads and results of the selected rows name."""
+    rows = conn.execute(f"SELECT payload_refs, result_refs FROM queue WHERE ({where}) "
+                        "AND (payload_refs != '' OR result_refs != '')", params)
+    return {name for row in rows for refs in row for name in refs.split()}
 
 
 def set_aside(conn: sqlite3.Connection, rowid: int, problem: str, now: float) -> None:

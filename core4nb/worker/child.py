@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
+import logging
 import os
 import resource
 import signal
@@ -30,6 +31,7 @@ from core4nb.context import Defer, JobContext, activate, deactivate
 from core4nb.errors import PayloadError
 from core4nb.job import OUTPUT_LIMIT, Job, JobError
 from core4nb.queue import format_exception
+from core4nb.store import Store, open_store
 
 NODE_WATCH_INTERVAL = 0.25  # without PR_SET_PDEATHSIG: how often a child checks its node
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -110,7 +112,8 @@ class _Tee(io.TextIOBase):
                 self._stream.flush()
 
 
-def child_main(conn: Connection, url: str, key: bytes, node_pid: int, memory_limit_mb: int | None = None) -> None:
+def child_main(conn: Connection, url: str, key: bytes, node_pid: int, memory_limit_mb: int | None = None,
+               log_level: int = logging.WARNING) -> None:
     """Entry point of a child process: serve jobs until the pipe closes.
 
     ``key`` is the node's cluster key, checked once when the node started: children
@@ -119,15 +122,42 @@ def child_main(conn: Connection, url: str, key: bytes, node_pid: int, memory_lim
     # Ctrl-C in a terminal reaches the whole process group; the node decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_node(node_pid)
+    # The forkserver's children start with no logging set up: log as the node does, to its stderr
+    # (bound now, before a job's capture replaces sys.stderr).
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("core4nb").addHandler(handler)
+    logging.getLogger("core4nb").setLevel(log_level)
     if memory_limit_mb:
         limit = memory_limit_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    while True:
-        try:
-            job = conn.recv()
-        except (EOFError, OSError):
-            return
-        conn.send(("done", run_job(job, url, key, conn)))
+    store = LazyStore(url)  # one store for the child's life: blobs, children and progress share it
+    try:
+        while True:
+            try:
+                job = conn.recv()
+            except (EOFError, OSError):
+                return
+            conn.send(("done", run_job(job, store, key, conn)))
+    finally:
+        store.close()
+
+
+class LazyStore:
+    """The queue's store, opened on first use (a job that needs no blobs and no children never opens one)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._store: Store | None = None
+
+    def get(self) -> Store:
+        if self._store is None:
+            self._store = open_store(self.url)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
 
 
 def _die_with_node(node_pid: int) -> None:
@@ -207,20 +237,22 @@ def _signalable(pid: int) -> bool:
     return True
 
 
-def run_job(job: Job, url: str, key: bytes, conn: Connection) -> Outcome:
+def run_job(job: Job, store: LazyStore, key: bytes, conn: Connection) -> Outcome:
     started = time.monotonic()
 
     def elapsed() -> float:
         return time.monotonic() - started
 
     try:
-        fn, args, kwargs = serialize.loads(job.payload, key=key, what=f"payload of job {job.id}")
-    except PayloadError as exc:  # unsigned, tampered or foreign: never unpickled
+        blobs = store.get().blobs if serialize.frame_digests(job.payload) else None
+        fn, args, kwargs = serialize.loads(job.payload, key=key, job_id=job.id, kinds={serialize.Kind.CALL},
+                                           blobs=blobs, what=f"payload of job {job.id} ({job.name})")
+    except PayloadError as exc:  # unsigned, tampered, foreign or a blob missing: never unpickled
         return Outcome("rejected", elapsed(), error=JobError(type(exc).__name__, str(exc)))
     except Exception as exc:  # signed but cannot load here (missing module…)
         return Outcome("rejected", elapsed(), error=_job_error(exc))
 
-    ctx = JobContext(job, url, lambda value, message: conn.send(("progress", value, message)))
+    ctx = JobContext(job, store.url, lambda value, message: conn.send(("progress", value, message)), store.get)
     token, printed = activate(ctx), OutputTail()
     try:
         with printed.capturing():
@@ -228,27 +260,37 @@ def run_job(job: Job, url: str, key: bytes, conn: Connection) -> Outcome:
     except Defer as defer:
         return Outcome("deferred", elapsed(), message=str(defer), output=printed.text())
     except BaseException as exc:
-        return Outcome("failed", elapsed(), result=_try_dumps(exc, key), error=_job_error(exc), output=printed.text())
+        return Outcome("failed", elapsed(), result=_exception_frame(exc, job, store, key), error=_job_error(exc),
+                       output=printed.text())
     finally:
         deactivate(token)
         ctx.close()
     try:
         what = f"the job's result (a {type(value).__module__}.{type(value).__qualname__})"
-        return Outcome("complete", elapsed(), result=serialize.dumps(value, key=key, what=what), output=printed.text())
+        frame = _store_frame(value, job, store, key, serialize.Kind.RESULT, what)
+        return Outcome("complete", elapsed(), result=frame, output=printed.text())
     except PayloadError as exc:
-        return Outcome("failed", elapsed(), error=JobError("PayloadError", str(exc)), output=printed.text())
+        return Outcome("failed", elapsed(), error=JobError(type(exc).__name__, str(exc)), output=printed.text())
+
+
+def _store_frame(value: object, job: Job, store: LazyStore, key: bytes, kind: serialize.Kind, what: str) -> bytes:
+    """Pickle a result or exception for ``job``: its blobs go to the store now, the frame to the node."""
+    packed = serialize.dumps(value, key=key, job_id=job.id, kind=kind, what=what)
+    if packed.blobs:
+        store.get().blobs.put(packed.blobs)
+    return packed.frame
 
 
 def _job_error(exc: BaseException) -> JobError:
     return JobError(type(exc).__qualname__, str(exc), format_exception(exc))
 
 
-def _try_dumps(exc: BaseException, key: bytes) -> bytes | None:
-    """The exception itself, so the notebook can re-raise its own type; None if unpicklable."""
+def _exception_frame(exc: BaseException, job: Job, store: LazyStore, key: bytes) -> bytes | None:
+    """The exception itself, so the notebook can re-raise its own type; None if it cannot travel."""
+    if not serialize.round_trips(exc):  # some exceptions pickle but cannot be rebuilt
+        return None
     try:
-        blob = serialize.dumps(exc, key=key, what="exception")
-        serialize.loads(blob, key=key)  # some exceptions pickle but cannot be rebuilt
-        return blob
+        return _store_frame(exc, job, store, key, serialize.Kind.EXCEPTION, "exception")
     except Exception:
         return None
 

@@ -8,6 +8,7 @@ killed child is replaced in milliseconds without forking the node itself
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import select
@@ -40,7 +41,8 @@ class Slot:
     def _spawn(self) -> None:
         self.conn, child_end = _CONTEXT.Pipe()
         self.process = _CONTEXT.Process(
-            target=child_main, args=(child_end, self.url, self.key, os.getpid(), self.memory_limit_mb),
+            target=child_main, args=(child_end, self.url, self.key, os.getpid(), self.memory_limit_mb,
+                                     logging.getLogger("core4nb").getEffectiveLevel()),
             daemon=True, name="core4nb-child",
         )
         self.process.start()
