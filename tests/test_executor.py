@@ -337,7 +337,7 @@ def test_map_buffersize_over_a_generator_grows_its_chunks(ex):
     it = ex.map(square, (x for x in range(20)), buffersize=3)
     assert list(it) == [x * x for x in range(20)]
     chunks = ex.store.find(parent_id=it.job_id, blobs=True)
-    assert [len(outcome(c)) for c in chunks] == [1, 2, 4, 8, 5]  # early results fast, later ones cheap
+    assert [len(outcome(c, ex.store)) for c in chunks] == [1, 2, 4, 8, 5]  # early results fast, later ones cheap
 
 
 def test_map_of_a_job_class_is_refused(ex):

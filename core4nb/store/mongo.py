@@ -148,7 +148,9 @@ class MongoStore(Store):
     # -- documents <-> jobs ----------------------------------------------------------------------------
     def _fields(self, doc: dict[str, Any], blobs: bool) -> dict[str, Any]:
         data = claims.doc_fields(doc)
-        if blobs:  # a dangling GridFS reference is as malformed as a wrong type
+        if blobs:  # a dangling GridFS reference is as malformed as a wrong type, and so is no payload at all
+            if "payload" not in doc and not doc.get("payload_ref"):
+                raise MalformedJob("field 'payload' is missing")
             data.update(payload=self.frames.get(doc, "payload"), result=self.frames.get(doc, "result"))
         else:
             for large in LARGE_FIELDS:
