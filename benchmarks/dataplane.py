@@ -116,7 +116,7 @@ def _open(tool: str, scratch: Path):
         remotes: dict = {}
 
         def many(fn, *its):
-            remote = remotes.setdefault(fn, ray.remote(fn))
+            remote = remotes.get(fn) or remotes.setdefault(fn, ray.remote(lambda *args, _fn=fn: _fn(*args)))
             return ray.get([remote.remote(*args) for args in zip(*its, strict=True)])
 
         return many, ray.put, ray.shutdown, None
@@ -169,6 +169,7 @@ def run_one(tool: str, workload: str, size: str, repeat: int) -> dict[str, Any]:
             expect = [float(a.sum()) for a in arrays]
             start = time.perf_counter()
             got = many(array_sum, arrays)
+            del arrays
         elif workload == "arrays_out":
             start = time.perf_counter()
             got = many(partial(make, n=n), [rep * tasks + i for i in range(tasks)])
@@ -239,8 +240,9 @@ def table(results: list[dict]) -> list[str]:
         best = min(peers) if peers else None
         size = next((f" ({r['broadcast_mb']} MB)" for r in rows if "broadcast_mb" in r), "")
         lines += [f"### {workload}{size}", "",
-                  "| tool | best s | median s | × best peer | client peak RSS MB (data held) | workers peak USS / PSS MB "
-                  "| store growth MB (sent) | correct |", "|---|---|---|---|---|---|---|---|"]
+                  "| tool | best s | median s | × best peer | client peak RSS MB (data held) "
+                  "| workers peak USS / PSS MB | store growth MB (sent) | correct |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             if r["status"] != "ok":
                 lines.append(f"| {r['tool']} | {r['status']}: {r['reason']} | | | | | | |")
@@ -269,7 +271,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workloads", default="arrays_in,arrays_out,broadcast,broadcast_big")
     parser.add_argument("--json", type=Path, default=Path(__file__).resolve().parent / "dataplane.json")
     args = parser.parse_args(argv)
-    workloads = [w for w in args.workloads.split(",") if w != "broadcast_big" or len(SIZES[args.size]["broadcast_mb"]) > 1]
+    big_too = len(SIZES[args.size]["broadcast_mb"]) > 1
+    workloads = [w for w in args.workloads.split(",") if w != "broadcast_big" or big_too]
     results = run(args.size, args.repeat, args.tools.split(","), workloads)
     args.json.write_text(json.dumps({"size": args.size, "repeat": args.repeat, "loadavg": os.getloadavg(),
                                      "results": results}, indent=1))
