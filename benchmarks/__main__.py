@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks import dataplane
 from benchmarks.backends import BACKENDS, select
 from benchmarks.env import SIZES, Context, machine
 from benchmarks.queue_rate import queue
@@ -22,7 +23,7 @@ from benchmarks.targets import evaluate
 from benchmarks.workloads import latency, overhead, primes, startup
 
 WORKLOADS = {"primes": primes, "overhead": overhead, "latency": latency, "startup": startup,
-             "scaling": scaling, "queue": queue}
+             "scaling": scaling, "queue": queue, "data": dataplane.workload}
 HERE = Path(__file__).resolve().parent
 
 

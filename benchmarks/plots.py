@@ -130,4 +130,8 @@ def write_plots(workloads: dict[str, Any], outdir: Path, workers: int) -> dict[s
                                    outdir / "startup.png", reference=1)
     if "scaling" in workloads:
         made["scaling"] = scaling_plot(workloads["scaling"], outdir / "scaling.png")
+    if "data" in workloads:
+        from benchmarks.dataplane import plot
+
+        made["data"] = plot(workloads["data"]["results"], outdir / "data.png")
     return {k: v for k, v in made.items() if v is not None}

@@ -54,6 +54,10 @@ def evaluate(workloads: dict[str, Any]) -> list[dict[str, Any]]:
     out.append(_target("mongo round trips per job in a map (wire commands)", "≤ 4",
                        r and f"{trips:.2f} ({r['map']['round_trips_per_job']:.2f} store verb calls)",
                        r and trips <= 4))
+    if workloads.get("data"):
+        from benchmarks.dataplane import targets
+
+        out += [_target(*t) for t in targets(workloads["data"]["results"])]
     for t in out:
         t["met"] = None if t["met"] is None else bool(t["met"])
     return out

@@ -5,7 +5,7 @@ large buffers (numpy arrays, pandas columns, bytes…), content-addressed *blobs
 
     frame  = b"C4N2" | u32 header length | header | HMAC-SHA256 | pickle
     header = JSON {"fp": fingerprint, "job": job id, "kind": call|result|exception,
-                   "blobs": [[sha256 of the bytes, size], …]}        (out-of-band buffers, in pickle order)
+                   "blobs": [[BLAKE3 of the bytes, size], …]}        (out-of-band buffers, in pickle order)
 
 - The MAC covers every byte before it and the pickle after it: the length prefix too, so a frame
   cannot be re-split into another header and body; the digests, so a blob cannot be swapped; and the
@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import blake3
 import cloudpickle
 
 from core4nb.errors import BlobMissing, FingerprintMismatch, KeyFileError, PayloadError, SignatureError
@@ -109,9 +110,20 @@ def load_key() -> bytes:
     return key.encode()
 
 
+#: Buffers from this size on are hashed by several threads (BLAKE3 splits its input into a tree).
+_THREADED_HASH = 8 * 1024 * 1024
+
+
+def hasher(data: memoryview | bytes = b"") -> blake3.blake3:
+    """A BLAKE3 hash of ``data`` (more with ``update``): a strong hash that runs at memory speed, so a
+    content address costs a fraction of the copy it saves (SHA-256 here: 1.1 GB/s, BLAKE3: 5 GB/s a core)."""
+    threads = blake3.blake3.AUTO if memoryview(data).nbytes >= _THREADED_HASH else 1
+    return blake3.blake3(data, max_threads=threads)
+
+
 def digest(data: memoryview | bytes) -> str:
-    """The content address of a blob: SHA-256 of its bytes (hex)."""
-    return hashlib.sha256(data).hexdigest()
+    """The content address of a blob: BLAKE3 of its bytes (64 hex digits)."""
+    return hasher(data).hexdigest()
 
 
 def blob_threshold() -> int:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ["primes", "overhead", "latency", "startup", "scaling", "queue"]
+WORKLOADS = ["primes", "overhead", "latency", "startup", "scaling", "queue", "data"]
 
 
 BACKENDS = ["serial", "process", "core4nb"]
@@ -123,12 +123,24 @@ def test_scaling_and_queue(tiny: tuple[dict[str, Any], Path]) -> None:
     assert queue["map"]["round_trips_per_job"] >= 1
 
 
+def test_data_workloads_moved_arrays_correctly(tiny: tuple[dict[str, Any], Path]) -> None:
+    data, _ = tiny
+    rows = {r["backend"]: r for r in data["workloads"]["data"]["results"]}
+    for workload in ["arrays_in", "arrays_out", "broadcast"]:
+        for tool in ["process", "core4nb"]:
+            row = rows[f"{workload}:{tool}"]
+            assert row["status"] == "ok" and row["correct"] is True, row
+        mine = rows[f"{workload}:core4nb"]
+        assert mine["data_held_mb"] > 0 and mine["store_growth_mb"] >= mine["sent_mb"] * 0.9
+    assert rows["broadcast:core4nb-share"]["correct"] is True
+
+
 def test_report_and_plots(tiny: tuple[dict[str, Any], Path]) -> None:
     _, out = tiny
     text = (out / "RESULTS.md").read_text()
     for heading in ["## Targets for core4nb", *(f"## {w}" for w in WORKLOADS)]:
         assert heading in text
-    for name in ["primes_speedup", "overhead", "latency", "startup", "scaling"]:
+    for name in ["primes_speedup", "overhead", "latency", "startup", "scaling", "data"]:
         png = out / "plots" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert f"plots/{name}.png" in text

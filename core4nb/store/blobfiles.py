@@ -6,9 +6,9 @@ file and a rename (a reader never sees half a blob), mode 0400 in 0700 directori
 the file read-only, so a large array argument arrives as an array over the page cache: no copy, and
 32 processes reading one broadcast array share its pages.
 
-A mapped file is checked against its digest once per process (and again whenever the file is
-replaced), then served from the mapping: a warm worker child pays for the hash of a broadcast value
-once, not once per job.
+A file is checked against its digest once per process (and again whenever the file is replaced or
+written to): a warm worker child pays for the hash of a broadcast value once, not once per job. Every
+open maps the file anew; the mapping lives as long as the values over it.
 """
 
 from __future__ import annotations
@@ -16,19 +16,22 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
-import hashlib
 import mmap
 import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from core4nb import serialize
 from core4nb.errors import BlobMissing, PayloadError, SignatureError
 
-#: Mappings a process keeps open for reuse (each holds a file descriptor).
-MAPPINGS_KEPT = 32
+#: Blob files a process remembers as checked against their digests.
+VERIFIED_KEPT = 4096
+#: New blobs of a put adding up to this many bytes are written by several threads.
+PARALLEL_WRITES_FROM = 16 * 1024 * 1024
 _WRITE_STEP = 16 * 1024 * 1024
 
 
@@ -46,8 +49,9 @@ class FileBlobs:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self._maps: collections.OrderedDict[str, tuple[tuple, mmap.mmap]] = collections.OrderedDict()
-        self._lock = threading.Lock()  # the mappings kept: a poller thread and the caller both read results
+        # digest → identity of the file whose bytes were checked (a replaced file is checked again)
+        self._verified: collections.OrderedDict[str, tuple] = collections.OrderedDict()
+        self._lock = threading.Lock()  # a poller thread and the caller both read results
 
     def path(self, digest: str) -> Path:
         if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
@@ -63,12 +67,15 @@ class FileBlobs:
         Raises:
             PayloadError: the disk is full or not writable (nothing half-written is left behind).
         """
-        written = 0
-        for name, data in blobs.items():
-            if not self.has(name):
+        new = {name: data for name, data in blobs.items() if not self.has(name)}
+        if len(new) > 1 and sum(d.nbytes for d in new.values()) >= PARALLEL_WRITES_FROM:
+            # Copying into the page cache is CPU work and write() releases the GIL: use the cores.
+            with ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="core4nb-blobs") as pool:
+                list(pool.map(lambda item: self._write(item[0], [item[1]]), new.items()))
+        else:
+            for name, data in new.items():
                 self._write(name, [data])
-                written += data.nbytes
-        return written
+        return sum(d.nbytes for d in new.values())
 
     def write_stream(self, name: str, parts: Iterable[bytes]) -> None:
         """Store a blob that arrives in parts (a download), checking it against its digest."""
@@ -78,7 +85,7 @@ class FileBlobs:
         target = self.path(name)
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         temp = target.parent / f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
-        hasher = hashlib.sha256() if check else None
+        hasher = serialize.hasher() if check else None
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
             with open(fd, "wb", closefd=True) as handle:
@@ -123,20 +130,19 @@ class FileBlobs:
         if size == 0:
             return memoryview(b"")
         identity = (info.st_ino, info.st_dev, info.st_size, info.st_mtime_ns)
-        with self._lock:
-            kept = self._maps.get(digest)
-            if kept is not None and kept[0] == identity:
-                self._maps.move_to_end(digest)
-                return memoryview(kept[1])
         with open(path, "rb") as handle:
             mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        if hashlib.sha256(mapping).hexdigest() != digest:
-            raise SignatureError(f"blob {digest[:16]}… does not match its digest: its bytes were changed in the "
-                                 "store; refusing to unpickle it")
         with self._lock:
-            self._maps[digest] = (identity, mapping)
-            while len(self._maps) > MAPPINGS_KEPT:  # an evicted map closes itself once its last view is gone
-                self._maps.popitem(last=False)
+            checked = self._verified.get(digest) == identity
+        if not checked:
+            if serialize.digest(mapping) != digest:
+                raise SignatureError(f"blob {digest[:16]}… does not match its digest: its bytes were changed in the "
+                                     "store; refusing to unpickle it")
+            with self._lock:
+                self._verified[digest] = identity
+                while len(self._verified) > VERIFIED_KEPT:
+                    self._verified.popitem(last=False)
+        # No mapping is kept here: it lives as long as the values over it, and its pages stay in the page cache.
         return memoryview(mapping)
 
     def touch(self, digest: str) -> None:
@@ -166,7 +172,7 @@ class FileBlobs:
                 freed += path.stat().st_size
                 path.unlink()
             with self._lock:
-                self._maps.pop(name, None)
+                self._verified.pop(name, None)
         return freed
 
     def total_size(self) -> int:
