@@ -30,8 +30,12 @@ def status_text(queue: Queue) -> str:
 
 
 def status_json(queue: Queue) -> str:
+    retention = queue.store.retention()
+    usage = queue.store.usage(retention)
+    store = {"size": usage.size, "finished_trees": usage.finished_trees,
+             "retention_s": None if math.isinf(retention) else retention}
     return json.dumps({"url": redact_url(queue.url), "counts": {str(k): v for k, v in queue.counts().items()},
-                       "nodes": [vars(n) for n in queue.store.workers()]}, indent=2)
+                       "nodes": [vars(n) for n in queue.store.workers()], "store": store}, indent=2)
 
 
 def jobs_text(jobs: list[Job]) -> str:
