@@ -190,3 +190,9 @@ def test_a_large_global_is_stored_once_for_every_chunk(shell, tmp_path):
     assert shell.user_ns["sums"] == expected
     with Queue(f"sqlite://{tmp_path / 'home' / 'queue.db'}") as queue:
         assert [b.size for b in queue.store.blobs.listing()] == [16 * 2**20]  # one blob for 16 payloads
+
+
+def test_a_mistyped_option_is_refused_with_the_right_one(shell):
+    with pytest.raises(UsageError, match=r"unrecognized arguments: --chunk 8; did you mean --chunks\?"):
+        cell(shell, "--chunk 8 --over numbers --out counts")
+    assert "counts" not in shell.user_ns
