@@ -24,6 +24,7 @@ from core4nb.errors import (
 from core4nb.executor import Core4Executor, Core4Future
 from core4nb.job import Job, State
 from core4nb.queue import Queue
+from core4nb.serialize import ship
 from core4nb.tree import Core4Job, enqueue
 from core4nb.widgets import progress  # imports ipywidgets only when a notebook panel is made
 
@@ -51,6 +52,7 @@ __all__ = [
     "current_job",
     "enqueue",
     "progress",
+    "ship",
 ]
 
 

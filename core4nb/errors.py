@@ -45,6 +45,10 @@ class BlobMissing(PayloadError):
     """A blob a payload or result names is not in the store (deleted by hand or swept): nothing runs."""
 
 
+class EnvironmentMismatch(PayloadError):
+    """A payload cannot be loaded here, and the packages it names differ in version from the notebook's."""
+
+
 class FingerprintMismatch(PayloadError):
     """A payload was pickled by a Python/cloudpickle this process cannot load."""
 

@@ -21,9 +21,12 @@ large buffers (numpy arrays, pandas columns, bytes…), content-addressed *blobs
 
 from __future__ import annotations
 
+import collections
 import enum
 import hashlib
 import hmac
+import importlib
+import io
 import json
 import os
 import pickle
@@ -31,15 +34,25 @@ import secrets
 import stat
 import struct
 import sys
+import types
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from types import ModuleType
+from typing import Any, ClassVar, Protocol
 
-import blake3
 import cloudpickle
 
-from core4nb.errors import BlobMissing, FingerprintMismatch, KeyFileError, PayloadError, SignatureError
+from core4nb import shipping
+from core4nb.buffers import DigestMemo, blob_threshold, digest, out_of_band_bytes
+from core4nb.errors import (
+    BlobMissing,
+    EnvironmentMismatch,
+    FingerprintMismatch,
+    KeyFileError,
+    PayloadError,
+    SignatureError,
+)
 
 MAGIC = b"C4N2"
 _PREFIX = struct.Struct(">4sI")
@@ -47,9 +60,6 @@ _MAC_SIZE = 32
 KEY_ENV = "CORE4NB_KEY"
 KEY_FILE_ENV = "CORE4NB_KEY_FILE"
 DEFAULT_KEY_FILE = Path.home() / ".core4nb" / "key"
-THRESHOLD_ENV = "CORE4NB_BLOB_THRESHOLD"
-#: Buffers of at least this many bytes travel as blobs (``CORE4NB_BLOB_THRESHOLD`` overrides).
-BLOB_THRESHOLD = 1024 * 1024
 
 
 class Kind(enum.StrEnum):
@@ -110,52 +120,6 @@ def load_key() -> bytes:
     return key.encode()
 
 
-#: Buffers from this size on are hashed by several threads (BLAKE3 splits its input into a tree).
-_THREADED_HASH = 8 * 1024 * 1024
-
-
-def hasher(data: memoryview | bytes = b"") -> blake3.blake3:
-    """A BLAKE3 hash of ``data`` (more with ``update``): a strong hash that runs at memory speed, so a
-    content address costs a fraction of the copy it saves (SHA-256 here: 1.1 GB/s, BLAKE3: 5 GB/s a core)."""
-    threads = blake3.blake3.AUTO if memoryview(data).nbytes >= _THREADED_HASH else 1
-    return blake3.blake3(data, max_threads=threads)
-
-
-def digest(data: memoryview | bytes) -> str:
-    """The content address of a blob: BLAKE3 of its bytes (64 hex digits)."""
-    return hasher(data).hexdigest()
-
-
-def blob_threshold() -> int:
-    value = os.environ.get(THRESHOLD_ENV)
-    if not value:
-        return BLOB_THRESHOLD
-    try:
-        return max(0, int(value))
-    except ValueError:
-        raise PayloadError(f"{THRESHOLD_ENV}={value!r} is not a number of bytes; unset it, or e.g. 1048576") from None
-
-
-class DigestMemo:
-    """Digests already computed for buffers of live objects, so a value pickled into many jobs of one
-    submission (a closure in every chunk of a map) is hashed once. Holds its objects: an id is only
-    reused once its object is gone, and the memo lives no longer than one submission (or a share)."""
-
-    def __init__(self) -> None:
-        self._digests: dict[tuple[int, int], tuple[object, str]] = {}
-
-    def digest_of(self, view: memoryview) -> str:
-        key = (id(view.obj), view.nbytes)
-        hit = self._digests.get(key)
-        if hit is None or hit[0] is not view.obj:
-            hit = self._digests[key] = (view.obj, digest(view))
-        return hit[1]
-
-    def known(self, view: memoryview) -> str | None:
-        hit = self._digests.get((id(view.obj), view.nbytes))
-        return hit[1] if hit is not None and hit[0] is view.obj else None
-
-
 _shared = weakref.WeakSet()  # the memos of live share() handles
 
 
@@ -192,37 +156,6 @@ def _header_digest(view: memoryview, memo: DigestMemo | None) -> str:
     return memo.digest_of(view) if memo is not None else digest(view)
 
 
-class _LargeBytes:
-    """A ``bytes``/``bytearray`` value that pickles through a buffer: the C pickler writes exact bytes
-    in-band and asks no reducer, so large ones are wrapped before pickling (see :func:`_out_of_band_bytes`)."""
-
-    def __init__(self, data: bytes | bytearray) -> None:
-        self.data = data
-
-    def __reduce__(self) -> tuple:
-        return type(self.data), (pickle.PickleBuffer(self.data),)
-
-
-#: Lists and tuples longer than this are not looked into for large bytes (the look costs per item).
-_SCAN_ITEMS = 10_000
-
-
-def _out_of_band_bytes(value: Any, threshold: int, depth: int = 2) -> Any:
-    """``value`` with large bytes wrapped, looked for at its top and inside lists, tuples and dict values."""
-    kind = type(value)
-    if kind in (bytes, bytearray):
-        return _LargeBytes(value) if len(value) >= threshold else value
-    if depth == 0:
-        return value
-    if kind in (list, tuple) and len(value) <= _SCAN_ITEMS:
-        items = [_out_of_band_bytes(v, threshold, depth - 1) for v in value]
-        return value if all(a is b for a, b in zip(items, value, strict=True)) else kind(items)
-    if kind is dict and len(value) <= _SCAN_ITEMS:
-        items = {k: _out_of_band_bytes(v, threshold, depth - 1) for k, v in value.items()}
-        return value if all(items[k] is v for k, v in value.items()) else items
-    return value
-
-
 def _mac(key: bytes, signed: bytes, body: memoryview | bytes) -> bytes:
     mac = hmac.new(key, signed, hashlib.sha256)
     mac.update(body)
@@ -252,15 +185,70 @@ def dumps(obj: Any, *, key: bytes | None = None, job_id: str, kind: Kind, what: 
         listed.append([name, view.nbytes])
         return False
 
+    value = out_of_band_bytes(obj, threshold, 3)
+    if kind is Kind.CALL:  # code travels with calls; results come back by the modules the call brought
+        for module in shipping.new_local_modules():
+            cloudpickle.register_pickle_by_value(module)
+            _auto_shipped.add(module.__name__)
     try:
-        body = cloudpickle.dumps(_out_of_band_bytes(obj, threshold, 3), protocol=5, buffer_callback=out_of_band)
+        body = _pickle(value, out_of_band)
     except Exception as exc:
         raise PayloadError(f"cannot serialize {what}: {type(exc).__name__}: {exc}") from exc
-    header = json.dumps({"fp": fingerprint(), "job": job_id, "kind": str(kind), "blobs": listed},
-                        sort_keys=True).encode()
+    fields = {"fp": fingerprint(), "job": job_id, "kind": str(kind), "blobs": listed}
+    if kind is Kind.CALL:
+        fields["env"] = shipping.referenced_versions(body)
+    header = json.dumps(fields, sort_keys=True).encode()
     signed = _PREFIX.pack(MAGIC, len(header)) + header
     key = load_key() if key is None else key
     return Packed(signed + _mac(key, signed, body) + body, blobs)
+
+
+_auto_shipped: set[str] = set()  # local modules registered by value automatically (not by ship())
+
+
+def _code_keeping_its_file(code: types.CodeType) -> tuple:
+    """cloudpickle's reduction of a by-value function's code, but with its real file name: cloudpickle
+    writes ``<dynamic-code>`` (for deterministic pickles, which nothing here needs), and a remote
+    traceback would then hide which of the user's files and lines raised."""
+    constructor, args = cloudpickle.cloudpickle._code_reduce(code)
+    return constructor, tuple(code.co_filename if arg == "<dynamic-code>" else arg for arg in args)
+
+
+class _Pickler(cloudpickle.Pickler):
+    dispatch_table: ClassVar[collections.ChainMap] = collections.ChainMap(
+        {types.CodeType: _code_keeping_its_file}, cloudpickle.Pickler.dispatch_table)
+
+
+def _cloudpickle(value: Any, buffer_callback: Any) -> bytes:
+    out = io.BytesIO()
+    _Pickler(out, protocol=5, buffer_callback=buffer_callback).dump(value)
+    return out.getvalue()
+
+
+def _pickle(value: Any, buffer_callback: Any) -> bytes:
+    """cloudpickle, with local modules by value; if that fails (a module holding a lock, a socket…),
+    once more with them by reference, as before shipping existed (nodes that can import them run it)."""
+    try:
+        return _cloudpickle(value, buffer_callback)
+    except Exception:
+        names = [name for name in sorted(_auto_shipped) if name in sys.modules]
+        if not names:
+            raise
+    for name in names:
+        cloudpickle.unregister_pickle_by_value(sys.modules[name])
+    try:
+        return _cloudpickle(value, buffer_callback)
+    finally:
+        for name in names:
+            cloudpickle.register_pickle_by_value(sys.modules[name])
+
+
+def ship(module: ModuleType | str) -> None:
+    """Send ``module`` (a module or package, by object or name) with every job by value, even when it is
+    installed here: for code that the worker nodes do not have. Local modules are shipped without asking."""
+    module = importlib.import_module(module) if isinstance(module, str) else module
+    cloudpickle.register_pickle_by_value(module)
+    _auto_shipped.discard(module.__name__)
 
 
 def _split(frame: bytes | memoryview, what: str) -> tuple[memoryview, dict, bytes, memoryview]:
@@ -327,7 +315,14 @@ def loads(frame: bytes | memoryview, *, key: bytes | None = None, job_id: str, k
         buffers = [blobs.open(name, size) for name, size in listed]
     except BlobMissing as exc:
         raise BlobMissing(f"{what}: {exc}") from None
-    return pickle.loads(body, buffers=buffers)
+    try:
+        return pickle.loads(body, buffers=buffers)
+    except Exception as exc:
+        differences = shipping.environment_differences(header.get("env") or {})
+        if not differences:
+            raise
+        raise EnvironmentMismatch(f"{what} cannot be loaded here ({type(exc).__name__}: {exc}): "
+                                  f"{'; '.join(differences)}; install the notebook's versions on every node") from exc
 
 
 def rebind(frame: bytes, *, key: bytes | None = None, job_id: str, what: str = "payload") -> bytes:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core4nb import Core4Executor, Queue, State, serialize
+from core4nb import Core4Executor, Queue, State, buffers, serialize
 from core4nb.errors import BlobMissing, PayloadError, SignatureError
 from core4nb.serialize import Kind
 from tests import datafuncs
@@ -262,7 +262,7 @@ def test_remove_deletes_the_blobs_no_other_job_names(queue):
     second = queue.enqueue(np.add, shared, own)
     assert len(stored(queue)) == 2
     queue.remove(second)
-    assert list(stored(queue)) == [serialize.digest(memoryview(shared).cast("B"))]  # the first job still names it
+    assert list(stored(queue)) == [buffers.digest(memoryview(shared).cast("B"))]  # the first job still names it
     queue.remove(first)
     assert stored(queue) == {}
 

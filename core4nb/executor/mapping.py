@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from core4nb.buffers import DigestMemo
 from core4nb.errors import PayloadError
 from core4nb.executor.chunks import (
     ChunkError,
@@ -28,7 +29,6 @@ from core4nb.executor.chunks import (
 )
 from core4nb.job import Job
 from core4nb.queue import RemoteTraceback, describe, make_job
-from core4nb.serialize import DigestMemo
 
 if TYPE_CHECKING:
     from core4nb.executor.futures import Core4Future

@@ -6,6 +6,7 @@ The only package that imports a database driver.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from core4nb.errors import ConfigError
 from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, redact_url
@@ -42,6 +43,12 @@ def open_store(url: str) -> Store:
     raise ConfigError(
         f"queue URL {redact_url(url)!r} has unknown scheme {scheme!r}: use sqlite:///path or mongodb://host/dbname"
     )
+
+
+def embedded_path(url: str) -> Path | None:
+    """The file of an embedded (``sqlite://``) queue URL, or None for another kind of URL."""
+    scheme, sep, raw = url.partition("://")
+    return Path(raw).expanduser() if sep and scheme.lower() == "sqlite" and raw else None
 
 
 def default_url() -> str | None:

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from core4nb import serialize
+from core4nb import buffers
 from core4nb.errors import BlobMissing, PayloadError, SignatureError
 
 #: Blob files a process remembers as checked against their digests.
@@ -85,7 +85,7 @@ class FileBlobs:
         target = self.path(name)
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         temp = target.parent / f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
-        hasher = serialize.hasher() if check else None
+        hasher = buffers.hasher() if check else None
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
             with open(fd, "wb", closefd=True) as handle:
@@ -135,7 +135,7 @@ class FileBlobs:
         with self._lock:
             checked = self._verified.get(digest) == identity
         if not checked:
-            if serialize.digest(mapping) != digest:
+            if buffers.digest(mapping) != digest:
                 raise SignatureError(f"blob {digest[:16]}… does not match its digest: its bytes were changed in the "
                                      "store; refusing to unpickle it")
             with self._lock:

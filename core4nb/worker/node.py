@@ -41,7 +41,8 @@ import time
 from core4nb import serialize
 from core4nb.errors import ConfigError, PayloadError, StoreUnavailable
 from core4nb.job import Job, JobError
-from core4nb.store import DEFAULT_LEASE_SECONDS, Claimant, WorkerInfo, open_store, redact_url
+from core4nb.queue import default_url
+from core4nb.store import DEFAULT_LEASE_SECONDS, Claimant, WorkerInfo, embedded_path, open_store, redact_url
 from core4nb.store.outage import Outage
 from core4nb.worker import outcomes
 from core4nb.worker.child import exit_description, process_is_gone
@@ -65,6 +66,18 @@ def housekeeping_interval() -> float:
         return HOUSEKEEPING_INTERVAL if not value else max(0.0, float(value))
     except ValueError:
         raise ConfigError(f"{HOUSEKEEPING_ENV}={value!r} is not a number of seconds; e.g. 600") from None
+
+
+def _check_reachable(url: str) -> None:
+    """A node must not start an empty queue of its own: an embedded queue's file is on the notebook's
+    machine, and a node that cannot see it (another machine, another mount namespace) would serve nothing."""
+    path = embedded_path(url)
+    # A missing file in an existing folder is a queue about to be made here (a node started before the
+    # notebook); a folder that is not there either names another machine's queue.
+    if path is not None and not path.parent.exists() and url != default_url():
+        raise ConfigError(f"queue file {path} does not exist on this machine: an embedded queue serves the "
+                          "machine that holds its file (open it there first, e.g. Core4Executor or core4nb "
+                          "status); for nodes on other machines use a mongodb:// queue")
 
 
 class WorkerNode:
@@ -95,6 +108,7 @@ class WorkerNode:
         # Before anything is claimed: a node that cannot verify payloads (no key, or a key file
         # others can read) must refuse to start, not claim jobs its children would fail.
         self.key = serialize.load_key()
+        _check_reachable(url)
         self.store = open_store(url)
         self.processes = processes or os.cpu_count() or 1
         host = socket.gethostname()
