@@ -91,6 +91,10 @@ def new_token() -> str:
     return secrets.token_hex(8)
 
 
+#: Default of the ``lost_retries`` job option: reruns after the job's node died.
+DEFAULT_LOST_RETRIES = 3
+
+
 @dataclass
 class Lease:
     """Who runs a job and until when the claim holds without a heartbeat."""
@@ -154,6 +158,12 @@ class Job:
     restarted_from: str | None = None
     #: What the job's last trial printed (stdout and stderr, the last OUTPUT_LIMIT characters).
     output: str = ""
+    #: Reruns allowed after the node running the job died (a reaped lease); apart from ``attempts``,
+    #: which counts the job's own exceptions.
+    lost_retries: int = DEFAULT_LOST_RETRIES
+    lost_left: int = -1
+    #: The workers that died (stopped heartbeating) under this job, "worker on node", comma-separated.
+    lost_on: str = ""
 
     def __post_init__(self) -> None:
         self.state = State(self.state)
@@ -163,6 +173,10 @@ class Job:
             raise ValueError(f"attempts must be >= 1, got {self.attempts}")
         if self.attempts_left < 0:
             self.attempts_left = self.attempts
+        if self.lost_retries < 0:
+            raise ValueError(f"lost_retries must be >= 0, got {self.lost_retries}")
+        if self.lost_left < 0:
+            self.lost_left = self.lost_retries
         if self.max_parallel is not None and self.max_parallel < 1:
             raise ValueError(f"max_parallel must be >= 1 or None, got {self.max_parallel}")
         if not self.enqueued_at:
@@ -189,6 +203,9 @@ class Job:
 LARGE_FIELDS = ("payload", "result", "output")
 #: Job output kept per job: the last this many characters of what its last trial printed.
 OUTPUT_LIMIT = 64 * 1024
+
+#: Fields added after 0.1: a document written before may lack them, and then reads as the field's default.
+ADDED_FIELDS = frozenset({"output", "lost_retries", "lost_left", "lost_on"})
 
 # Fields a store copies to/from its rows; large fields and nested objects are handled apart.
 SCALAR_FIELDS = tuple(

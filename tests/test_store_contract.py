@@ -91,7 +91,8 @@ def test_insert_get_round_trips_every_field(store: Store) -> None:
         progress_message="half way", enqueued_at=100.5, started_at=101.5, finished_at=103.5, deferred_since=102.5,
         runtime=1.25, result=b"\x80result\x00",
         error=JobError("ValueError", "bad value", "Traceback (most recent call last): ...", exit_code=3),
-        kill_requested=True, restarted_from="s" * 24, output="printed\nand warned\n",
+        kill_requested=True, restarted_from="s" * 24, output="printed\nand warned\n", lost_retries=5, lost_left=4,
+        lost_on="worker w0 on node-0",
     )
     default = Job(name="x")
     # Guard: every field differs from its default, so the round trip really covers every field.
@@ -420,7 +421,7 @@ def test_reap_expired_lease_fails_job_with_worker_lost(store: Store) -> None:
     assert (reaped.id, reaped.state, reaped.attempts_left, reaped.lease, reaped.error) == (
         job.id, got.state, got.attempts_left, None, got.error)
     assert got.state is State.FAILED
-    assert got.attempts_left == 2
+    assert (got.attempts_left, got.lost_left, got.lost_on) == (3, 2, "worker w1 on node-a")  # attempts untouched
     assert got.lease is None
     assert got.finished_at is None
     assert got.error.type == "WorkerLost"
@@ -433,16 +434,16 @@ def test_reap_expired_lease_fails_job_with_worker_lost(store: Store) -> None:
     assert store.reap() == []
 
 
-def test_reap_without_attempts_left_errors_job(store: Store) -> None:
-    store.insert([make(attempts=1)])
+def test_reap_without_lost_retries_left_errors_job(store: Store) -> None:
+    store.insert([make(attempts=1, lost_retries=0)])
     job = store.claim(CLAIMANT, lease_seconds=0.2)
     time.sleep(0.3)
     before = time.time()
     [reaped] = store.reap()
     got = store.get(job.id)
     assert reaped.id == job.id
-    assert (got.state, got.attempts_left, got.lease) == (State.ERROR, 0, None)
-    assert got.error.type == "WorkerLost"
+    assert (got.state, got.attempts_left, got.lost_left, got.lease) == (State.ERROR, 1, 0, None)
+    assert got.error.type == "WorkerLost" and "poison job" in got.error.message
     assert within(got.finished_at, before, time.time())
 
 
@@ -452,7 +453,7 @@ def test_reaped_job_can_be_claimed_again(store: Store) -> None:
     time.sleep(0.3)
     assert [j.id for j in store.reap()] == [job.id]
     again = store.claim(CLAIMANT)
-    assert (again.id, again.trial, again.attempts_left) == (job.id, 2, 1)
+    assert (again.id, again.trial, again.attempts_left, again.lost_left) == (job.id, 2, 2, 2)
 
 
 def test_reap_leaves_live_leases_alone(store: Store) -> None:
@@ -485,7 +486,7 @@ def test_concurrent_reapers_reap_each_job_once(store: Store, queue_url: str) -> 
         s.close()
     reaped = [job_id for ids in results for job_id in ids]
     assert sorted(reaped) == sorted(j.id for j in claimed)
-    assert {store.get(j.id).attempts_left for j in claimed} == {1}
+    assert {(store.get(j.id).attempts_left, store.get(j.id).lost_left) for j in claimed} == {(2, 2)}
 
 
 # -- kill / remove ---------------------------------------------------------------------------------

@@ -150,8 +150,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def reap(self) -> list[Job]:
-        """Turn running jobs whose lease expired into failed (an attempt spent, a
-        ``WorkerLost`` error) or error when no attempts are left; return them."""
+        """Turn running jobs whose lease expired into failed (a ``WorkerLost`` error; one of the job's
+        ``lost_retries`` spent, never an attempt) or error when none is left; return them."""
 
     @abc.abstractmethod
     def request_kill(self, job_id: str, *, tree: bool = True) -> int:
@@ -224,18 +224,25 @@ def count_states(pairs: Iterable[tuple[Any, int]]) -> dict[State, int]:
     return out
 
 
-def reap_outcome(job: Job, now: float) -> tuple[State, int, JobError]:
-    """What an expired lease does to a running job: its next state, attempts left and error."""
-    lease, left = job.lease, max(0, job.attempts_left - 1)
+def reap_outcome(job: Job, now: float) -> tuple[State, dict[str, Any]]:
+    """What an expired lease does to a running job: its next state and the fields to set (error,
+    ``lost_left``, ``lost_on``). It spends the job's lost-node budget (``lost_retries``), never its attempts."""
+    lease = job.lease
+    died = f"worker {lease.worker} on {lease.node}"
+    lost_on = ", ".join(filter(None, [job.lost_on, died]))
+    left = max(0, job.lost_left - 1)
     if job.kill_requested:
         state, outcome = State.KILLED, "it had a kill request, so it is killed"
-    elif left > 0:
-        state, outcome = State.FAILED, f"retrying in {job.error_time:g} s ({left} attempt(s) left)"
+    elif job.lost_left > 0:
+        state, outcome = State.FAILED, (f"rerunning in {job.error_time:g} s ({left} of lost_retries="
+                                        f"{job.lost_retries} left; its attempts are untouched)")
     else:
-        state, outcome = State.ERROR, f"no attempts left of {job.attempts}"
-    error = JobError("WorkerLost", f"worker {lease.worker} on {lease.node} (pid {lease.pid}) stopped "
-                     f"heartbeating; lease expired {now - lease.until:.1f} s ago; {outcome}")
-    return state, left, error
+        state, outcome = State.ERROR, (f"every node it ran on died under it ({lost_on}): a job that killed every "
+                                       f"node it landed on is a poison job; fix it (memory, native crashes), or "
+                                       f"raise lost_retries={job.lost_retries}")
+    error = JobError("WorkerLost", f"{died} (pid {lease.pid}) stopped heartbeating; lease expired "
+                     f"{now - lease.until:.1f} s ago; {outcome}")
+    return state, {"error": error, "lost_left": left, "lost_on": lost_on}
 
 
 #: What ``finish`` may set besides the state: the job's scalars (not its identity), result, error.

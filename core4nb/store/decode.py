@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from core4nb.errors import MalformedJob
-from core4nb.job import LARGE_FIELDS, OPEN_STATES, SCALAR_FIELDS, Job, JobError, Lease, State
+from core4nb.job import ADDED_FIELDS, LARGE_FIELDS, OPEN_STATES, SCALAR_FIELDS, Job, JobError, Lease, State
 
 #: The name listings show for a document that cannot be read as a job.
 MALFORMED_NAME = "<malformed job>"
@@ -79,7 +79,9 @@ def decode_job(data: Mapping[str, Any]) -> Job:
     Raises:
         MalformedJob: naming the first field that is missing or of the wrong type.
     """
-    fields = _checked(Job, data, [*SCALAR_FIELDS, *(large for large in LARGE_FIELDS if large in data)])
+    # A field added after 0.1 that the document lacks takes its default (older versions never wrote it).
+    names = [name for name in SCALAR_FIELDS if name in data or name not in ADDED_FIELDS]
+    fields = _checked(Job, data, [*names, *(large for large in LARGE_FIELDS if large in data)])
     if data.get("lease_token") is not None:
         fields["lease"] = Lease(**_checked(Lease, data, _TYPES[Lease], prefix="lease_", label="lease_"))
     error = data.get("error")

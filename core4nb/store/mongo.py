@@ -329,9 +329,9 @@ class MongoStore(Store):
             except MalformedJob as exc:  # e.g. written as running by hand: no node will ever finish it
                 claims.set_aside(queue, doc["_id"], str(exc), {"state": State.RUNNING, "lease_until": {"$lt": now}})
                 continue
-            state, left, error = base.reap_outcome(job, now)
+            state, fields = base.reap_outcome(job, now)
             lease = job.lease
-            change = {"state": state, "attempts_left": left, "error": _error_doc(error), "holder": job.id,
+            change = {"state": state, **fields, "error": _error_doc(fields["error"]), "holder": job.id,
                       "query_at": claims.epoch(now + job.error_time) if state is State.FAILED else job.query_at,
                       "finished_at": now if state.is_final else job.finished_at, **claims.NO_LEASE}
             # Still expired under the same token and kill flag: a late heartbeat or a kill request wins.

@@ -300,9 +300,9 @@ class SQLiteStore(Store):
                 except MalformedJob as exc:  # e.g. written as running by hand: no node will ever finish it
                     sql.set_aside(conn, row["_rowid"], str(exc), now)
                     continue
-                state, left, error = base.reap_outcome(job, now)
+                state, change = base.reap_outcome(job, now)
                 lease = job.lease
-                values = sql.columns({"state": state, "attempts_left": left, "error": error, "lease": None,
+                values = sql.columns({"state": state, **change, "lease": None,
                                    "query_at": now + job.error_time if state is State.FAILED else job.query_at,
                                    "finished_at": now if state.is_final else job.finished_at})
                 assignments = ", ".join(f"{c} = :{c}" for c in values)

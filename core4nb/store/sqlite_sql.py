@@ -13,7 +13,7 @@ import time
 from contextlib import suppress
 from typing import Any
 
-from core4nb.job import CLAIMABLE_STATES, LARGE_FIELDS, SCALAR_FIELDS, State, new_token
+from core4nb.job import CLAIMABLE_STATES, DEFAULT_LOST_RETRIES, LARGE_FIELDS, SCALAR_FIELDS, State, new_token
 from core4nb.store.base import Claimant
 from core4nb.store.decode import set_aside_error
 
@@ -27,7 +27,9 @@ COLUMNS = {  # Job fields, the lease flattened into lease_* columns, blobs apart
     "progress_value": "REAL", "progress_message": "TEXT NOT NULL", "enqueued_at": "REAL NOT NULL",
     "started_at": "REAL", "finished_at": "REAL", "deferred_since": "REAL", "runtime": "REAL",
     "result": "BLOB", "error": "TEXT", "kill_requested": "INTEGER NOT NULL DEFAULT 0", "restarted_from": "TEXT",
-    "output": "TEXT NOT NULL DEFAULT ''",  # added after 0.1: add_missing_columns() brings older files up to date
+    # Added after 0.1 (job.ADDED_FIELDS), each with a default: add_missing_columns() brings older files up to date.
+    "output": "TEXT NOT NULL DEFAULT ''", "lost_retries": f"INTEGER NOT NULL DEFAULT {DEFAULT_LOST_RETRIES}",
+    "lost_left": f"INTEGER NOT NULL DEFAULT {DEFAULT_LOST_RETRIES}", "lost_on": "TEXT NOT NULL DEFAULT ''",
 }
 # A new Job field must get a column here, or jobs would silently lose it.
 assert set(SCALAR_FIELDS) <= set(COLUMNS), set(SCALAR_FIELDS) - set(COLUMNS)

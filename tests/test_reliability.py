@@ -1,0 +1,57 @@
+"""Reliability round 2 (issue 11) -- with real worker processes on both stores.
+
+Each test starts real ``core4nb worker`` nodes (``tests/nodes.py``) on a SQLite file and on the
+nx-27017 wire-protocol server, injects one fault, and asserts the exact outcome. The helpers and
+the autouse ``no_process_left`` check come from ``tests/test_faults.py``.
+"""
+
+from __future__ import annotations
+
+import signal
+
+from core4nb import State
+from tests import faultfuncs
+from tests.nodes import start_node, stop_node, wait_for
+from tests.test_faults import no_process_left, queue, raw  # noqa: F401 - fixtures
+
+# -- 1. lost-node retries have their own budget --------------------------------------------------
+
+
+def test_a_job_whose_node_died_reruns_without_spending_an_attempt(queue, tmp_path):  # noqa: F811
+    """attempts=1 (the default) and its first node is SIGKILLed: the job runs again on the other node."""
+    trials = str(tmp_path / "trials.txt")
+    job_id = queue.enqueue(faultfuncs.kill_my_node, trials, 1, error_time=0.1)
+    nodes = [start_node(queue.url, name, processes=1, lease=1.0) for name in ("node-a", "node-b")]
+    try:
+        survivor = queue.result(job_id, timeout=90)
+    finally:
+        codes = [node.poll() for node in nodes]
+        for node in nodes:
+            stop_node(node)
+    dead = {"node-a": "node-b", "node-b": "node-a"}[survivor]
+    assert sorted(codes, key=str) == [-signal.SIGKILL, None]
+    job = queue.get(job_id)
+    assert (job.state, job.trial, job.attempts_left, job.lost_left) == (State.COMPLETE, 2, 1, 2)
+    assert job.lost_on.startswith(f"worker {dead} on ")
+
+
+def test_a_poison_job_ends_in_error_naming_every_node_it_killed(queue, tmp_path):  # noqa: F811
+    trials = str(tmp_path / "trials.txt")
+    job_id = queue.enqueue(faultfuncs.kill_my_node, trials, attempts=5, lost_retries=1, error_time=0.1)
+    nodes = [start_node(queue.url, name, processes=1, lease=1.0) for name in ("node-a", "node-b")]
+    try:
+        wait_for(lambda: all(node.poll() is not None for node in nodes), timeout=90, what="both nodes to die")
+        until = queue.get(job_id).lease.until  # nobody is left to reap the second death: the test does
+        wait_for(lambda: queue.store.reap() or queue.get(job_id).state != State.RUNNING, timeout=30,
+                 what=f"the lease (until {until}) to expire and be reaped")
+    finally:
+        for node in nodes:
+            stop_node(node)
+    job = queue.get(job_id)
+    assert (job.state, job.trial, job.attempts_left, job.lost_left) == (State.ERROR, 2, 5, 0)
+    assert job.error.type == "WorkerLost"
+    assert "a job that killed every node it landed on is a poison job" in job.error.message
+    assert "worker node-a on " in job.error.message and "worker node-b on " in job.error.message
+    assert "raise lost_retries=1" in job.error.message
+    with open(trials) as handle:
+        assert handle.read() == "xx"
