@@ -81,6 +81,16 @@ def check_transition(current: State | str, new: State | str) -> None:
         raise IllegalTransition(f"a {current} job cannot become {new}; allowed: {allowed}")
 
 
+def safe_text(text: str) -> str:
+    """``text`` as every store can encode it: lone surrogates (undecodable bytes, e.g. from
+    ``os.fsdecode``) become ``\\udcff`` escapes instead of failing the write that carries them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def new_job_id() -> str:
     """A 24-hex-digit id that sorts by creation time (microseconds), like an ObjectId."""
     return f"{time.time_ns() // 1000:014x}{secrets.token_hex(5)}"

@@ -20,7 +20,7 @@ from typing import Any
 
 from core4nb import serialize
 from core4nb.errors import ConfigError, JobFailed, RemoteError, StoreUnavailable
-from core4nb.job import FINAL_STATES, Job, State
+from core4nb.job import FINAL_STATES, Job, State, safe_text
 from core4nb.store import Store, open_store, redact_url
 from core4nb.store import default_url as env_url
 from core4nb.store.outage import Outage
@@ -73,7 +73,7 @@ def make_job(fn: Callable, args: tuple = (), kwargs: dict | None = None, *, name
     tree = {"parent_id": parent.id, "root_id": parent.root_id} if parent else {}
     try:
         return Job(name=name or describe(fn), payload=payload,
-                   args_summary=serialize.summarize_args(args, kwargs), **tree, **merged)
+                   args_summary=safe_text(serialize.summarize_args(args, kwargs)), **tree, **merged)
     except ValueError as exc:
         raise ConfigError(f"bad job option: {exc}") from None
 

@@ -53,3 +53,19 @@ def kill_my_node(trials_path: str, times: int = 1_000_000) -> str:
         os.kill(lease.pid, signal.SIGKILL)
         time.sleep(30)  # dies with the node
     return lease.worker
+
+
+def print_undecodable() -> int:
+    """Print a file name that is not UTF-8, as ``os.listdir`` returns it (a lone surrogate)."""
+    print("listing", os.fsdecode(b"x\xff.txt"))
+    return 1
+
+
+def progress_then(value: object, message: object, seconds: float = 0.0) -> int:
+    current_job().progress(value, message)
+    time.sleep(seconds)  # long enough for the node to write the progress
+    return 2
+
+
+def raise_undecodable(size: int = 0) -> None:
+    raise ValueError("cannot open " + os.fsdecode(b"x\xff.txt") + "!" * size)

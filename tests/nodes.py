@@ -30,7 +30,7 @@ def start_node(url: str, name: str, *, processes: int = 2, lease: float = 30.0, 
 
 
 def node_log(proc: subprocess.Popen) -> str:
-    return Path(proc.log_path).read_text()
+    return Path(proc.log_path).read_text(errors="backslashreplace")  # a job may print undecodable bytes
 
 
 def stop_node(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30.0) -> str:

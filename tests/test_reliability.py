@@ -7,12 +7,13 @@ the autouse ``no_process_left`` check come from ``tests/test_faults.py``.
 
 from __future__ import annotations
 
+import os
 import signal
 
 from core4nb import State
-from tests import faultfuncs
+from tests import faultfuncs, jobfuncs
 from tests.nodes import start_node, stop_node, wait_for
-from tests.test_faults import no_process_left, queue, raw  # noqa: F401 - fixtures
+from tests.test_faults import is_sqlite, no_process_left, queue, raw  # noqa: F401 - fixtures
 
 # -- 1. lost-node retries have their own budget --------------------------------------------------
 
@@ -55,3 +56,43 @@ def test_a_poison_job_ends_in_error_naming_every_node_it_killed(queue, tmp_path)
     assert "raise lost_retries=1" in job.error.message
     with open(trials) as handle:
         assert handle.read() == "xx"
+
+
+# -- 2. a job's output or progress can never crash the node ---------------------------------------
+
+def test_undecodable_output_progress_and_errors_never_crash_a_node(queue):  # noqa: F811
+    """Lone surrogates in what a job prints, in its progress and in its exception; a progress call of
+    the wrong type; an error too large for a MongoDB document: each ends in that job alone."""
+    bad = {
+        "printed": queue.enqueue(faultfuncs.print_undecodable),
+        "progress": queue.enqueue(faultfuncs.progress_then, 0.5, "half of " + os.fsdecode(b"\xff"), 1.5),
+        "wrong type": queue.enqueue(faultfuncs.progress_then, 0.5, None),
+        "raised": queue.enqueue(faultfuncs.raise_undecodable),
+        "huge error": queue.enqueue(faultfuncs.raise_undecodable, 9 * 2**20),  # message and traceback: 18 MB
+    }
+    good = [queue.enqueue(jobfuncs.add, i, 1) for i in range(6)]
+    nodes = [start_node(queue.url, name, processes=1, lease=2.0) for name in ("node-a", "node-b")]
+    try:
+        assert [queue.result(i, timeout=90) for i in good] == [1, 2, 3, 4, 5, 6]
+        for job_id in bad.values():
+            queue.wait(job_id, timeout=90)
+        assert [node.poll() for node in nodes] == [None, None]
+    finally:
+        logs = [stop_node(node) for node in nodes]
+    jobs = {what: queue.store.get(job_id) for what, job_id in bad.items()}
+    assert (jobs["printed"].state, jobs["printed"].output) == (State.COMPLETE, "listing x\\udcff.txt\n")
+    assert (jobs["progress"].state, jobs["progress"].progress_message) == (State.COMPLETE, "half of \\udcff")
+    wrong = jobs["wrong type"]
+    assert (wrong.state, wrong.error.type) == (State.ERROR, "TypeError")
+    assert wrong.error.message.startswith("progress message must be a str, got NoneType None")
+    raised = jobs["raised"]
+    assert (raised.state, raised.error.type, raised.error.message) == (State.ERROR, "ValueError",
+                                                                         "cannot open x\\udcff.txt")
+    huge = jobs["huge error"]
+    if is_sqlite(queue.url):  # a SQLite row holds it
+        assert (huge.state, huge.error.type, len(huge.error.message)) == (State.ERROR, "ValueError", 9 * 2**20 + 23)
+    else:  # over MongoDB's 16 MB document limit: recorded as an error saying so, without the text
+        assert (huge.state, huge.error.type) == (State.ERROR, "DocumentTooLarge"), huge.error
+        assert "the queue could not store this job's error outcome" in huge.error.message
+    for text in logs:
+        assert "Traceback" not in text, text

@@ -39,8 +39,8 @@ import threading
 import time
 
 from core4nb import serialize
-from core4nb.errors import ConfigError, PayloadError, StoreUnavailable
-from core4nb.job import Job, JobError
+from core4nb.errors import ConfigError, StoreUnavailable
+from core4nb.job import Job
 from core4nb.store import DEFAULT_LEASE_SECONDS, Claimant, WorkerInfo, open_store, redact_url
 from core4nb.store.outage import Outage
 from core4nb.worker import outcomes
@@ -329,7 +329,12 @@ class WorkerNode:
         tokens = {s.job.id: s.job.lease.token for s in busy}
         for job_id, (value, message) in self._progress.items():
             if job_id in tokens:
-                self.store.set_progress(job_id, tokens[job_id], value, message)
+                try:
+                    self.store.set_progress(job_id, tokens[job_id], value, message)
+                except StoreUnavailable:
+                    raise
+                except Exception as exc:  # this job's progress, not the store: drop it, never the node
+                    log.error("job %s: the queue refused its progress (%s: %s)", job_id, type(exc).__name__, exc)
         self._progress.clear()
 
     # -- outcomes --------------------------------------------------------------------
@@ -344,22 +349,33 @@ class WorkerNode:
         return claimed
 
     def _finish(self, write: Write, *, claim: bool) -> Job | None:
-        job, state, claimed = write.job, write.state, None
         try:
-            if claim:
-                done, claimed = self.store.finish_and_claim(job.id, job.lease.token, state, self.claimant,
-                                                            lease_seconds=self.lease_seconds, **write.fields)
-            else:
-                done = self.store.finish(job.id, job.lease.token, state, **write.fields)
-        except PayloadError as exc:  # a result the store cannot hold (over its size limit): the job errs
-            log.error("job %s: %s", job.id, exc)
-            write = outcomes.failure(job, JobError("PayloadError", str(exc)), None, retry=False,
-                                     runtime=write.fields.get("runtime") or 0.0)
-            state, done = write.state, self.store.finish(job.id, job.lease.token, write.state, **write.fields)
+            done, claimed = self._write(write, claim)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # this job's data, not the store (too large, unencodable): it errs, the node lives
+            log.error("job %s: the queue refused its %s outcome (%s: %s); recording it as error",
+                      write.job.id, write.state, type(exc).__name__, str(exc)[:300])
+            write, claimed = outcomes.unstorable(write, exc), None
+            try:
+                done, _ = self._write(write, False)
+            except StoreUnavailable:
+                raise
+            except Exception as again:
+                log.error("job %s: the queue refused its error too (%s: %s); it runs again once its lease "
+                          "expires", write.job.id, type(again).__name__, again)
+                return None
         if done:
-            self.jobs_done += state.is_final
-            log.debug("job %s %s", job.id, state)
+            self.jobs_done += write.state.is_final
+            log.debug("job %s %s", write.job.id, write.state)
         else:
             log.warning("job %s: lease no longer held, its %s outcome is discarded (another node owns it)",
-                        job.id, state)
+                        write.job.id, write.state)
         return claimed
+
+    def _write(self, write: Write, claim: bool) -> tuple[bool, Job | None]:
+        job = write.job
+        if claim:
+            return self.store.finish_and_claim(job.id, job.lease.token, write.state, self.claimant,
+                                               lease_seconds=self.lease_seconds, **write.fields)
+        return self.store.finish(job.id, job.lease.token, write.state, **write.fields), None

@@ -9,11 +9,13 @@ still holds (fencing).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from core4nb.job import Job, JobError, State
+from core4nb.errors import PayloadError
+from core4nb.job import Job, JobError, State, safe_text
 from core4nb.worker.child import Outcome, exit_description
 
 
@@ -27,8 +29,14 @@ class Write:
 
 
 def for_outcome(job: Job, outcome: Outcome) -> Write:
-    """The write for a trial the child reported on: complete, deferred (or inactive), failed or error."""
+    """The write for a trial the child reported on: complete, deferred (or inactive), failed or error.
+    Its texts are made safe to store first (:func:`~core4nb.job.safe_text`): a job's output can never
+    fail the write."""
     now = time.time()
+    error = outcome.error and JobError(*(safe_text(t) for t in (outcome.error.type, outcome.error.message,
+                                                                outcome.error.traceback)), outcome.error.exit_code)
+    outcome = dataclasses.replace(outcome, output=safe_text(outcome.output), message=safe_text(outcome.message),
+                                  error=error)
     if outcome.kind == "complete":
         return Write(job, State.COMPLETE, {"result": outcome.result, "runtime": outcome.runtime,
                                            "progress_value": 1.0, "output": outcome.output})
@@ -54,6 +62,18 @@ def failure(job: Job, error: JobError, result: bytes | None, *, retry: bool, run
     fields = {"error": error, "result": result, "attempts_left": left, "runtime": runtime,
               "query_at": time.time() + job.error_time}
     return Write(job, state, fields if output is None else {**fields, "output": output})
+
+
+def unstorable(write: Write, exc: Exception) -> Write:
+    """What a node records when the store refused ``write`` for this job's data (not an outage):
+    the job ends in error saying why, without the data that could not be stored."""
+    job, runtime = write.job, write.fields.get("runtime") or 0.0
+    if isinstance(exc, PayloadError):  # a result over the store's size limit: its message says so
+        error = JobError("PayloadError", str(exc))
+    else:
+        error = JobError(type(exc).__name__, safe_text(f"the queue could not store this job's {write.state} "
+                                                       f"outcome ({str(exc)[:300]}); its result and output are lost"))
+    return failure(job, error, None, retry=False, runtime=runtime)
 
 
 def for_death(job: Job, reason: str | None, exitcode: int | None, runtime: float, node: str) -> Write | None:
