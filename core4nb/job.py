@@ -174,6 +174,8 @@ class Job:
     lost_left: int = -1
     #: The workers that died (stopped heartbeating) under this job, "worker on node", comma-separated.
     lost_on: str = ""
+    #: The :func:`~core4nb.serialize.key_id` of the key that signed the payload ("": not known, any node may try).
+    key_id: str = ""
 
     def __post_init__(self) -> None:
         self.state = State(self.state)
@@ -215,7 +217,7 @@ LARGE_FIELDS = ("payload", "result", "output")
 OUTPUT_LIMIT = 64 * 1024
 
 #: Fields added after 0.1: a document written before may lack them, and then reads as the field's default.
-ADDED_FIELDS = frozenset({"output", "lost_retries", "lost_left", "lost_on"})
+ADDED_FIELDS = frozenset({"output", "lost_retries", "lost_left", "lost_on", "key_id"})
 
 # Fields a store copies to/from its rows; large fields and nested objects are handled apart.
 SCALAR_FIELDS = tuple(

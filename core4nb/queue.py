@@ -69,11 +69,13 @@ def make_job(fn: Callable, args: tuple = (), kwargs: dict | None = None, *, name
         raise TypeError(f"unknown job option(s) {', '.join(sorted(unknown))}; valid: {', '.join(JOB_OPTIONS)}")
     merged = dict(fn.job_options()) if hasattr(fn, "job_options") else {}
     merged.update({k: v for k, v in options.items() if v is not None})
+    key = serialize.load_key() if key is None else key
     payload = serialize.dumps_call(fn, args, kwargs, key=key)
     tree = {"parent_id": parent.id, "root_id": parent.root_id} if parent else {}
     try:
         return Job(name=name or describe(fn), payload=payload,
-                   args_summary=safe_text(serialize.summarize_args(args, kwargs)), **tree, **merged)
+                   args_summary=safe_text(serialize.summarize_args(args, kwargs)), key_id=serialize.key_id(key),
+                   **tree, **merged)
     except ValueError as exc:
         raise ConfigError(f"bad job option: {exc}") from None
 
@@ -208,7 +210,7 @@ class Queue:
             raise JobFailed(f"job {job_id} is {old.state}; only a finished job can be restarted (kill it first)")
         keep = {f: getattr(old, f) for f in ("name", "payload", "args_summary", "priority", "max_parallel",
                                              "attempts", "defer_time", "defer_max", "error_time", "wall_time",
-                                             "lost_retries")}
+                                             "lost_retries", "key_id")}
         tree = {"parent_id": old.parent_id, "root_id": old.root_id} if old.parent_id else {}
         new = Job(**keep, **tree, restarted_from=old.id)  # a restarted child stays in its tree
         self.store.insert([new])

@@ -43,12 +43,16 @@ def key_file_path() -> Path:
     return Path(os.environ.get(KEY_FILE_ENV) or DEFAULT_KEY_FILE).expanduser()
 
 
-def load_key() -> bytes:
-    """The cluster key: ``CORE4NB_KEY``, else the key file (created 0600 on first use)."""
+def load_key(*, create: bool = True) -> bytes:
+    """The cluster key: ``CORE4NB_KEY``, else the key file (created 0600 on first use, unless not ``create``:
+    a worker of a shared queue must use the notebook's key, never a new one of its own)."""
     env_key = os.environ.get(KEY_ENV)
     if env_key:
         return env_key.encode()
     path = key_file_path()
+    if not path.exists() and not create:
+        raise KeyFileError(f"no cluster key: {KEY_ENV} is unset and key file {path} does not exist; copy the "
+                           f"notebook machine's key file there (chmod 600) or set {KEY_ENV}")
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
@@ -68,6 +72,12 @@ def load_key() -> bytes:
     if not key:
         raise KeyFileError(f"key file {path} is empty: delete it to make a new one, or set {KEY_ENV}")
     return key.encode()
+
+
+def key_id(key: bytes) -> str:
+    """The key's public name: a fingerprint that tells keys apart without revealing them. Jobs carry it;
+    a node claims only jobs of its own key id."""
+    return hashlib.sha256(b"core4nb key id\0" + key).hexdigest()[:16]
 
 
 def _mac(key: bytes, header: bytes, body: bytes) -> bytes:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from core4nb.serialize import load_key
 from tests.servers import WireServer
 
 REAL_MONGO_URL = os.environ.get("CORE4NB_TEST_MONGO_URL")
@@ -26,6 +27,7 @@ def _isolated_key(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.delenv("CORE4NB_KEY", raising=False)
     monkeypatch.delenv("CORE4NB_URL", raising=False)
     monkeypatch.setenv("CORE4NB_KEY_FILE", str(tmp_path_factory.mktemp("key") / "key"))
+    load_key()  # made now: a MongoDB queue's worker started before the first enqueue never makes one itself
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import signal
 
-from core4nb import State
+from core4nb import State, serialize
+from core4nb.serialize import key_file_path
 from tests import faultfuncs, jobfuncs
 from tests.nodes import start_node, stop_node, wait_for
-from tests.test_faults import is_sqlite, no_process_left, queue, raw  # noqa: F401 - fixtures
+from tests.test_faults import cli, is_sqlite, no_process_left, queue, raw  # noqa: F401 - fixtures
 
 # -- 1. lost-node retries have their own budget --------------------------------------------------
 
@@ -96,3 +97,52 @@ def test_undecodable_output_progress_and_errors_never_crash_a_node(queue):  # no
         assert "the queue could not store this job's error outcome" in huge.error.message
     for text in logs:
         assert "Traceback" not in text, text
+
+
+# -- 3. a node with the wrong key must not eat the queue ------------------------------------------
+
+WRONG_KEY = {"CORE4NB_KEY": "another-cluster-key-0123456789"}
+
+
+def test_a_node_with_another_key_leaves_the_queue_alone(queue, raw, tmp_path):  # noqa: F811
+    """Jobs carry their key's id: the wrong node claims none of them (and `status` says why), except one
+    written without a key id, which it hands back unspent. The right node then runs them all."""
+    good = [queue.enqueue(jobfuncs.add, i, 1) for i in range(4)]
+    key_id = queue.get(good[0]).key_id
+    assert len(key_id) == 16 and key_id not in key_file_path().read_text()
+    assert start_node(queue.url, "burst-wrong", processes=1, burst=True, env=WRONG_KEY).wait(60) == 0
+    wrong = start_node(queue.url, "wrong", processes=1, env=WRONG_KEY)
+    try:
+        status = wait_for(lambda: "node wrong" in (out := cli("status", queue.url).stdout) and out, timeout=60,
+                          what="status to name the wrong node")
+        unknown = queue.enqueue(jobfuncs.add, 10, 1)
+        if is_sqlite(queue.url):
+            raw.change(unknown, {"key_id": ""})
+        else:  # as a document written before key ids
+            raw.change(unknown, {}, unset=("key_id",))
+        handed = wait_for(lambda: (job := queue.get(unknown)).progress_message and job, timeout=60,
+                          what="the wrong node to hand the job without a key id back")
+        assert [queue.get(i).trial for i in good] == [0, 0, 0, 0]
+    finally:
+        wrong_log = stop_node(wrong)
+    assert (handed.state, handed.trial, handed.attempts_left, handed.error) == (State.PENDING, 0, 1, None)
+    assert handed.progress_message.startswith("node wrong (key id ")
+    assert "cannot verify its signature (key id not recorded)" in handed.progress_message
+    assert f"(key id {serialize.key_id(WRONG_KEY['CORE4NB_KEY'].encode())}) can claim none of the waiting jobs " \
+           f"(key ids {key_id}): give it the notebook's key" in status
+    assert "Traceback" not in wrong_log
+    assert start_node(queue.url, "right", processes=1, burst=True).wait(60) == 0
+    assert [queue.result(i) for i in [*good, unknown]] == [1, 2, 3, 4, 11]
+    assert [queue.get(i).trial for i in good] == [1, 1, 1, 1]
+
+
+def test_a_mongodb_worker_without_a_key_refuses_to_start(queue, tmp_path):  # noqa: F811
+    """No CORE4NB_KEY, no key file: a MongoDB worker exits 1 saying what to do; the embedded one makes a key."""
+    missing = tmp_path / "nokey" / "key"
+    out = cli("worker", queue.url, "--burst", env={"CORE4NB_KEY_FILE": str(missing)})
+    if is_sqlite(queue.url):
+        assert out.returncode == 0 and missing.exists()
+    else:
+        assert out.returncode == 1 and not missing.exists()
+        assert out.stderr == (f"core4nb: error: no cluster key: CORE4NB_KEY is unset and key file {missing} does "
+                              f"not exist; copy the notebook machine's key file there (chmod 600) or set CORE4NB_KEY\n")

@@ -92,7 +92,7 @@ def test_insert_get_round_trips_every_field(store: Store) -> None:
         runtime=1.25, result=b"\x80result\x00",
         error=JobError("ValueError", "bad value", "Traceback (most recent call last): ...", exit_code=3),
         kill_requested=True, restarted_from="s" * 24, output="printed\nand warned\n", lost_retries=5, lost_left=4,
-        lost_on="worker w0 on node-0",
+        lost_on="worker w0 on node-0", key_id="0123456789abcdef",
     )
     default = Job(name="x")
     # Guard: every field differs from its default, so the round trip really covers every field.
@@ -239,6 +239,20 @@ def test_claim_skips_final_running_and_kill_requested_jobs(store: Store) -> None
     store.insert([make(state=s) for s in (State.COMPLETE, State.ERROR, State.INACTIVE, State.KILLED)])
     store.insert([running(), make(kill_requested=True), make(state=State.FAILED, kill_requested=True)])
     assert store.claim(CLAIMANT) is None
+
+
+def test_claim_takes_only_jobs_of_the_claimants_key_id(store: Store) -> None:
+    """A node claims jobs signed with its key (by key id) or carrying no key id (written before key ids)."""
+    ours, theirs = "a" * 16, "b" * 16
+    mine, other, unknown = make(key_id=ours), make(key_id=theirs), make()
+    store.insert([mine, other, unknown])
+    keyed = dataclasses.replace(CLAIMANT, key_id=ours)
+    assert store.waiting_key_ids() == {ours, theirs, ""}
+    assert [store.claim(keyed).id, store.claim(keyed).id, store.claim(keyed)] == [mine.id, unknown.id, None]
+    waiting = store.has_waiting(key_id=ours), store.has_waiting(key_id=theirs), store.has_waiting()
+    assert waiting == (False, True, True)
+    assert store.claim(CLAIMANT).id == other.id  # a claimant without a key id takes any job
+    assert store.waiting_key_ids() == set()
 
 
 def test_has_waiting_counts_what_a_claim_could_take_now_or_later(store: Store) -> None:

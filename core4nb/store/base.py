@@ -41,15 +41,18 @@ class WorkerInfo:
     started_at: float = field(default_factory=time.time)
     running: list[str] = field(default_factory=list)
     state: str = "running"  # running | draining | stopped
+    key_id: str = ""  # of the node's cluster key: it claims only jobs signed with it
 
 
 @dataclass
 class Claimant:
-    """Who asks for a job: the worker node's name, host and process id."""
+    """Who asks for a job: the worker node's name, host and process id, and the key id of its
+    cluster key (a claim takes only jobs of that key id, or of none; None: any job)."""
 
     worker: str
     node: str
     pid: int
+    key_id: str | None = None
 
 
 def redact_url(url: str) -> str:
@@ -102,10 +105,15 @@ class Store(abc.ABC):
         children, or in the whole queue when neither is given."""
 
     @abc.abstractmethod
-    def has_waiting(self) -> bool:
+    def has_waiting(self, *, key_id: str | None = None) -> bool:
         """Whether a claim could take some job now or once its ``query_at`` passes: a job in a
         claimable state, without a kill request, whose ``query_at`` is a number (what a burst
-        node waits for; a malformed document no claim can match is not waited for)."""
+        node waits for; a malformed document no claim can match is not waited for); with
+        ``key_id``, one a claimant of that key id could take."""
+
+    @abc.abstractmethod
+    def waiting_key_ids(self) -> set[str]:
+        """The key ids of the jobs in a claimable state ("" for jobs that carry none)."""
 
     @abc.abstractmethod
     def claim(self, claimant: Claimant, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Job | None:

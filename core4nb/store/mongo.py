@@ -227,10 +227,17 @@ class MongoStore(Store):
         return base.count_states((row["_id"], row["n"]) for row in rows)
 
     @_guarded
-    def has_waiting(self) -> bool:
+    def has_waiting(self, *, key_id: str | None = None) -> bool:
         # $gte 0 matches numbers only (type bracketing): a string or missing query_at is never claimable.
-        query = {"state": {"$in": claims.CLAIMABLE}, "kill_requested": False, "query_at": {"$gte": 0}}
+        query = {"state": {"$in": claims.CLAIMABLE}, "kill_requested": False, "query_at": {"$gte": 0},
+                 **claims.key_filter(key_id)}
         return self._col("queue").find_one(query, {"_id": 1}) is not None
+
+    @_guarded
+    def waiting_key_ids(self) -> set[str]:
+        # $group, not distinct(): nx ignores distinct's filter.
+        pipeline = [{"$match": {"state": {"$in": claims.CLAIMABLE}}}, {"$group": {"_id": "$key_id"}}]
+        return {row["_id"] or "" for row in self._col("queue").aggregate(pipeline)}
 
     @_guarded
     def claim(self, claimant: Claimant, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Job | None:
@@ -241,7 +248,8 @@ class MongoStore(Store):
         the job, instead of leaving it running under a lease nobody holds until it expires.
         """
         queue = self._col("queue")
-        if self._idle and queue.find_one(claims.ready_filter(claims.epoch(time.time())), {"_id": 1}) is None:
+        if self._idle and queue.find_one(claims.ready_filter(claims.epoch(time.time()), claimant.key_id),
+                                         {"_id": 1}) is None:
             return None  # an idle node's poll: one read, no write (an empty claim is two round trips)
         lost = getattr(self._in_flight, "token", None)
         if lost is not None:
@@ -254,7 +262,8 @@ class MongoStore(Store):
             lease = lease_for(claimant, token, lease_seconds, now)
             lease.until = claims.epoch(lease.until)
             self._in_flight.token = token  # until the job is decoded: its payload download may fail too
-            doc = claims.claim_document(queue, claims.ready_filter(now), claims.claim_update(lease, now), token)
+            ready, update = claims.ready_filter(now, claimant.key_id), claims.claim_update(lease, now)
+            doc = claims.claim_document(queue, ready, update, token)
             self._idle = doc is None
             if doc is None:
                 self._in_flight.token = None

@@ -65,8 +65,13 @@ def doc_fields(doc: dict[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in doc.items() if k != "_id"}, "id": doc.get("_id")}
 
 
-def ready_filter(now: float) -> dict[str, Any]:
-    return {"state": {"$in": CLAIMABLE}, "query_at": {"$lte": now}, "kill_requested": False}
+def key_filter(key_id: str | None) -> dict[str, Any]:
+    """A claimant of key id K takes jobs of K or of none (null also matches documents written before key ids)."""
+    return {} if key_id is None else {"key_id": {"$in": [None, "", key_id]}}
+
+
+def ready_filter(now: float, key_id: str | None = None) -> dict[str, Any]:
+    return {"state": {"$in": CLAIMABLE}, "query_at": {"$lte": now}, "kill_requested": False, **key_filter(key_id)}
 
 
 def claim_document(queue: Collection, ready: dict, update: dict, token: str) -> dict | None:

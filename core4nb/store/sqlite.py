@@ -89,6 +89,8 @@ class SQLiteStore(Store):
             for statement in filter(str.strip, sql.SCHEMA.split(";")):
                 conn.execute(statement)
             sql.add_missing_columns(conn)
+            for statement in filter(str.strip, sql.INDEXES.split(";")):
+                conn.execute(statement)
 
     def _check_path(self) -> None:
         path, fix = self.path, "point the queue URL at a writable file, e.g. sqlite:///tmp/core4nb/queue.db"
@@ -207,9 +209,13 @@ class SQLiteStore(Store):
         where, params = sql.where(root_id=root_id, parent_id=parent_id)
         return base.count_states(self._read(f"SELECT state, COUNT(*) FROM queue WHERE {where} GROUP BY state", params))
 
-    def has_waiting(self) -> bool:
+    def has_waiting(self, *, key_id: str | None = None) -> bool:
         return bool(self._read(f"SELECT 1 FROM queue WHERE state IN {sql.CLAIMABLE} AND kill_requested = 0 "
-                               "AND typeof(query_at) IN ('integer', 'real') LIMIT 1"))
+                               f"AND typeof(query_at) IN ('integer', 'real') AND {sql.KEY_MATCH.format(q='')} "
+                               "LIMIT 1", {"key_id": key_id}))
+
+    def waiting_key_ids(self) -> set[str]:
+        return {row[0] for row in self._read(f"SELECT DISTINCT key_id FROM queue WHERE state IN {sql.CLAIMABLE}")}
 
     def claim(self, claimant: Claimant, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Job | None:
         for _ in range(MAX_SET_ASIDE):

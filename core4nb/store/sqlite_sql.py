@@ -30,15 +30,20 @@ COLUMNS = {  # Job fields, the lease flattened into lease_* columns, blobs apart
     # Added after 0.1 (job.ADDED_FIELDS), each with a default: add_missing_columns() brings older files up to date.
     "output": "TEXT NOT NULL DEFAULT ''", "lost_retries": f"INTEGER NOT NULL DEFAULT {DEFAULT_LOST_RETRIES}",
     "lost_left": f"INTEGER NOT NULL DEFAULT {DEFAULT_LOST_RETRIES}", "lost_on": "TEXT NOT NULL DEFAULT ''",
+    "key_id": "TEXT NOT NULL DEFAULT ''",
 }
 # A new Job field must get a column here, or jobs would silently lose it.
 assert set(SCALAR_FIELDS) <= set(COLUMNS), set(SCALAR_FIELDS) - set(COLUMNS)
 
-# queue_name (name, state) of earlier versions is dropped: nothing read it, and every state change paid for it.
+# queue_name (name, state) of earlier versions is dropped: nothing read it, and every state change paid for it;
+# queue_claim (without key_id) is replaced by queue_claim_key. Run after add_missing_columns (key_id may be new).
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS queue ({", ".join(f"{c} {t}" for c, t in COLUMNS.items())});
-CREATE INDEX IF NOT EXISTS queue_claim
-    ON queue (state, priority DESC, id, query_at, kill_requested, max_parallel, name);
+"""
+INDEXES = """
+CREATE INDEX IF NOT EXISTS queue_claim_key
+    ON queue (state, priority DESC, id, query_at, kill_requested, key_id, max_parallel, name);
+DROP INDEX IF EXISTS queue_claim;
 CREATE INDEX IF NOT EXISTS queue_root ON queue (root_id, state);
 CREATE INDEX IF NOT EXISTS queue_parent ON queue (parent_id, state);
 DROP INDEX IF EXISTS queue_name;
@@ -53,6 +58,9 @@ CLAIMABLE = "('pending', 'deferred', 'failed')"
 assert {State(s) for s in ("pending", "deferred", "failed")} == CLAIMABLE_STATES
 NO_LEASE = dict.fromkeys(("lease_worker", "lease_node", "lease_pid", "lease_token", "lease_until"))
 
+# A claimant of key id K takes jobs of K or of none (written before key ids); a claimant without one (None), any.
+KEY_MATCH = "(:key_id IS NULL OR {q}key_id IN ('', :key_id))"
+
 # The best claimable job: priority, then FIFO, skipping names already at max_parallel. `busy` counts the
 # running jobs per name once per claim (few rows); a per-candidate COUNT(*) made every claim crawl past a long
 # run of blocked jobs (20k blocked ahead: 68 → 300 claims/s). queue_claim carries the filtered columns so that
@@ -65,14 +73,15 @@ UPDATE queue SET state = 'running', lease_worker = :worker, lease_node = :node, 
 WHERE id = (
     WITH busy(name, n) AS MATERIALIZED (SELECT name, COUNT(*) FROM queue WHERE state = 'running' GROUP BY name)
     SELECT q.id FROM queue AS q
-    WHERE q.state IN {CLAIMABLE} AND q.query_at <= :now AND q.kill_requested = 0
+    WHERE q.state IN {CLAIMABLE} AND q.query_at <= :now AND q.kill_requested = 0 AND {KEY_MATCH.format(q="q.")}
       AND (q.max_parallel IS NULL OR q.max_parallel > COALESCE((SELECT n FROM busy WHERE busy.name = q.name), 0))
     ORDER BY q.priority DESC, q.id ASC LIMIT 1)
 RETURNING rowid AS _rowid, {ALL}
 """
 
 # A claim's cheap first look (a read: WAL readers never wait for the writer). Nothing due: no claim transaction.
-ANY_DUE = f"SELECT 1 FROM queue WHERE state IN {CLAIMABLE} AND query_at <= :now AND kill_requested = 0 LIMIT 1"
+ANY_DUE = (f"SELECT 1 FROM queue WHERE state IN {CLAIMABLE} AND query_at <= :now AND kill_requested = 0 "
+           f"AND {KEY_MATCH.format(q='')} LIMIT 1")
 
 
 def add_missing_columns(conn: sqlite3.Connection) -> None:
@@ -88,7 +97,7 @@ def claim_params(claimant: Claimant, lease_seconds: float) -> dict[str, Any]:
     """The parameters of :data:`CLAIM`: a fresh lease for ``claimant`` from now."""
     now = time.time()
     return {"worker": claimant.worker, "node": claimant.node, "pid": claimant.pid, "token": new_token(),
-            "until": now + lease_seconds, "now": now}
+            "until": now + lease_seconds, "now": now, "key_id": claimant.key_id}
 
 
 def claim_rows(conn: sqlite3.Connection, params: dict[str, Any]) -> list[sqlite3.Row]:

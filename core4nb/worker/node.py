@@ -83,12 +83,14 @@ class WorkerNode:
         self.url = url
         # Before anything is claimed: a node that cannot verify payloads (no key, or a key file
         # others can read) must refuse to start, not claim jobs its children would fail.
-        self.key = serialize.load_key()
+        # A worker of a shared (MongoDB) queue never makes up a key of its own: it could verify no job.
+        self.key = serialize.load_key(create=url.partition("://")[0].lower() == "sqlite")
+        self.key_id = serialize.key_id(self.key)
         self.store = open_store(url)
         self.processes = processes or os.cpu_count() or 1
         host = socket.gethostname()
         self.name = name or f"{host}-{os.getpid()}"
-        self.claimant = Claimant(worker=self.name, node=host, pid=os.getpid())
+        self.claimant = Claimant(worker=self.name, node=host, pid=os.getpid(), key_id=self.key_id)
         self.burst = burst
         self.lease_seconds = lease_seconds
         self.heartbeat_interval = max(lease_seconds / 6, 0.05)
@@ -216,7 +218,7 @@ class WorkerNode:
             return False
         if self._drain_deadline is not None:
             return True
-        return self.burst and not self.store.has_waiting()
+        return self.burst and not self.store.has_waiting(key_id=self.key_id)
 
     def _shutdown(self) -> None:
         for slot in self._busy():  # hard stop with jobs running: hand them back
@@ -271,7 +273,7 @@ class WorkerNode:
                 self._progress[slot.job.id] = message[1], message[2]
             elif message[0] == "done" and slot.job is not None:
                 job = slot.release()
-                self._owe(outcomes.for_outcome(job, message[1]))
+                self._owe(outcomes.for_outcome(job, message[1], self.key_id, self.name))
         if slot.is_dead:
             if slot.job is not None:
                 reason, exitcode, runtime, job = slot.stop_reason, slot.exitcode, slot.elapsed(), slot.release()
@@ -323,7 +325,7 @@ class WorkerNode:
         self.store.save_worker(WorkerInfo(
             name=self.name, host=self.claimant.node, pid=self.claimant.pid, slots=self.processes,
             heartbeat=time.time(), running=[s.job.id for s in self._busy()],
-            state="draining" if self._drain_deadline is not None else "running"))
+            state="draining" if self._drain_deadline is not None else "running", key_id=self.key_id))
 
     def _flush_progress(self, busy: list[Slot]) -> None:
         tokens = {s.job.id: s.job.lease.token for s in busy}
