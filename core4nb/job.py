@@ -107,13 +107,20 @@ DEFAULT_LOST_RETRIES = 3
 
 @dataclass
 class Lease:
-    """Who runs a job and until when the claim holds without a heartbeat."""
+    """Who runs a job and until when the claim holds without a heartbeat.
+
+    ``until`` is on the holder's clock; ``beat`` counts its heartbeats and ``period`` is its lease
+    length, so another machine can tell a silent holder from a live one on its own monotonic clock
+    (the same ``beat`` for longer than ``period``), whatever the two clocks say.
+    """
 
     worker: str
     node: str
     pid: int
     token: str
     until: float
+    beat: int = 0
+    period: float = 30.0
 
 
 @dataclass
@@ -218,6 +225,8 @@ OUTPUT_LIMIT = 64 * 1024
 
 #: Fields added after 0.1: a document written before may lack them, and then reads as the field's default.
 ADDED_FIELDS = frozenset({"output", "lost_retries", "lost_left", "lost_on", "key_id"})
+#: Lease fields added after 0.1: a lease written before lacks them (or, in SQLite, has them NULL).
+ADDED_LEASE_FIELDS = frozenset({"beat", "period"})
 
 # Fields a store copies to/from its rows; large fields and nested objects are handled apart.
 SCALAR_FIELDS = tuple(

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import time
 
-from core4nb import State, serialize
+from core4nb import Queue, State, serialize
+from core4nb.queue import make_job
 from core4nb.serialize import key_file_path
 from tests import faultfuncs, jobfuncs
 from tests.nodes import start_node, stop_node, wait_for
@@ -146,3 +149,46 @@ def test_a_mongodb_worker_without_a_key_refuses_to_start(queue, tmp_path):  # no
         assert out.returncode == 1 and not missing.exists()
         assert out.stderr == (f"core4nb: error: no cluster key: CORE4NB_KEY is unset and key file {missing} does "
                               f"not exist; copy the notebook machine's key file there (chmod 600) or set CORE4NB_KEY\n")
+
+
+# -- 4. clock skew must not reap healthy jobs --------------------------------------------------------
+
+def far_node(url: str, name: str, skew: float) -> subprocess.Popen:
+    """A node as if on another machine whose clock is ``skew`` seconds off."""
+    return start_node(url, name, processes=1, lease=1.5, module="tests.othermachine",
+                      env={"CORE4NB_TEST_HOST": f"{name}-host", "CORE4NB_TEST_CLOCK_SKEW": str(skew)})
+
+
+def due_job(into: Queue, *args: object) -> str:
+    """Enqueue ``jobfuncs.record(*args)`` due long ago: a node whose clock is behind may claim it too."""
+    job = make_job(jobfuncs.record, args)
+    job.query_at = time.time() - 600
+    into.store.insert([job])
+    return job.id
+
+
+def test_clock_skew_does_not_reap_healthy_jobs_and_dead_nodes_are_still_recovered(queue, tmp_path):  # noqa: F811
+    log = str(tmp_path / "runs.txt")
+    nodes = {"west": far_node(queue.url, "west", -40), "east": far_node(queue.url, "east", 40),
+             "local": start_node(queue.url, "local", processes=1, lease=1.5)}
+    try:
+        wait_for(lambda: len(queue.store.workers()) == 3, timeout=60, what="three nodes")
+        ids = [due_job(queue, log, i, 3.0) for i in range(6)]  # each longer than two leases
+        assert sorted(queue.result(i, timeout=120) for i in ids) == list(range(6))
+        assert [queue.get(i).trial for i in ids] == [1] * 6  # none was reaped
+        assert {worker for _, worker, *_ in jobfuncs.read_records(log)} == {"west", "east", "local"}
+        for name in ("west", "local"):
+            stop_node(nodes.pop(name))
+        # A dead node's job is recovered by a node on another host, whose clock says its lease has 40 s to go.
+        victim = due_job(queue, log, "victim", 2.0)
+        wait_for(lambda: queue.get(victim).state == State.RUNNING, timeout=60, what="east's claim")
+        stop_node(nodes.pop("east"), signal.SIGKILL)
+        nodes["rescuer"] = start_node(queue.url, "rescuer", processes=1, lease=1.5)
+        assert queue.result(victim, timeout=60) == "victim"
+    finally:
+        logs = [stop_node(node) for node in nodes.values()]
+    job = queue.get(victim)
+    assert (job.trial, job.lost_on) == (2, "worker east on east-host")
+    assert "its heartbeat count stood at" in job.error.message
+    assert [(tag, worker) for tag, worker, *_ in jobfuncs.read_records(log)][-1] == ("victim", "rescuer")
+    assert all("reaped" not in text for text in logs[:-1])

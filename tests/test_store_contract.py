@@ -481,6 +481,25 @@ def test_reap_leaves_live_leases_alone(store: Store) -> None:
     assert store.get(short.id).state is State.RUNNING
 
 
+def test_heartbeats_count_and_a_silent_lease_is_reaped_whatever_the_clocks_say(store: Store) -> None:
+    """A reaper on another machine judges by heartbeat counts, not by ``lease_until`` (another clock)."""
+    store.insert([make(attempts=2), make(), make()])
+    live, silent, elsewhere = (store.claim(CLAIMANT, lease_seconds=0.2) for _ in range(3))
+    assert {i: (lease.token, lease.beat, lease.period) for i, lease in store.leases().items()} == {
+        job.id: (job.lease.token, 0, 0.2) for job in (live, silent, elsewhere)}
+    seen = store.leases()
+    assert store.heartbeat({live.id: live.lease.token}, lease_seconds=0.2) == set()
+    assert store.leases()[live.id].beat == 1
+    time.sleep(0.3)  # every lease expired on this clock; the reaper trusts that only for its own host
+    assert store.reap(host="another-host") == []
+    # The caller saw these counts unchanged for a lease period: `live` has beaten since, `silent` has not.
+    [reaped] = store.reap(host="another-host", silent={live.id: seen[live.id], silent.id: seen[silent.id]})
+    assert (reaped.id, reaped.state, reaped.lost_left, reaped.error.type) == (silent.id, State.FAILED, 2, "WorkerLost")
+    assert "its heartbeat count stood at 0 for over 0.2 s" in reaped.error.message
+    assert [j.id for j in store.reap(host=CLAIMANT.node)] == [live.id, elsewhere.id]  # its own host's clock
+    assert store.leases() == {}
+
+
 def test_concurrent_reapers_reap_each_job_once(store: Store, queue_url: str) -> None:
     store.insert([make(attempts=2) for _ in range(8)])
     claimed = [store.claim(CLAIMANT, lease_seconds=0.2) for _ in range(8)]

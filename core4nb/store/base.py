@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,9 +157,18 @@ class Store(abc.ABC):
         """Record a running job's progress (0..1 or None) and message."""
 
     @abc.abstractmethod
-    def reap(self) -> list[Job]:
-        """Turn running jobs whose lease expired into failed (a ``WorkerLost`` error; one of the job's
-        ``lost_retries`` spent, never an attempt) or error when none is left; return them."""
+    def leases(self) -> dict[str, Lease]:
+        """The lease of every running job, by job id (what a reaper watches)."""
+
+    @abc.abstractmethod
+    def reap(self, *, host: str | None = None, silent: Mapping[str, Lease] | None = None) -> list[Job]:
+        """Turn running jobs whose holder is gone into failed (a ``WorkerLost`` error; one of the job's
+        ``lost_retries`` spent, never an attempt) or error when none is left; return them.
+
+        Gone: a job of ``silent`` still running under that lease's token and heartbeat count (the
+        caller saw it unchanged for longer than its period, on its own clock); or a lease whose
+        ``until`` passed on this machine's clock, taken only from holders on ``host`` (the same
+        clock; None: any holder)."""
 
     @abc.abstractmethod
     def request_kill(self, job_id: str, *, tree: bool = True) -> int:
@@ -211,7 +220,7 @@ class Store(abc.ABC):
 
 
 def lease_for(claimant: Claimant, token: str, lease_seconds: float, now: float) -> Lease:
-    return Lease(claimant.worker, claimant.node, claimant.pid, token, now + lease_seconds)
+    return Lease(claimant.worker, claimant.node, claimant.pid, token, now + lease_seconds, 0, lease_seconds)
 
 
 def listed_job(data: dict[str, Any]) -> Job:
@@ -232,7 +241,17 @@ def count_states(pairs: Iterable[tuple[Any, int]]) -> dict[State, int]:
     return out
 
 
-def reap_outcome(job: Job, now: float) -> tuple[State, dict[str, Any]]:
+def gone_because(job: Job, now: float, host: str | None, silent: Mapping[str, Lease]) -> str | None:
+    """Why a running job's holder counts as gone for :meth:`Store.reap` (None: it does not)."""
+    lease, seen = job.lease, silent.get(job.id)
+    if seen is not None and (seen.token, seen.beat) == (lease.token, lease.beat):
+        return f"its heartbeat count stood at {lease.beat} for over {lease.period:g} s"
+    if lease.until < now and (host is None or lease.node == host):
+        return f"its lease expired {now - lease.until:.1f} s ago"
+    return None
+
+
+def reap_outcome(job: Job, silence: str) -> tuple[State, dict[str, Any]]:
     """What an expired lease does to a running job: its next state and the fields to set (error,
     ``lost_left``, ``lost_on``). It spends the job's lost-node budget (``lost_retries``), never its attempts."""
     lease = job.lease
@@ -248,8 +267,7 @@ def reap_outcome(job: Job, now: float) -> tuple[State, dict[str, Any]]:
         state, outcome = State.ERROR, (f"every node it ran on died under it ({lost_on}): a job that killed every "
                                        f"node it landed on is a poison job; fix it (memory, native crashes), or "
                                        f"raise lost_retries={job.lost_retries}")
-    error = JobError("WorkerLost", f"{died} (pid {lease.pid}) stopped heartbeating; lease expired "
-                     f"{now - lease.until:.1f} s ago; {outcome}")
+    error = JobError("WorkerLost", f"{died} (pid {lease.pid}) stopped heartbeating ({silence}); {outcome}")
     return state, {"error": error, "lost_left": left, "lost_on": lost_on}
 
 

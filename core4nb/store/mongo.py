@@ -24,16 +24,16 @@ import re
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote_plus
 
-from pymongo import ASCENDING, MongoClient, UpdateOne, uri_parser
+from pymongo import ASCENDING, MongoClient, uri_parser
 from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
 
 from core4nb.errors import ConfigError, Core4Error, JobNotFound, MalformedJob, StoreUnavailable
-from core4nb.job import LARGE_FIELDS, SCALAR_FIELDS, Job, JobError, State, new_token
-from core4nb.store import base, bell
+from core4nb.job import LARGE_FIELDS, SCALAR_FIELDS, Job, JobError, Lease, State, new_token
+from core4nb.store import base, bell, mongo_lease
 from core4nb.store import mongo_claim as claims
 from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, check_finish, lease_for, redact_url
 from core4nb.store.decode import decode_job, placeholder_job
@@ -312,16 +312,7 @@ class MongoStore(Store):
 
     @_guarded
     def heartbeat(self, leases: dict[str, str], *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> set[str]:
-        if not leases:
-            return set()
-        queue, until = self._col("queue"), claims.epoch(time.time() + lease_seconds)
-        ops = [UpdateOne({"_id": job_id, "state": State.RUNNING, "lease_token": token},
-                         {"$set": {"lease_until": until}}) for job_id, token in leases.items()]
-        if queue.bulk_write(ops, ordered=False).matched_count == len(ops):
-            return set()  # the common case: one round trip for all of a node's jobs
-        query = {"_id": {"$in": list(leases)}, "state": State.RUNNING}
-        alive = {d["_id"] for d in queue.find(query, {"lease_token": 1}) if d.get("lease_token") == leases[d["_id"]]}
-        return set(leases) - alive
+        return mongo_lease.heartbeat(self._col("queue"), leases, lease_seconds)
 
     @_guarded
     def set_progress(self, job_id: str, token: str, value: float | None, message: str) -> bool:
@@ -330,25 +321,12 @@ class MongoStore(Store):
         return self._col("queue").update_one(query, {"$set": change}).matched_count == 1
 
     @_guarded
-    def reap(self) -> list[Job]:
-        queue, now, reaped = self._col("queue"), claims.epoch(time.time()), []
-        for doc in queue.find({"state": State.RUNNING, "lease_until": {"$lt": now}}, _NO_BLOBS):
-            try:
-                job = self._job(doc, blobs=False)
-            except MalformedJob as exc:  # e.g. written as running by hand: no node will ever finish it
-                claims.set_aside(queue, doc["_id"], str(exc), {"state": State.RUNNING, "lease_until": {"$lt": now}})
-                continue
-            state, fields = base.reap_outcome(job, now)
-            lease = job.lease
-            change = {"state": state, **fields, "error": _error_doc(fields["error"]), "holder": job.id,
-                      "query_at": claims.epoch(now + job.error_time) if state is State.FAILED else job.query_at,
-                      "finished_at": now if state.is_final else job.finished_at, **claims.NO_LEASE}
-            # Still expired under the same token and kill flag: a late heartbeat or a kill request wins.
-            query = {"_id": job.id, "state": State.RUNNING, "lease_token": lease.token,
-                     "lease_until": {"$lt": now}, "kill_requested": job.kill_requested}
-            if queue.update_one(query, {"$set": change}).matched_count:
-                reaped.append(self._job({**doc, **change}, blobs=False))
-        return reaped
+    def leases(self) -> dict[str, Lease]:
+        return mongo_lease.running_leases(self._col("queue"))
+
+    @_guarded
+    def reap(self, *, host: str | None = None, silent: Mapping[str, Lease] | None = None) -> list[Job]:
+        return mongo_lease.reap(self._col("queue"), lambda doc: self._job(doc, blobs=False), host, dict(silent or {}))
 
     def _subtree(self, job_id: str, tree: bool) -> dict[str, Any]:
         """A filter selecting the job (and with ``tree`` its descendants)."""

@@ -39,7 +39,8 @@ INDEXES = [IndexModel([("slot", ASCENDING), ("holder", ASCENDING)], unique=True,
            IndexModel([("state", ASCENDING), ("lease_until", ASCENDING)], name="lease"),
            IndexModel([("name", ASCENDING), ("state", ASCENDING)], name="name_state"),
            IndexModel("root_id", name="root_id"), IndexModel("parent_id", name="parent_id")]
-NO_LEASE = dict.fromkeys(("lease_worker", "lease_node", "lease_pid", "lease_token", "lease_until"))
+NO_LEASE = dict.fromkeys(("lease_worker", "lease_node", "lease_pid", "lease_token", "lease_until", "lease_beat",
+                          "lease_period"))
 _GONE, _SLOT_HELD = object(), object()
 
 

@@ -28,17 +28,17 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from core4nb.errors import ConfigError, JobNotFound, MalformedJob, PayloadError, StoreUnavailable
-from core4nb.job import LARGE_FIELDS, SCALAR_FIELDS, Job, State
+from core4nb.job import LARGE_FIELDS, SCALAR_FIELDS, Job, Lease, State
 from core4nb.store import base, bell
 from core4nb.store import sqlite_sql as sql
 from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, check_finish, redact_url
-from core4nb.store.decode import decode_job
+from core4nb.store.decode import decode_job, decode_lease
 
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for the lock before giving up
 # SQLite's own busy handler sleeps up to 100 ms between tries: when 32 idle nodes are woken at once,
@@ -281,9 +281,9 @@ class SQLiteStore(Store):
             return lost
         with self._tx() as conn:
             until = time.time() + lease_seconds
-            for job_id, token in leases.items():
-                cur = conn.execute("UPDATE queue SET lease_until = ? WHERE id = ? AND state = 'running' "
-                                   "AND lease_token = ?", (until, job_id, token))
+            for job_id, token in leases.items():  # the count tells other machines it lives, whatever their clocks
+                cur = conn.execute("UPDATE queue SET lease_until = ?, lease_beat = COALESCE(lease_beat, 0) + 1 "
+                                   "WHERE id = ? AND state = 'running' AND lease_token = ?", (until, job_id, token))
                 if cur.rowcount == 0:
                     lost.add(job_id)
         return lost
@@ -294,30 +294,20 @@ class SQLiteStore(Store):
                                "AND state = 'running' AND lease_token = ?", (value, message, job_id, token))
         return cur.rowcount == 1
 
-    def reap(self) -> list[Job]:
-        reaped = []
+    def leases(self) -> dict[str, Lease]:
+        out = {}
+        for row in self._read(sql.LEASES):
+            with suppress(MalformedJob):  # a hand-made running row: reap() sets it aside once it expires
+                out[row["id"]] = decode_lease(dict(zip(row.keys(), row, strict=True)))
+        return out
+
+    def reap(self, *, host: str | None = None, silent: Mapping[str, Lease] | None = None) -> list[Job]:
+        params = {"now": time.time(), "host": host, "ids": json.dumps(list(silent or ()))}
+        if not self._read(f"SELECT 1 {sql.GONE} LIMIT 1", params):  # nothing to reap: no write lock
+            return []
         with self._tx() as conn:
-            now = time.time()
-            expired = conn.execute(f"SELECT rowid AS _rowid, {sql.NO_BLOBS} FROM queue WHERE state = 'running' "
-                                   "AND lease_until < ?", (now,)).fetchall()
-            for row in expired:
-                try:
-                    job = decode_job(sql.fields(row))
-                except MalformedJob as exc:  # e.g. written as running by hand: no node will ever finish it
-                    sql.set_aside(conn, row["_rowid"], str(exc), now)
-                    continue
-                state, change = base.reap_outcome(job, now)
-                lease = job.lease
-                values = sql.columns({"state": state, **change, "lease": None,
-                                   "query_at": now + job.error_time if state is State.FAILED else job.query_at,
-                                   "finished_at": now if state.is_final else job.finished_at})
-                assignments = ", ".join(f"{c} = :{c}" for c in values)
-                # Conditional on the token it was reaped under: belt and braces on top of the write lock.
-                rows = conn.execute(f"UPDATE queue SET {assignments} WHERE id = :_id AND state = 'running' AND "
-                                    f"lease_token = :_token RETURNING {sql.NO_BLOBS}",
-                                    {**values, "_id": job.id, "_token": lease.token}).fetchall()
-                reaped.extend(decode_job(sql.fields(row)) for row in rows)
-        return reaped
+            params["now"] = time.time()
+            return sql.reap_rows(conn, params, dict(silent or {}))
 
     def _subtree(self, job_id: str, tree: bool) -> tuple[str, list[Any]]:
         """A WHERE clause selecting the job (and with ``tree`` its descendants)."""

@@ -13,9 +13,10 @@ import time
 from contextlib import suppress
 from typing import Any
 
-from core4nb.job import CLAIMABLE_STATES, DEFAULT_LOST_RETRIES, LARGE_FIELDS, SCALAR_FIELDS, State, new_token
-from core4nb.store.base import Claimant
-from core4nb.store.decode import set_aside_error
+from core4nb.errors import MalformedJob
+from core4nb.job import CLAIMABLE_STATES, DEFAULT_LOST_RETRIES, LARGE_FIELDS, SCALAR_FIELDS, Job, State, new_token
+from core4nb.store.base import Claimant, gone_because, reap_outcome
+from core4nb.store.decode import decode_job, set_aside_error
 
 COLUMNS = {  # Job fields, the lease flattened into lease_* columns, blobs apart, the error as JSON text
     "id": "TEXT PRIMARY KEY", "name": "TEXT NOT NULL", "payload": "BLOB", "args_summary": "TEXT NOT NULL",
@@ -24,6 +25,7 @@ COLUMNS = {  # Job fields, the lease flattened into lease_* columns, blobs apart
     "defer_time": "REAL NOT NULL", "defer_max": "REAL", "error_time": "REAL NOT NULL", "wall_time": "REAL",
     "state": "TEXT NOT NULL", "query_at": "REAL NOT NULL",
     "lease_worker": "TEXT", "lease_node": "TEXT", "lease_pid": "INTEGER", "lease_token": "TEXT", "lease_until": "REAL",
+    "lease_beat": "INTEGER", "lease_period": "REAL",  # added after 0.1, NULL in older rows (read as the defaults)
     "progress_value": "REAL", "progress_message": "TEXT NOT NULL", "enqueued_at": "REAL NOT NULL",
     "started_at": "REAL", "finished_at": "REAL", "deferred_since": "REAL", "runtime": "REAL",
     "result": "BLOB", "error": "TEXT", "kill_requested": "INTEGER NOT NULL DEFAULT 0", "restarted_from": "TEXT",
@@ -56,7 +58,8 @@ NO_BLOBS = ", ".join(c for c in COLUMNS if c not in LARGE_FIELDS)
 INSERT = f"INSERT INTO queue ({ALL}) VALUES ({', '.join(':' + c for c in COLUMNS)})"
 CLAIMABLE = "('pending', 'deferred', 'failed')"
 assert {State(s) for s in ("pending", "deferred", "failed")} == CLAIMABLE_STATES
-NO_LEASE = dict.fromkeys(("lease_worker", "lease_node", "lease_pid", "lease_token", "lease_until"))
+NO_LEASE = dict.fromkeys(("lease_worker", "lease_node", "lease_pid", "lease_token", "lease_until", "lease_beat",
+                          "lease_period"))
 
 # A claimant of key id K takes jobs of K or of none (written before key ids); a claimant without one (None), any.
 KEY_MATCH = "(:key_id IS NULL OR {q}key_id IN ('', :key_id))"
@@ -68,7 +71,7 @@ KEY_MATCH = "(:key_id IS NULL OR {q}key_id IN ('', :key_id))"
 # would make 'abc' + 1 a valid 1), so that decoding the claimed row sees the malformed value and sets it aside.
 CLAIM = f"""
 UPDATE queue SET state = 'running', lease_worker = :worker, lease_node = :node, lease_pid = :pid,
-    lease_token = :token, lease_until = :until, started_at = :now,
+    lease_token = :token, lease_until = :until, lease_beat = 0, lease_period = :period, started_at = :now,
     trial = CASE WHEN typeof(trial) = 'integer' THEN trial + 1 ELSE trial END
 WHERE id = (
     WITH busy(name, n) AS MATERIALIZED (SELECT name, COUNT(*) FROM queue WHERE state = 'running' GROUP BY name)
@@ -97,13 +100,45 @@ def claim_params(claimant: Claimant, lease_seconds: float) -> dict[str, Any]:
     """The parameters of :data:`CLAIM`: a fresh lease for ``claimant`` from now."""
     now = time.time()
     return {"worker": claimant.worker, "node": claimant.node, "pid": claimant.pid, "token": new_token(),
-            "until": now + lease_seconds, "now": now, "key_id": claimant.key_id}
+            "until": now + lease_seconds, "period": lease_seconds, "now": now, "key_id": claimant.key_id}
 
 
 def claim_rows(conn: sqlite3.Connection, params: dict[str, Any]) -> list[sqlite3.Row]:
     """Run :data:`CLAIM` inside the caller's write transaction: the claimed row, or none."""
     # RETURNING: fetch every row before COMMIT, or the statement is still "in progress".
     return conn.execute(CLAIM, params).fetchall()
+
+
+LEASES = ("SELECT id, lease_worker, lease_node, lease_pid, lease_token, lease_until, lease_beat, lease_period "
+          "FROM queue WHERE state = 'running' AND lease_token IS NOT NULL")
+# Reap candidates: expired on this clock (from holders on :host, or any when NULL), or seen silent (:ids).
+GONE = ("FROM queue WHERE state = 'running' AND ((lease_until < :now AND (:host IS NULL OR lease_node = :host)) "
+        "OR id IN (SELECT value FROM json_each(:ids)))")
+
+
+def reap_rows(conn: sqlite3.Connection, params: dict[str, Any], silent: dict[str, Any]) -> list[Job]:
+    """Inside the caller's write transaction: reap the candidates of :data:`GONE` that are still gone."""
+    reaped = []
+    for row in conn.execute(f"SELECT rowid AS _rowid, {NO_BLOBS} {GONE}", params).fetchall():
+        try:
+            job = decode_job(fields(row))
+        except MalformedJob as exc:  # e.g. written as running by hand: no node will ever finish it
+            set_aside(conn, row["_rowid"], str(exc), params["now"])
+            continue
+        why = gone_because(job, params["now"], params["host"], silent)
+        if why is None:
+            continue
+        state, change = reap_outcome(job, why)
+        values = columns({"state": state, **change, "lease": None,
+                          "query_at": params["now"] + job.error_time if state is State.FAILED else job.query_at,
+                          "finished_at": params["now"] if state.is_final else job.finished_at})
+        assignments = ", ".join(f"{c} = :{c}" for c in values)
+        # Conditional on the token and heartbeat count it was judged by: a late heartbeat wins.
+        rows = conn.execute(f"UPDATE queue SET {assignments} WHERE id = :_id AND state = 'running' AND lease_token = "
+                            f":_token AND COALESCE(lease_beat, 0) = :_beat RETURNING {NO_BLOBS}",
+                            {**values, "_id": job.id, "_token": job.lease.token, "_beat": job.lease.beat}).fetchall()
+        reaped.extend(decode_job(fields(row)) for row in rows)
+    return reaped
 
 
 def columns(fields: dict[str, Any]) -> dict[str, Any]:

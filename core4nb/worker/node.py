@@ -46,6 +46,7 @@ from core4nb.store.outage import Outage
 from core4nb.worker import outcomes
 from core4nb.worker.child import exit_description, process_is_gone
 from core4nb.worker.outcomes import Write
+from core4nb.worker.reaper import Reaper
 from core4nb.worker.slot import Slot
 
 log = logging.getLogger("core4nb.worker")
@@ -104,6 +105,7 @@ class WorkerNode:
         self._progress: dict[str, tuple[float | None, str]] = {}
         self._unsaved: list[Write] = []  # outcomes the store has not taken yet (in order)
         self._outage = Outage(f"queue {redact_url(url)}", log)
+        self._reaper = Reaper(self.store, host, lease_seconds)
         self._next_control = self._next_lease = 0.0
         self._is_done = False
         self._bell = None  # the store's doorbell, while run() listens on it
@@ -128,11 +130,16 @@ class WorkerNode:
                 self._police()
                 claimed = False
                 if self._outage.wait_time() == 0:
+                    started = time.monotonic()
                     try:
                         claimed = self._store_step()
                         self._outage.ended()
                     except StoreUnavailable as exc:
                         self._outage.failed(exc)
+                    # Stalled that long (others heartbeat every lease/6), other nodes' leases may have run out
+                    # for want of the store, not of life: give them a lease period before reaping.
+                    if self._outage.is_ongoing or time.monotonic() - started > self.lease_seconds / 2:
+                        self._reaper.hold()
                 if self._outage.is_ongoing and self._drain_expired() and not self._busy():
                     break  # draining with the store down: stop at the deadline; _shutdown reports what is unsaved
                 if bell is None or not bell.hears_everyone:  # polling finds work: soon after activity, then less often
@@ -318,7 +325,8 @@ class WorkerNode:
                 log.warning("lease of job %s lost (this node was paused or cut off); stopping it", slot.job.id)
                 slot.stop_job("lease lost")
         self._save_info()
-        for job in self.store.reap():
+        own = {w.job.lease.token for w in self._unsaved} | {s.job.lease.token for s in busy}
+        for job in self._reaper.reap(own):
             log.warning("reaped job %s of lost worker: now %s", job.id, job.state)
 
     def _save_info(self) -> None:
