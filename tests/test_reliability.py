@@ -7,22 +7,26 @@ the autouse ``no_process_left`` check come from ``tests/test_faults.py``.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
+
+import pytest
 
 from core4nb import Queue, State, serialize
 from core4nb.queue import make_job
 from core4nb.serialize import key_file_path
 from tests import faultfuncs, jobfuncs
 from tests.nodes import start_node, stop_node, wait_for
-from tests.test_faults import cli, is_sqlite, no_process_left, queue, raw  # noqa: F401 - fixtures
+from tests.test_faults import cli, is_sqlite, no_process_left, outage, queue, raw
 
 # -- 1. lost-node retries have their own budget --------------------------------------------------
 
 
-def test_a_job_whose_node_died_reruns_without_spending_an_attempt(queue, tmp_path):  # noqa: F811
+def test_a_job_whose_node_died_reruns_without_spending_an_attempt(queue, tmp_path):
     """attempts=1 (the default) and its first node is SIGKILLed: the job runs again on the other node."""
     trials = str(tmp_path / "trials.txt")
     job_id = queue.enqueue(faultfuncs.kill_my_node, trials, 1, error_time=0.1)
@@ -40,7 +44,7 @@ def test_a_job_whose_node_died_reruns_without_spending_an_attempt(queue, tmp_pat
     assert job.lost_on.startswith(f"worker {dead} on ")
 
 
-def test_a_poison_job_ends_in_error_naming_every_node_it_killed(queue, tmp_path):  # noqa: F811
+def test_a_poison_job_ends_in_error_naming_every_node_it_killed(queue, tmp_path):
     trials = str(tmp_path / "trials.txt")
     job_id = queue.enqueue(faultfuncs.kill_my_node, trials, attempts=5, lost_retries=1, error_time=0.1)
     nodes = [start_node(queue.url, name, processes=1, lease=1.0) for name in ("node-a", "node-b")]
@@ -64,7 +68,7 @@ def test_a_poison_job_ends_in_error_naming_every_node_it_killed(queue, tmp_path)
 
 # -- 2. a job's output or progress can never crash the node ---------------------------------------
 
-def test_undecodable_output_progress_and_errors_never_crash_a_node(queue):  # noqa: F811
+def test_undecodable_output_progress_and_errors_never_crash_a_node(queue):
     """Lone surrogates in what a job prints, in its progress and in its exception; a progress call of
     the wrong type; an error too large for a MongoDB document: each ends in that job alone."""
     bad = {
@@ -107,7 +111,7 @@ def test_undecodable_output_progress_and_errors_never_crash_a_node(queue):  # no
 WRONG_KEY = {"CORE4NB_KEY": "another-cluster-key-0123456789"}
 
 
-def test_a_node_with_another_key_leaves_the_queue_alone(queue, raw, tmp_path):  # noqa: F811
+def test_a_node_with_another_key_leaves_the_queue_alone(queue, raw, tmp_path):
     """Jobs carry their key's id: the wrong node claims none of them (and `status` says why), except one
     written without a key id, which it hands back unspent. The right node then runs them all."""
     good = [queue.enqueue(jobfuncs.add, i, 1) for i in range(4)]
@@ -139,7 +143,7 @@ def test_a_node_with_another_key_leaves_the_queue_alone(queue, raw, tmp_path):  
     assert [queue.get(i).trial for i in good] == [1, 1, 1, 1]
 
 
-def test_a_mongodb_worker_without_a_key_refuses_to_start(queue, tmp_path):  # noqa: F811
+def test_a_mongodb_worker_without_a_key_refuses_to_start(queue, tmp_path):
     """No CORE4NB_KEY, no key file: a MongoDB worker exits 1 saying what to do; the embedded one makes a key."""
     missing = tmp_path / "nokey" / "key"
     out = cli("worker", queue.url, "--burst", env={"CORE4NB_KEY_FILE": str(missing)})
@@ -167,7 +171,7 @@ def due_job(into: Queue, *args: object) -> str:
     return job.id
 
 
-def test_clock_skew_does_not_reap_healthy_jobs_and_dead_nodes_are_still_recovered(queue, tmp_path):  # noqa: F811
+def test_clock_skew_does_not_reap_healthy_jobs_and_dead_nodes_are_still_recovered(queue, tmp_path):
     log = str(tmp_path / "runs.txt")
     nodes = {"west": far_node(queue.url, "west", -40), "east": far_node(queue.url, "east", 40),
              "local": start_node(queue.url, "local", processes=1, lease=1.5)}
@@ -192,3 +196,70 @@ def test_clock_skew_does_not_reap_healthy_jobs_and_dead_nodes_are_still_recovere
     assert "its heartbeat count stood at" in job.error.message
     assert [(tag, worker) for tag, worker, *_ in jobfuncs.read_records(log)][-1] == ("victim", "rescuer")
     assert all("reaped" not in text for text in logs[:-1])
+
+
+# -- 5. an outage longer than the lease loses no live work ---------------------------------------------
+
+def test_an_outage_longer_than_the_lease_reaps_no_live_job(outage, tmp_path):
+    """The store is unavailable for longer than the nodes' lease (2 s; SQLite write-locked 4 s, MongoDB
+    down 6 s) while every slot runs a job: no node reaps another's job when the store is back."""
+    url, interrupt = outage
+    log = str(tmp_path / "runs.txt")
+    with Queue(url) as q:
+        ids = [q.enqueue(jobfuncs.record, log, i, 9.0) for i in range(4)]
+        nodes = [start_node(url, f"node-{name}", processes=2, lease=2.0) for name in "ab"]
+        try:
+            wait_for(lambda: q.counts()[State.RUNNING] == 4, timeout=60, what="every job running")
+            interrupt()
+            assert sorted(q.result(i, timeout=120) for i in ids) == [0, 1, 2, 3]
+        finally:
+            logs = [stop_node(node) for node in nodes]
+        assert [q.get(i).trial for i in ids] == [1, 1, 1, 1]
+    assert sorted(int(tag) for tag, *_ in jobfuncs.read_records(log)) == [0, 1, 2, 3]  # each ran once
+    assert all("reaped" not in text for text in logs), logs
+
+
+def test_status_and_jobs_work_while_another_process_holds_the_write_lock(sqlite_url):
+    with Queue(sqlite_url) as q:
+        q.enqueue(jobfuncs.add, 1, 2)
+    locker = sqlite3.connect(sqlite_url.partition("://")[2], isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        status, jobs = cli("status", sqlite_url, timeout=20), cli("jobs", sqlite_url, "--json", timeout=20)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert (status.returncode, jobs.returncode) == (0, 0), status.stderr + jobs.stderr
+    assert "pending 1" in status.stdout and [j["state"] for j in json.loads(jobs.stdout)] == ["pending"]
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A directory that becomes a read-only bind mount of itself (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root")
+    directory = tmp_path / "ro"
+    directory.mkdir(mode=0o700)
+
+    def make_read_only() -> None:
+        subprocess.run(["mount", "--bind", str(directory), str(directory)], check=True)
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(directory)], check=True)
+
+    yield directory, make_read_only
+    subprocess.run(["umount", str(directory)], check=False, capture_output=True)
+
+
+def test_status_and_jobs_read_a_read_only_queue_file(read_only_mount):
+    directory, make_read_only = read_only_mount
+    url = f"sqlite://{directory / 'queue.db'}"
+    with Queue(url) as q:
+        done, waiting = q.enqueue(jobfuncs.add, 1, 2), q.enqueue(jobfuncs.add, 3, 4, priority=-1)
+        assert start_node(url, "node", processes=1, burst=True).wait(60) == 0
+        q.restart(done)  # one more waiting job
+    make_read_only()
+    status, jobs = cli("status", url), cli("jobs", url, "--json")
+    assert (status.returncode, jobs.returncode) == (0, 0), status.stderr + jobs.stderr
+    assert "pending 1" in status.stdout and "complete 2" in status.stdout
+    assert [j["id"] for j in json.loads(jobs.stdout)][:2] == [done, waiting]
+    with Queue(url) as q:
+        assert q.result(waiting) == 7

@@ -35,7 +35,7 @@ from typing import Any
 
 from core4nb.errors import ConfigError, JobNotFound, MalformedJob, PayloadError, StoreUnavailable
 from core4nb.job import LARGE_FIELDS, SCALAR_FIELDS, Job, Lease, State
-from core4nb.store import base, bell
+from core4nb.store import base, bell, sqlite_file
 from core4nb.store import sqlite_sql as sql
 from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, check_finish, redact_url
 from core4nb.store.decode import decode_job, decode_lease
@@ -78,32 +78,18 @@ class SQLiteStore(Store):
             raise ConfigError(f"queue URL {redact_url(url)!r} does not name a file: use sqlite:///path/to/queue.db "
                               "(three slashes for an absolute path; worker processes must share the file)")
         self.path = Path(raw).expanduser()
-        self._check_path()
+        self.read_only = sqlite_file.check_path(self.path)
         self._bells = bell.bell_dir(self.path)
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._closed = False
-        with self._tx() as conn:  # every opener runs it: IF NOT EXISTS makes it idempotent, the lock serial
-            for statement in filter(str.strip, sql.SCHEMA.split(";")):
-                conn.execute(statement)
-            sql.add_missing_columns(conn)
-            for statement in filter(str.strip, sql.INDEXES.split(";")):
-                conn.execute(statement)
-
-    def _check_path(self) -> None:
-        path, fix = self.path, "point the queue URL at a writable file, e.g. sqlite:///tmp/core4nb/queue.db"
-        if path.is_dir():
-            raise ConfigError(f"queue path {path} is a directory, not a file; use e.g. sqlite://{path / 'queue.db'}")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            why = "a file is in the way" if isinstance(exc, FileExistsError | NotADirectoryError) else exc.strerror
-            raise StoreUnavailable(f"cannot create directory {path.parent} for the queue: {why}; {fix}") from None
-        # WAL needs to create <file>-wal and -shm next to the database, so the directory must be writable too.
-        if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.R_OK | os.W_OK)):
-            raise StoreUnavailable(f"queue file {path} (or its directory) is not writable by this user; {fix}")
+        with self._errors():
+            current = sqlite_file.schema_is_current(self._conn())
+        if not current and not self.read_only:  # a read first: a reader never waits for another's write lock
+            with self._tx() as conn:  # IF NOT EXISTS makes it idempotent, the lock serial
+                sqlite_file.create_schema(conn)
 
     # -- connections -----------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -115,13 +101,9 @@ class SQLiteStore(Store):
         conn = getattr(self._local, "conn", None)
         if conn is None:
             with self._errors():
-                # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE) so we control locking.
-                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+                conn = sqlite_file.connect(self.path, BUSY_TIMEOUT, read_only=self.read_only)
                 conn.row_factory = sqlite3.Row
                 conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-                conn.execute("PRAGMA journal_mode = WAL")
-                # NORMAL is crash-safe in WAL (a dying process loses nothing); only power loss may lose last commits.
-                conn.execute("PRAGMA synchronous = NORMAL")
             self._local.conn = conn
             with self._lock:
                 self._conns.append(conn)

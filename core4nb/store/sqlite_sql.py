@@ -42,7 +42,8 @@ assert set(SCALAR_FIELDS) <= set(COLUMNS), set(SCALAR_FIELDS) - set(COLUMNS)
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS queue ({", ".join(f"{c} {t}" for c, t in COLUMNS.items())});
 """
-INDEXES = """
+VERSION = 2  # PRAGMA user_version: 2 has key_id and lease_beat, and queue_claim_key
+INDEXES = f"""
 CREATE INDEX IF NOT EXISTS queue_claim_key
     ON queue (state, priority DESC, id, query_at, kill_requested, key_id, max_parallel, name);
 DROP INDEX IF EXISTS queue_claim;
@@ -50,7 +51,7 @@ CREATE INDEX IF NOT EXISTS queue_root ON queue (root_id, state);
 CREATE INDEX IF NOT EXISTS queue_parent ON queue (parent_id, state);
 DROP INDEX IF EXISTS queue_name;
 CREATE TABLE IF NOT EXISTS worker (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
-PRAGMA user_version = 1;
+PRAGMA user_version = {VERSION};
 """
 
 ALL = ", ".join(COLUMNS)

@@ -106,7 +106,7 @@ class WorkerNode:
         self._unsaved: list[Write] = []  # outcomes the store has not taken yet (in order)
         self._outage = Outage(f"queue {redact_url(url)}", log)
         self._reaper = Reaper(self.store, host, lease_seconds)
-        self._next_control = self._next_lease = 0.0
+        self._next_control = self._next_lease = self._step_started = 0.0
         self._is_done = False
         self._bell = None  # the store's doorbell, while run() listens on it
         self._wakeup: tuple[socket.socket, socket.socket] | None = None  # stop() ends the loop's wait through it
@@ -130,16 +130,13 @@ class WorkerNode:
                 self._police()
                 claimed = False
                 if self._outage.wait_time() == 0:
-                    started = time.monotonic()
+                    self._step_started = time.monotonic()
                     try:
                         claimed = self._store_step()
                         self._outage.ended()
                     except StoreUnavailable as exc:
                         self._outage.failed(exc)
-                    # Stalled that long (others heartbeat every lease/6), other nodes' leases may have run out
-                    # for want of the store, not of life: give them a lease period before reaping.
-                    if self._outage.is_ongoing or time.monotonic() - started > self.lease_seconds / 2:
-                        self._reaper.hold()
+                        self._reaper.hold()  # every failed try pushes reaping a lease period past the recovery
                 if self._outage.is_ongoing and self._drain_expired() and not self._busy():
                     break  # draining with the store down: stop at the deadline; _shutdown reports what is unsaved
                 if bell is None or not bell.hears_everyone:  # polling finds work: soon after activity, then less often
@@ -325,6 +322,10 @@ class WorkerNode:
                 log.warning("lease of job %s lost (this node was paused or cut off); stopping it", slot.job.id)
                 slot.stop_job("lease lost")
         self._save_info()
+        # Stalled this long in this step (a write lock held elsewhere; others heartbeat every lease/6), other
+        # nodes' leases may have run out for want of the store, not of life: a lease period before reaping.
+        if time.monotonic() - self._step_started > self.lease_seconds / 2:
+            self._reaper.hold()
         own = {w.job.lease.token for w in self._unsaved} | {s.job.lease.token for s in busy}
         for job in self._reaper.reap(own):
             log.warning("reaped job %s of lost worker: now %s", job.id, job.state)

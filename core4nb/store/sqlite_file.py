@@ -1,0 +1,68 @@
+"""The embedded queue's file on disk: where it may live, how it is opened, its schema.
+
+:mod:`core4nb.store.sqlite` owns the store's verbs; this module decides whether a path is
+fit to be a queue (see :func:`check_path`), opens it read-only when this user cannot write
+it (``core4nb status`` and ``jobs`` still work), and creates or upgrades its schema only when
+it is not current -- so a reader never waits for the write lock another process holds.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from urllib.parse import quote
+
+from core4nb.errors import ConfigError, StoreUnavailable
+from core4nb.store import sqlite_sql as sql
+
+FIX = "point the queue URL at a writable file, e.g. sqlite:///~/.core4nb/queue.db"
+
+
+def check_path(path: Path) -> bool:
+    """Check that ``path`` can be a queue file; create its directory. Returns True when this user can
+    only read it (it exists, and the file or its directory is not writable): open it read-only."""
+    if path.is_dir():
+        raise ConfigError(f"queue path {path} is a directory, not a file; use e.g. sqlite://{path / 'queue.db'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = "a file is in the way" if isinstance(exc, FileExistsError | NotADirectoryError) else exc.strerror
+        raise StoreUnavailable(f"cannot create directory {path.parent} for the queue: {why}; {FIX}") from None
+    # WAL needs to create <file>-wal and -shm next to the database, so the directory must be writable too.
+    writable = os.access(path.parent, os.W_OK | os.X_OK) and (not path.exists() or os.access(path, os.W_OK))
+    if not writable and not (path.exists() and os.access(path, os.R_OK)):
+        raise StoreUnavailable(f"queue file {path} (or its directory) is not writable by this user; {FIX}")
+    return not writable
+
+
+def connect(path: Path, timeout: float, *, read_only: bool) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit: BEGIN IMMEDIATE controls locking)."""
+    if not read_only:
+        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL is crash-safe in WAL (a dying process loses nothing); only power loss may lose last commits.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
+    # Read-only: no journal change, no schema. Where not even the WAL index can be made (a read-only
+    # directory without one), nobody can change the file either: read it as immutable.
+    shm = Path(f"{path}-shm").exists() or os.access(path.parent, os.W_OK)
+    uri = f"file:{quote(str(path))}?mode=ro" + ("" if shm else "&immutable=1")
+    return sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
+
+
+def schema_is_current(conn: sqlite3.Connection) -> bool:
+    """Whether the file already has this version's schema (then opening it writes nothing)."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] != sql.VERSION:
+        return False
+    present = {row[1] for row in conn.execute("PRAGMA table_info(queue)")}
+    return set(sql.COLUMNS) <= present
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Inside the opener's write transaction: create or upgrade the tables and indexes (idempotent)."""
+    for statement in filter(str.strip, sql.SCHEMA.split(";")):
+        conn.execute(statement)
+    sql.add_missing_columns(conn)
+    for statement in filter(str.strip, sql.INDEXES.split(";")):
+        conn.execute(statement)
