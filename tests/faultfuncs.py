@@ -69,3 +69,7 @@ def progress_then(value: object, message: object, seconds: float = 0.0) -> int:
 
 def raise_undecodable(size: int = 0) -> None:
     raise ValueError("cannot open " + os.fsdecode(b"x\xff.txt") + "!" * size)
+
+
+def big_result(size: int) -> bytes:
+    return os.urandom(size)

@@ -263,3 +263,43 @@ def test_status_and_jobs_read_a_read_only_queue_file(read_only_mount):
     assert [j["id"] for j in json.loads(jobs.stdout)][:2] == [done, waiting]
     with Queue(url) as q:
         assert q.result(waiting) == 7
+
+
+# -- 6. a full disk stops no heartbeats ---------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A directory on an 8 MB tmpfs (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    directory = tmp_path / "small"
+    directory.mkdir(mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "core4nb-test", str(directory)], check=True)
+    yield directory
+    subprocess.run(["umount", "-l", str(directory)], check=False, capture_output=True)
+
+
+def test_a_full_disk_errs_the_outcome_that_does_not_fit_and_stops_no_heartbeat(small_disk, tmp_path):
+    url, log = f"sqlite://{small_disk / 'queue.db'}", str(tmp_path / "runs.txt")
+    with Queue(url) as q:
+        big = q.enqueue(faultfuncs.big_result, 12 * 2**20, priority=2)  # cannot fit on the 8 MB disk
+        long = q.enqueue(jobfuncs.record, log, "long", 8.0, priority=1)  # outlives 4 leases meanwhile
+        full = start_node(url, "full", processes=2, lease=2.0)
+        try:
+            wait_for(lambda: q.counts()[State.RUNNING] == 2, timeout=60, what="both jobs running on node 'full'")
+            reaper = start_node(url, "reaper", processes=1, lease=2.0)  # would reap them if heartbeats stopped
+            try:
+                small = [q.enqueue(jobfuncs.add, i, 1) for i in range(3)]
+                assert [q.result(i, timeout=60) for i in small] == [1, 2, 3]
+                assert q.result(long, timeout=60) == "long"
+                job = q.wait(big, timeout=60)
+                assert [full.poll(), reaper.poll()] == [None, None]
+            finally:
+                logs = [stop_node(reaper), stop_node(full)]
+        finally:
+            stop_node(full)
+        assert (job.state, job.error.type, job.result) == (State.ERROR, "StoreUnavailable", None)
+        assert "could not store this job's complete outcome 5 times" in job.error.message
+        assert "database or disk is full" in job.error.message
+        assert (q.get(long).trial, q.get(big).trial) == (1, 1)  # neither was reaped
+    assert all("reaped" not in text and "Traceback" not in text for text in logs), logs

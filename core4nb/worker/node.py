@@ -48,6 +48,7 @@ from core4nb.worker.child import exit_description, process_is_gone
 from core4nb.worker.outcomes import Write
 from core4nb.worker.reaper import Reaper
 from core4nb.worker.slot import Slot
+from core4nb.worker.writer import OutcomeWriter
 
 log = logging.getLogger("core4nb.worker")
 
@@ -99,17 +100,21 @@ class WorkerNode:
         self.memory_limit_mb = memory_limit_mb
         self.watch_pid = watch_pid
         self.slots: list[Slot] = []
-        self.jobs_done = 0
         self._drain_deadline: float | None = None
         self._stop_now = threading.Event()
         self._progress: dict[str, tuple[float | None, str]] = {}
-        self._unsaved: list[Write] = []  # outcomes the store has not taken yet (in order)
+        self._writer = OutcomeWriter(self.store, self.claimant, lease_seconds)  # outcomes owed, in order
         self._outage = Outage(f"queue {redact_url(url)}", log)
         self._reaper = Reaper(self.store, host, lease_seconds)
         self._next_control = self._next_lease = self._step_started = 0.0
         self._is_done = False
         self._bell = None  # the store's doorbell, while run() listens on it
         self._wakeup: tuple[socket.socket, socket.socket] | None = None  # stop() ends the loop's wait through it
+
+    @property
+    def jobs_done(self) -> int:
+        """Jobs this node brought to a final state."""
+        return self._writer.jobs_done
 
     # -- lifecycle ---------------------------------------------------------------
     def run(self) -> int:
@@ -156,7 +161,8 @@ class WorkerNode:
         """Everything the loop does with the store; raises StoreUnavailable when it is down. True: claimed."""
         # Outcomes first: they free the jobs' max_parallel slots in the store. With a slot free, the last
         # outcome's write also claims the next job (on SQLite in one transaction: one write lock per job, not two).
-        claimed = self._claim(self._flush(claim=self._drain_deadline is None and len(self._busy()) < self.processes))
+        claimed = self._claim(self._writer.flush(claim=self._drain_deadline is None
+                                                 and len(self._busy()) < self.processes))
         now = time.monotonic()
         if now >= self._next_control:
             self._control()
@@ -165,6 +171,7 @@ class WorkerNode:
             self._lease_tick()
             self._next_lease = now + self.heartbeat_interval
         self._is_done = self._should_exit()
+        self._writer.judge()  # the store answers: an outcome it refused in this step was refused for itself
         return claimed
 
     def _wait(self, poll: float) -> set:
@@ -218,7 +225,7 @@ class WorkerNode:
         return self._drain_deadline is not None and time.monotonic() > self._drain_deadline
 
     def _should_exit(self) -> bool:
-        if self._busy() or self._unsaved:
+        if self._busy() or self._writer.unsaved:
             return False
         if self._drain_deadline is not None:
             return True
@@ -233,11 +240,13 @@ class WorkerNode:
                 self._collect_slot(slot)
             slot.close()
         try:
-            self._flush()
+            self._writer.flush()
+            if self._writer.unsaved:
+                log.error("node %s stops with the queue unavailable: %d outcome(s) not recorded; those jobs run "
+                          "again once their leases expire", self.name, len(self._writer.unsaved))
             self.store.remove_worker(self.name)
         except StoreUnavailable as exc:
-            log.error("node %s stops with the queue unavailable (%s): %d outcome(s) not recorded; those jobs run "
-                      "again once their leases expire", self.name, exc, len(self._unsaved))
+            log.error("node %s stops with the queue unavailable (%s)", self.name, exc)
         finally:
             self.store.close()
         log.info("node %s stopped after %d jobs", self.name, self.jobs_done)
@@ -289,7 +298,7 @@ class WorkerNode:
     def _owe(self, write: Write | None) -> None:
         if write is not None:
             self._progress.pop(write.job.id, None)
-            self._unsaved.append(write)
+            self._writer.owe(write)
 
     def _police(self) -> None:
         """Stop children past their wall time or the drain deadline; SIGKILL those that ignored SIGTERM."""
@@ -315,7 +324,7 @@ class WorkerNode:
             self.stop(drain=False)
         busy = self._busy()
         # Outcomes not written yet keep their leases too: after a short outage they are still ours to write.
-        leases = {w.job.id: w.job.lease.token for w in self._unsaved} | {s.job.id: s.job.lease.token for s in busy}
+        leases = self._writer.leases() | {s.job.id: s.job.lease.token for s in busy}
         lost = self.store.heartbeat(leases, lease_seconds=self.lease_seconds)
         for slot in busy:
             if slot.job.id in lost:
@@ -326,7 +335,7 @@ class WorkerNode:
         # nodes' leases may have run out for want of the store, not of life: a lease period before reaping.
         if time.monotonic() - self._step_started > self.lease_seconds / 2:
             self._reaper.hold()
-        own = {w.job.lease.token for w in self._unsaved} | {s.job.lease.token for s in busy}
+        own = {*self._writer.leases().values()} | {s.job.lease.token for s in busy}
         for job in self._reaper.reap(own):
             log.warning("reaped job %s of lost worker: now %s", job.id, job.state)
 
@@ -347,46 +356,3 @@ class WorkerNode:
                 except Exception as exc:  # this job's progress, not the store: drop it, never the node
                     log.error("job %s: the queue refused its progress (%s: %s)", job_id, type(exc).__name__, exc)
         self._progress.clear()
-
-    # -- outcomes --------------------------------------------------------------------
-    def _flush(self, *, claim: bool = False) -> Job | None:
-        """Write the outcomes owed, oldest first; one that fails with StoreUnavailable stays for the next try.
-        With ``claim``, the last write also claims the next job, returned."""
-        claimed = None
-        while self._unsaved:
-            write = self._unsaved[0]
-            claimed = self._finish(write, claim=claim and len(self._unsaved) == 1)
-            self._unsaved.pop(0)
-        return claimed
-
-    def _finish(self, write: Write, *, claim: bool) -> Job | None:
-        try:
-            done, claimed = self._write(write, claim)
-        except StoreUnavailable:
-            raise
-        except Exception as exc:  # this job's data, not the store (too large, unencodable): it errs, the node lives
-            log.error("job %s: the queue refused its %s outcome (%s: %s); recording it as error",
-                      write.job.id, write.state, type(exc).__name__, str(exc)[:300])
-            write, claimed = outcomes.unstorable(write, exc), None
-            try:
-                done, _ = self._write(write, False)
-            except StoreUnavailable:
-                raise
-            except Exception as again:
-                log.error("job %s: the queue refused its error too (%s: %s); it runs again once its lease "
-                          "expires", write.job.id, type(again).__name__, again)
-                return None
-        if done:
-            self.jobs_done += write.state.is_final
-            log.debug("job %s %s", write.job.id, write.state)
-        else:
-            log.warning("job %s: lease no longer held, its %s outcome is discarded (another node owns it)",
-                        write.job.id, write.state)
-        return claimed
-
-    def _write(self, write: Write, claim: bool) -> tuple[bool, Job | None]:
-        job = write.job
-        if claim:
-            return self.store.finish_and_claim(job.id, job.lease.token, write.state, self.claimant,
-                                               lease_seconds=self.lease_seconds, **write.fields)
-        return self.store.finish(job.id, job.lease.token, write.state, **write.fields), None

@@ -29,6 +29,8 @@ class Write:
     job: Job
     state: State
     fields: dict[str, Any] = field(default_factory=dict)
+    tries: int = 0  # refused by a store that answers otherwise (see core4nb.worker.writer)
+    retry_at: float = 0.0  # monotonic: not before
 
 
 def for_outcome(job: Job, outcome: Outcome, key_id: str = "", node: str = "") -> Write:
@@ -79,15 +81,17 @@ def hand_back(job: Job, message: str, delay: float = 0.0) -> Write:
                                       "progress_message": message})
 
 
-def unstorable(write: Write, exc: Exception) -> Write:
-    """What a node records when the store refused ``write`` for this job's data (not an outage):
-    the job ends in error saying why, without the data that could not be stored."""
+def unstorable(write: Write, exc: Exception, tries: int = 1) -> Write:
+    """What a node records when the store refused ``write`` for this job's data (not an outage), ``tries``
+    times: the job ends in error saying why, without the data that could not be stored."""
     job, runtime = write.job, write.fields.get("runtime") or 0.0
+    times = f" {tries} times" if tries > 1 else ""
     if isinstance(exc, PayloadError):  # a result over the store's size limit: its message says so
         error = JobError("PayloadError", str(exc))
     else:
         error = JobError(type(exc).__name__, safe_text(f"the queue could not store this job's {write.state} "
-                                                       f"outcome ({str(exc)[:300]}); its result and output are lost"))
+                                                       f"outcome{times} ({str(exc)[:300]}); its result and "
+                                                       "output are lost"))
     return failure(job, error, None, retry=False, runtime=runtime)
 
 
