@@ -3,7 +3,7 @@
 The executor, the magics and the CLI are built on this; user code that wants
 fine control (priorities, trees by hand) can use it directly::
 
-    q = Queue("sqlite:///tmp/q.db")
+    q = Queue("sqlite://~/work/q.db")
     job_id = q.enqueue(count_primes, 1, 100_000, priority=5)
     q.result(job_id, timeout=60)
 """

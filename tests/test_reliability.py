@@ -303,3 +303,52 @@ def test_a_full_disk_errs_the_outcome_that_does_not_fit_and_stops_no_heartbeat(s
         assert "database or disk is full" in job.error.message
         assert (q.get(long).trial, q.get(big).trial) == (1, 1)  # neither was reaped
     assert all("reaped" not in text and "Traceback" not in text for text in logs), logs
+
+
+# -- 7. file modes ------------------------------------------------------------------------------------
+
+def mode(path) -> str:
+    return f"{os.stat(path).st_mode & 0o777:o}"
+
+
+def test_queue_directories_and_files_are_private(tmp_path):
+    home = tmp_path / "home" / ".core4nb"
+    out = cli("status", env={"CORE4NB_HOME": str(home)})  # the embedded default, made from nothing
+    assert out.returncode == 0, out.stderr
+    assert [mode(home.parent), mode(home), mode(home / "queue.db")] == ["700", "700", "600"]
+    url = f"sqlite://{tmp_path / 'a' / 'b' / 'queue.db'}"
+    with Queue(url) as q:
+        q.enqueue(jobfuncs.add, 1, 2)
+        files = [tmp_path / "a" / "b" / name for name in ("queue.db", "queue.db-wal", "queue.db-shm")]
+        assert [mode(tmp_path / "a"), mode(tmp_path / "a" / "b"), *map(mode, files)] == ["700"] * 2 + ["600"] * 3
+    files[0].chmod(0o644)
+    out = cli("status", url)
+    assert out.returncode == 0 and f"queue file {files[0]} is open to other users (mode 644): they can read job " \
+        f"arguments and results; run `chmod 600 {files[0]}`" in out.stderr
+
+
+@pytest.mark.parametrize("how", ["file writable", "directory writable", "another owner"])
+def test_a_queue_others_can_write_is_refused(tmp_path, how):
+    directory = tmp_path / "q"
+    url = f"sqlite://{directory / 'queue.db'}"
+    Queue(url).close()
+    target = directory / "queue.db" if how != "directory writable" else directory
+    if how == "another owner":
+        if os.geteuid() != 0:
+            pytest.skip("giving a file to another user needs root")
+        os.chown(target, 65534, -1)
+        expected = f"core4nb: error: queue file {target} belongs to another user (uid 65534), who could change"
+    else:
+        target.chmod(0o666 if target.is_file() else 0o777)
+        kind = "file" if target.is_file() else "directory"
+        expected = f"core4nb: error: queue {kind} {target} is writable by other users (mode {mode(target)}), who"
+    out = cli("status", url)
+    assert out.returncode == 1 and out.stderr.startswith(expected) and out.stderr.count("\n") == 1, out.stderr
+    assert "e.g. sqlite://~/.core4nb/queue.db" in out.stderr
+
+
+def test_a_queue_in_a_shared_directory_like_tmp_is_refused():
+    path = f"/tmp/core4nb-test-{os.getpid()}-{time.monotonic_ns()}.db"
+    out = cli("status", f"sqlite://{path}")
+    assert out.returncode == 1 and out.stderr.startswith("core4nb: error: queue directory /tmp is writable by other")
+    assert not os.path.exists(path)

@@ -8,32 +8,77 @@ it is not current -- so a reader never waits for the write lock another process 
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
+import stat
+from contextlib import suppress
 from pathlib import Path
 from urllib.parse import quote
 
 from core4nb.errors import ConfigError, StoreUnavailable
 from core4nb.store import sqlite_sql as sql
 
-FIX = "point the queue URL at a writable file, e.g. sqlite:///~/.core4nb/queue.db"
+FIX = "point the queue URL at a writable file, e.g. sqlite://~/.core4nb/queue.db"
+PRIVATE = "keep the queue in a directory only you own and can write, e.g. sqlite://~/.core4nb/queue.db"
+log = logging.getLogger("core4nb.store")
 
 
 def check_path(path: Path) -> bool:
-    """Check that ``path`` can be a queue file; create its directory. Returns True when this user can
-    only read it (it exists, and the file or its directory is not writable): open it read-only."""
+    """Check that ``path`` can be a queue file: not another user's, not writable by others (whoever can
+    write it controls the jobs); create its directory (0700) and the file (0600) when they are missing.
+    Returns True when this user can only read it: then it is opened read-only."""
     if path.is_dir():
         raise ConfigError(f"queue path {path} is a directory, not a file; use e.g. sqlite://{path / 'queue.db'}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        why = "a file is in the way" if isinstance(exc, FileExistsError | NotADirectoryError) else exc.strerror
-        raise StoreUnavailable(f"cannot create directory {path.parent} for the queue: {why}; {FIX}") from None
+    _make_private_dirs(path.parent)
+    for part in (path.parent, path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        _check_owner_and_mode(part)
     # WAL needs to create <file>-wal and -shm next to the database, so the directory must be writable too.
     writable = os.access(path.parent, os.W_OK | os.X_OK) and (not path.exists() or os.access(path, os.W_OK))
     if not writable and not (path.exists() and os.access(path, os.R_OK)):
         raise StoreUnavailable(f"queue file {path} (or its directory) is not writable by this user; {FIX}")
+    if writable and not path.exists():
+        with suppress(FileExistsError):  # 0600 from the start; SQLite gives -wal and -shm the file's mode
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     return not writable
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and any missing parents, each 0700 (whatever the umask)."""
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    existing = directory.parents[len(missing) - 1] if missing else directory
+    if not existing.is_dir():
+        raise StoreUnavailable(f"cannot create directory {directory} for the queue: a file is in the way; {FIX}")
+    for made in reversed(missing):
+        try:
+            made.mkdir(mode=0o700)
+            made.chmod(0o700)
+        except FileExistsError:
+            if not made.is_dir():
+                raise StoreUnavailable(f"cannot create directory {made} for the queue: a file is in the way; "
+                                       f"{FIX}") from None
+        except OSError as exc:
+            why = "a file is in the way" if isinstance(exc, NotADirectoryError) else exc.strerror
+            raise StoreUnavailable(f"cannot create directory {made} for the queue: {why}; {FIX}") from None
+
+
+def _check_owner_and_mode(part: Path) -> None:
+    """Refuse a queue file or directory another user owns or may write; warn when others may read it."""
+    try:
+        st = part.stat()
+    except FileNotFoundError:
+        return
+    kind = "directory" if stat.S_ISDIR(st.st_mode) else "file"
+    if st.st_uid != os.geteuid():
+        raise ConfigError(f"queue {kind} {part} belongs to another user (uid {st.st_uid}), who could change "
+                          f"the jobs your workers run; {PRIVATE}")
+    if st.st_mode & stat.S_IWOTH:
+        raise ConfigError(f"queue {kind} {part} is writable by other users (mode {stat.S_IMODE(st.st_mode):o}), "
+                          f"who could change the jobs your workers run; {PRIVATE}, or run `chmod o-w {part}`")
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("queue %s %s is open to other users (mode %o): they can read job arguments and results; "
+                    "run `chmod %s %s`", kind, part, stat.S_IMODE(st.st_mode), "700" if kind == "directory" else
+                    "600", part)
 
 
 def connect(path: Path, timeout: float, *, read_only: bool) -> sqlite3.Connection:
