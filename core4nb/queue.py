@@ -11,11 +11,9 @@ fine control (priorities, trees by hand) can use it directly::
 from __future__ import annotations
 
 import logging
-import os
 import time
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from core4nb import serialize
@@ -24,20 +22,15 @@ from core4nb.job import FINAL_STATES, Job, State, safe_text
 from core4nb.store import Store, open_store, redact_url
 from core4nb.store import default_url as env_url
 from core4nb.store.outage import Outage
+from core4nb.store.paths import home
 
 log = logging.getLogger("core4nb.queue")
 
 #: Options a job accepts besides its own arguments, with core4os's meanings.
 JOB_OPTIONS = ("priority", "max_parallel", "attempts", "defer_time", "defer_max", "error_time", "wall_time",
                "lost_retries")
-HOME_ENV = "CORE4NB_HOME"
 #: Seconds of continuous store outage :meth:`Queue.wait` rides out before it gives up.
 STORE_PATIENCE = 60.0
-
-
-def home() -> Path:
-    """Where the embedded default keeps its queue file."""
-    return Path(os.environ.get(HOME_ENV) or Path.home() / ".core4nb").expanduser()
 
 
 def default_url() -> str:

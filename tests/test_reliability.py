@@ -19,6 +19,7 @@ import pytest
 from core4nb import Queue, State, serialize
 from core4nb.queue import make_job
 from core4nb.serialize import key_file_path
+from core4nb.store import bell, redact_url
 from tests import faultfuncs, jobfuncs
 from tests.nodes import start_node, stop_node, wait_for
 from tests.test_faults import cli, is_sqlite, no_process_left, outage, queue, raw
@@ -352,3 +353,28 @@ def test_a_queue_in_a_shared_directory_like_tmp_is_refused():
     out = cli("status", f"sqlite://{path}")
     assert out.returncode == 1 and out.stderr.startswith("core4nb: error: queue directory /tmp is writable by other")
     assert not os.path.exists(path)
+
+
+# -- 8. doorbell directory squatting ----------------------------------------------------------------
+
+@pytest.mark.parametrize("squat", ["directory open to all", "file in the way"])
+def test_a_squatted_doorbell_directory_never_breaks_enqueue(queue_url, tmp_path, monkeypatch, squat):
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    with Queue(queue_url) as q:
+        bells = bell.bell_dir(q.store.path if is_sqlite(queue_url) else redact_url(queue_url))
+        assert bells.parent.parent == runtime
+        if squat == "file in the way":
+            bells.parent.mkdir(mode=0o700)
+            bells.write_text("not a directory")
+        else:  # made first by someone else, open to everyone
+            bells.mkdir(parents=True)
+            bells.parent.chmod(0o777)
+            bells.chmod(0o777)
+        assert q.store.listen("work") is None  # not trusted: listeners poll
+        job_id = q.enqueue(jobfuncs.add, 1, 2)  # rings, and must not raise after committing
+        assert start_node(queue_url, "poller", processes=1, burst=True).wait(60) == 0
+        assert q.result(job_id) == 3
+    if squat == "directory open to all":
+        assert list(bells.iterdir()) == []  # nothing of ours was put there

@@ -196,8 +196,8 @@ class MongoStore(Store):
                              f"{redact_url(self.url)} (or repeated); nothing was inserted") from None
         bell.ring(self._bells, "work")
 
-    def listen(self, role: str) -> bell.Bell:
-        return bell.Bell(self._bells, role, hears_everyone=False)  # other machines' writes do not ring
+    def listen(self, role: str) -> bell.Bell | None:
+        return bell.listen(self._bells, role, hears_everyone=False)  # other machines' writes do not ring
 
     @_guarded
     def get(self, job_id: str, *, blobs: bool = True) -> Job:

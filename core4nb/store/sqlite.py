@@ -166,8 +166,8 @@ class SQLiteStore(Store):
                              f"{redact_url(self.url)} (or repeated); nothing was inserted") from None
         bell.ring(self._bells, "work")
 
-    def listen(self, role: str) -> bell.Bell:
-        return bell.Bell(self._bells, role)
+    def listen(self, role: str) -> bell.Bell | None:
+        return bell.listen(self._bells, role)
 
     def _not_found(self, job_id: str) -> JobNotFound:
         return JobNotFound(f"no job with id {job_id} in queue {redact_url(self.url)}; list jobs with `core4nb jobs`")

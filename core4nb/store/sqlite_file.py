@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from core4nb.errors import ConfigError, StoreUnavailable
+from core4nb.store import paths
 from core4nb.store import sqlite_sql as sql
 
 FIX = "point the queue URL at a writable file, e.g. sqlite://~/.core4nb/queue.db"
@@ -30,7 +31,11 @@ def check_path(path: Path) -> bool:
     Returns True when this user can only read it: then it is opened read-only."""
     if path.is_dir():
         raise ConfigError(f"queue path {path} is a directory, not a file; use e.g. sqlite://{path / 'queue.db'}")
-    _make_private_dirs(path.parent)
+    try:
+        paths.make_private_dirs(path.parent)
+    except OSError as exc:
+        why = "a file is in the way" if isinstance(exc, NotADirectoryError) else exc.strerror
+        raise StoreUnavailable(f"cannot create directory {path.parent} for the queue: {why}; {FIX}") from None
     for part in (path.parent, path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         _check_owner_and_mode(part)
     # WAL needs to create <file>-wal and -shm next to the database, so the directory must be writable too.
@@ -41,25 +46,6 @@ def check_path(path: Path) -> bool:
         with suppress(FileExistsError):  # 0600 from the start; SQLite gives -wal and -shm the file's mode
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     return not writable
-
-
-def _make_private_dirs(directory: Path) -> None:
-    """Create ``directory`` and any missing parents, each 0700 (whatever the umask)."""
-    missing = [d for d in (directory, *directory.parents) if not d.exists()]
-    existing = directory.parents[len(missing) - 1] if missing else directory
-    if not existing.is_dir():
-        raise StoreUnavailable(f"cannot create directory {directory} for the queue: a file is in the way; {FIX}")
-    for made in reversed(missing):
-        try:
-            made.mkdir(mode=0o700)
-            made.chmod(0o700)
-        except FileExistsError:
-            if not made.is_dir():
-                raise StoreUnavailable(f"cannot create directory {made} for the queue: a file is in the way; "
-                                       f"{FIX}") from None
-        except OSError as exc:
-            why = "a file is in the way" if isinstance(exc, NotADirectoryError) else exc.strerror
-            raise StoreUnavailable(f"cannot create directory {made} for the queue: {why}; {FIX}") from None
 
 
 def _check_owner_and_mode(part: Path) -> None:
