@@ -14,14 +14,16 @@ import sqlite3
 import subprocess
 import time
 
+import psutil
 import pytest
 
-from core4nb import Queue, State, serialize
+from core4nb import Core4Executor, Queue, State, serialize
 from core4nb.queue import make_job
 from core4nb.serialize import key_file_path
 from core4nb.store import bell, redact_url
 from tests import faultfuncs, jobfuncs
 from tests.nodes import start_node, stop_node, wait_for
+from tests.servers import free_port
 from tests.test_faults import cli, is_sqlite, no_process_left, outage, queue, raw
 
 # -- 1. lost-node retries have their own budget --------------------------------------------------
@@ -378,3 +380,26 @@ def test_a_squatted_doorbell_directory_never_breaks_enqueue(queue_url, tmp_path,
         assert q.result(job_id) == 3
     if squat == "directory open to all":
         assert list(bells.iterdir()) == []  # nothing of ours was put there
+
+
+# -- 9. secrets in URL options ----------------------------------------------------------------------
+
+def test_url_option_values_are_redacted_everywhere(wire_server, tmp_path):
+    """A token in the URL's options never shows: not in status, jobs, a worker's log, an error, nor the
+    command line of a node an executor starts."""
+    db, port = f"c4t_{os.getpid()}_{time.monotonic_ns()}", wire_server.port
+    options = "collection_prefix=sys_&authMechanism=PLAIN&appName=core4nb-test"
+    url = f"mongodb://user:hunter1@127.0.0.1:{port}/{db}?{options}&authMechanismProperties=AWS_SESSION_TOKEN:hunter2"
+    shown = f"mongodb://user:***@127.0.0.1:{port}/{db}?{options}&authMechanismProperties=***"
+    assert redact_url(url) == shown
+    with Core4Executor(url, workers=1) as executor:
+        command_lines = [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)]
+        assert executor.submit(jobfuncs.add, 1, 2).result(timeout=60) == 3
+    unreachable = url.replace(str(port), str(free_port())) + "&serverSelectionTimeoutMS=300"
+    outputs = [cli("status", url), cli("status", url, "--json"), cli("jobs", url, "--json"),
+               cli("worker", url, "--burst", "--log-level", "DEBUG"), cli("status", unreachable)]
+    assert [o.returncode for o in outputs] == [0, 0, 0, 0, 1]
+    assert shown in outputs[0].stdout and f"serving {shown}" in outputs[3].stderr
+    for text in [*command_lines, *(o.stdout + o.stderr for o in outputs)]:
+        assert "hunter1" not in text and "hunter2" not in text, text
+    assert any("core4nb worker" in line or "-m core4nb worker" in line for line in command_lines)
