@@ -403,3 +403,42 @@ def test_url_option_values_are_redacted_everywhere(wire_server, tmp_path):
     for text in [*command_lines, *(o.stdout + o.stderr for o in outputs)]:
         assert "hunter1" not in text and "hunter2" not in text, text
     assert any("core4nb worker" in line or "-m core4nb worker" in line for line in command_lines)
+
+
+# -- 10. hand-edited documents ----------------------------------------------------------------------
+
+def test_kill_and_remove_end_on_a_job_that_is_its_own_parent(queue, raw):
+    root = queue.enqueue(jobfuncs.add, 1, 1)
+    loop, pair = queue.enqueue(jobfuncs.add, 2, 2), queue.enqueue(jobfuncs.add, 3, 3)
+    raw.change(loop, {"parent_id": loop, "root_id": root})  # its own parent, inside root's tree
+    raw.change(pair, {"parent_id": loop, "root_id": root})
+    killed = cli("kill", loop, "--url", queue.url, timeout=30)
+    assert (killed.returncode, killed.stdout) == (0, "kill requested for 2 job(s)\n"), killed.stderr
+    assert [queue.get(i).state for i in (root, loop, pair)] == [State.PENDING, State.KILLED, State.KILLED]
+    removed = cli("remove", loop, "--url", queue.url, timeout=30)
+    assert (removed.returncode, removed.stdout) == (0, "removed 2 job(s)\n"), removed.stderr
+    assert [j.id for j in queue.jobs()] == [root]
+
+
+def test_a_malformed_worker_document_breaks_neither_status_nor_map(queue, raw):
+    if raw.sqlite:
+        raw.conn.execute("INSERT INTO worker (name, doc) VALUES ('bad-json', '{oops'), "
+                         "('bad-pid', '{\"name\": \"bad-pid\", \"host\": \"h\", \"pid\": \"x\", \"slots\": 2}')")
+    else:
+        workers = raw.col.database[raw.col.name.replace("queue", "worker")]
+        workers.insert_many([{"_id": "bad-json", "name": "bad-json"},
+                             {"_id": "bad-pid", "name": "bad-pid", "host": "h", "pid": "x", "slots": 2}])
+    node = start_node(queue.url, "good", processes=1)
+    try:
+        wait_for(lambda: "good" in [w.name for w in queue.store.workers()], timeout=60, what="the node's document")
+        status, as_json = cli("status", queue.url), cli("status", queue.url, "--json")
+        with Core4Executor(queue.url) as executor:
+            assert list(executor.map(jobfuncs.add, [1, 2, 3], [1, 1, 1])) == [2, 3, 4]
+    finally:
+        stop_node(node)
+    assert (status.returncode, as_json.returncode) == (0, 0), status.stderr + as_json.stderr
+    states = {n["name"]: n["state"] for n in json.loads(as_json.stdout)["nodes"]}
+    assert states["bad-json"] == ("malformed: the document is str, not an object" if raw.sqlite
+                                  else "malformed: field 'host' is missing")
+    assert states["bad-pid"] == "malformed: field 'pid' is str 'x'"
+    assert "malformed: field 'pid' is str 'x'" in status.stdout

@@ -243,6 +243,35 @@ class Store(abc.ABC):
         self.close()
 
 
+_WORKER_TYPES: dict[str, Any] = {"name": str, "host": str, "pid": int, "slots": int, "heartbeat": (int, float),
+                                 "started_at": (int, float), "running": list, "state": str, "key_id": str}
+_WORKER_REQUIRED = ("name", "host", "pid", "slots")
+
+
+def decode_worker(data: Any, name: Any) -> WorkerInfo:
+    """A ``sys.worker`` document as a :class:`WorkerInfo`; one written by something else (a missing or
+    mistyped field, not an object) becomes a placeholder whose state says ``malformed: …``, so that
+    ``status`` and an executor's slot count never fail on it (a placeholder never counts as running)."""
+    problem = None
+    if not isinstance(data, Mapping):
+        problem = f"the document is {type(data).__name__}, not an object"
+    else:
+        for key in (*_WORKER_REQUIRED, *(k for k in _WORKER_TYPES if k in data)):
+            value = data.get(key)
+            if key not in data:
+                problem = f"field {key!r} is missing"
+            elif isinstance(value, bool) or not isinstance(value, _WORKER_TYPES[key]):
+                problem = f"field {key!r} is {type(value).__name__} {value!r:.40}"
+            if problem:
+                break
+        else:
+            if all(isinstance(job_id, str) for job_id in data.get("running", [])):
+                return WorkerInfo(**{k: data[k] for k in _WORKER_TYPES if k in data})
+            problem = "field 'running' is not a list of job ids"
+    return WorkerInfo(name=str(name), host="?", pid=0, slots=0, heartbeat=0.0, started_at=0.0,
+                      state=f"malformed: {problem}")
+
+
 def lease_for(claimant: Claimant, token: str, lease_seconds: float, now: float) -> Lease:
     return Lease(claimant.worker, claimant.node, claimant.pid, token, now + lease_seconds, 0, lease_seconds)
 

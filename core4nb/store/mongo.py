@@ -53,7 +53,6 @@ MAX_SET_ASIDE = 16  # malformed documents one claim moves to error before it ans
 
 _OPEN = [*claims.CLAIMABLE, State.RUNNING]
 _NO_BLOBS = dict.fromkeys(LARGE_FIELDS, 0)  # listings leave the large fields out
-_WORKER_FIELDS = {f.name for f in dataclasses.fields(WorkerInfo)}
 
 
 def _parse_url(url: str) -> tuple[str, str, str, dict[str, Any]]:
@@ -350,11 +349,13 @@ class MongoStore(Store):
         children = defaultdict(list)  # one read of the tree's parent links, walked here
         for row in queue.find({"root_id": doc["root_id"]}, {"parent_id": 1}):
             children[row.get("parent_id")].append(row["_id"])
-        ids, stack = [], [job_id]
+        ids, stack = {job_id: None}, [job_id]  # each id once: a hand-edited cycle (its own parent) ends the walk
         while stack:
-            ids.append(stack.pop())
-            stack.extend(children[ids[-1]])
-        return {"_id": {"$in": ids}}
+            for child in children[stack.pop()]:
+                if child not in ids:
+                    ids[child] = None
+                    stack.append(child)
+        return {"_id": {"$in": list(ids)}}
 
     @_guarded
     def request_kill(self, job_id: str, *, tree: bool = True) -> int:
@@ -392,8 +393,7 @@ class MongoStore(Store):
 
     @_guarded
     def workers(self) -> list[WorkerInfo]:
-        return [WorkerInfo(**{k: v for k, v in doc.items() if k in _WORKER_FIELDS})
-                for doc in self._col("worker").find().sort("_id", ASCENDING)]
+        return [base.decode_worker(doc, doc.get("_id")) for doc in self._col("worker").find().sort("_id", ASCENDING)]
 
     @_guarded
     def remove_worker(self, name: str) -> None:

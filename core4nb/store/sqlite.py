@@ -331,7 +331,14 @@ class SQLiteStore(Store):
                          (info.name, json.dumps(dataclasses.asdict(info))))
 
     def workers(self) -> list[WorkerInfo]:
-        return [WorkerInfo(**json.loads(row[0])) for row in self._read("SELECT doc FROM worker ORDER BY name")]
+        out = []
+        for name, doc in self._read("SELECT name, doc FROM worker ORDER BY name"):
+            try:
+                data = json.loads(doc)
+            except (TypeError, ValueError):
+                data = doc
+            out.append(base.decode_worker(data, name))
+        return out
 
     def remove_worker(self, name: str) -> None:
         with self._tx() as conn:
