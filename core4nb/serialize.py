@@ -48,8 +48,11 @@ def load_key(*, create: bool = True) -> bytes:
     a worker of a shared queue must use the notebook's key, never a new one of its own)."""
     env_key = os.environ.get(KEY_ENV)
     if env_key:
-        return env_key.encode()
+        return _long_enough(env_key, f"${KEY_ENV}").encode()
     path = key_file_path()
+    if path.is_symlink() and not path.exists():
+        raise KeyFileError(f"key file {path} is a symbolic link to {os.readlink(path)}, which does not exist: "
+                           f"fix the link, or remove it (a new key is then made), or set {KEY_ENV}")
     if not path.exists() and not create:
         raise KeyFileError(f"no cluster key: {KEY_ENV} is unset and key file {path} does not exist; copy the "
                            f"notebook machine's key file there (chmod 600) or set {KEY_ENV}")
@@ -71,7 +74,18 @@ def load_key(*, create: bool = True) -> bytes:
     key = path.read_text().strip()
     if not key:
         raise KeyFileError(f"key file {path} is empty: delete it to make a new one, or set {KEY_ENV}")
-    return key.encode()
+    return _long_enough(key, f"key file {path}").encode()
+
+
+#: A shorter cluster key could be guessed, and whoever has it runs code on every worker.
+MIN_KEY_LENGTH = 16
+
+
+def _long_enough(key: str, where: str) -> str:
+    if len(key) < MIN_KEY_LENGTH:
+        raise KeyFileError(f"the cluster key in {where} has {len(key)} characters, fewer than {MIN_KEY_LENGTH}: "
+                           "use a long random one, e.g. python -c 'import secrets; print(secrets.token_hex(32))'")
+    return key
 
 
 def key_id(key: bytes) -> str:

@@ -442,3 +442,37 @@ def test_a_malformed_worker_document_breaks_neither_status_nor_map(queue, raw):
                                   else "malformed: field 'host' is missing")
     assert states["bad-pid"] == "malformed: field 'pid' is str 'x'"
     assert "malformed: field 'pid' is str 'x'" in status.stdout
+
+
+# -- 11. one-line errors for a short key, a dangling key link, another application's database -------
+
+def test_a_short_key_is_refused(sqlite_url):
+    out = cli("worker", sqlite_url, "--burst", env={"CORE4NB_KEY": "short-key"})
+    assert out.returncode == 1 and out.stderr == (
+        "core4nb: error: the cluster key in $CORE4NB_KEY has 9 characters, fewer than 16: use a long random one, "
+        "e.g. python -c 'import secrets; print(secrets.token_hex(32))'\n")
+
+
+def test_a_dangling_key_symlink_is_a_one_line_error(sqlite_url, tmp_path):
+    link = tmp_path / "key-link"
+    link.symlink_to(tmp_path / "gone" / "key")
+    out = cli("worker", sqlite_url, "--burst", env={"CORE4NB_KEY_FILE": str(link)})
+    assert out.returncode == 1 and out.stderr == (
+        f"core4nb: error: key file {link} is a symbolic link to {tmp_path / 'gone' / 'key'}, which does not exist: "
+        "fix the link, or remove it (a new key is then made), or set CORE4NB_KEY\n")
+
+
+def test_another_applications_database_is_refused_untouched(tmp_path):
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE queue (id INTEGER PRIMARY KEY, payload TEXT)")
+        conn.execute("INSERT INTO queue (payload) VALUES ('theirs')")
+    conn.close()
+    path.chmod(0o600)
+    before = path.read_bytes()
+    out = cli("status", f"sqlite://{path}")
+    assert out.returncode == 1 and out.stderr == (
+        f"core4nb: error: {path} is not a core4nb queue: its table 'queue' has no column 'args_summary' (another "
+        "application's database?); leave it alone and point the queue URL at another file, e.g. "
+        "sqlite://~/.core4nb/queue.db\n")
+    assert path.read_bytes() == before

@@ -86,7 +86,7 @@ class SQLiteStore(Store):
         self._conns: list[sqlite3.Connection] = []
         self._closed = False
         with self._errors():
-            current = sqlite_file.schema_is_current(self._conn())
+            current = sqlite_file.schema_is_current(self._conn(), self.path)
         if not current and not self.read_only:  # a read first: a reader never waits for another's write lock
             with self._tx() as conn:  # IF NOT EXISTS makes it idempotent, the lock serial
                 sqlite_file.create_schema(conn)

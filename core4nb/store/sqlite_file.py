@@ -71,6 +71,11 @@ def connect(path: Path, timeout: float, *, read_only: bool) -> sqlite3.Connectio
     """A connection in autocommit mode (transactions are explicit: BEGIN IMMEDIATE controls locking)."""
     if not read_only:
         conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        try:
+            _columns(conn, path)  # another application's file is left as it is: no WAL switch either
+        except ConfigError:
+            conn.close()
+            raise
         conn.execute("PRAGMA journal_mode = WAL")
         # NORMAL is crash-safe in WAL (a dying process loses nothing); only power loss may lose last commits.
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -82,12 +87,25 @@ def connect(path: Path, timeout: float, *, read_only: bool) -> sqlite3.Connectio
     return sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
 
 
-def schema_is_current(conn: sqlite3.Connection) -> bool:
-    """Whether the file already has this version's schema (then opening it writes nothing)."""
-    if conn.execute("PRAGMA user_version").fetchone()[0] != sql.VERSION:
-        return False
+def _columns(conn: sqlite3.Connection, path: Path) -> set[str]:
+    """The columns of the file's ``queue`` table (none: a new file).
+
+    Raises:
+        ConfigError: the file has a ``queue`` table that is not core4nb's (another application's database).
+    """
     present = {row[1] for row in conn.execute("PRAGMA table_info(queue)")}
-    return set(sql.COLUMNS) <= present
+    missing = sorted(set(sql.COLUMNS) - sql.ADDED_COLUMNS - present)
+    if present and missing:
+        raise ConfigError(f"{path} is not a core4nb queue: its table 'queue' has no column {missing[0]!r} (another "
+                          "application's database?); leave it alone and point the queue URL at another file, "
+                          "e.g. sqlite://~/.core4nb/queue.db")
+    return present
+
+
+def schema_is_current(conn: sqlite3.Connection, path: Path) -> bool:
+    """Whether the file already has this version's schema (then opening it writes nothing)."""
+    present = _columns(conn, path)
+    return conn.execute("PRAGMA user_version").fetchone()[0] == sql.VERSION and set(sql.COLUMNS) <= present
 
 
 def create_schema(conn: sqlite3.Connection) -> None:

@@ -34,6 +34,8 @@ COLUMNS = {  # Job fields, the lease flattened into lease_* columns, blobs apart
     "lost_left": f"INTEGER NOT NULL DEFAULT {DEFAULT_LOST_RETRIES}", "lost_on": "TEXT NOT NULL DEFAULT ''",
     "key_id": "TEXT NOT NULL DEFAULT ''",
 }
+#: Columns added after 0.1: every other one is in any core4nb queue file (else it is not one).
+ADDED_COLUMNS = frozenset({"output", "lost_retries", "lost_left", "lost_on", "key_id", "lease_beat", "lease_period"})
 # A new Job field must get a column here, or jobs would silently lose it.
 assert set(SCALAR_FIELDS) <= set(COLUMNS), set(SCALAR_FIELDS) - set(COLUMNS)
 
