@@ -139,6 +139,9 @@ def test_a_node_with_another_key_leaves_the_queue_alone(queue, raw, tmp_path):
     assert f"(key id {serialize.key_id(WRONG_KEY['CORE4NB_KEY'].encode())}) can claim none of the waiting jobs " \
            f"(key ids {key_id}): give it the notebook's key" in status
     assert "Traceback" not in wrong_log
+    # A burst node with the wrong key hands that job back too, and then has nothing left to wait for.
+    assert start_node(queue.url, "burst-wrong-2", processes=1, burst=True, env=WRONG_KEY).wait(60) == 0
+    assert queue.get(unknown).progress_message.startswith("node burst-wrong-2 (key id ")
     assert start_node(queue.url, "right", processes=1, burst=True).wait(60) == 0
     assert [queue.result(i) for i in [*good, unknown]] == [1, 2, 3, 4, 11]
     assert [queue.get(i).trial for i in good] == [1, 1, 1, 1]

@@ -251,6 +251,7 @@ def test_claim_takes_only_jobs_of_the_claimants_key_id(store: Store) -> None:
     assert [store.claim(keyed).id, store.claim(keyed).id, store.claim(keyed)] == [mine.id, unknown.id, None]
     waiting = store.has_waiting(key_id=ours), store.has_waiting(key_id=theirs), store.has_waiting()
     assert waiting == (False, True, True)
+    assert not store.has_waiting(key_id=theirs, exclude=[other.id])
     assert store.claim(CLAIMANT).id == other.id  # a claimant without a key id takes any job
     assert store.waiting_key_ids() == set()
 

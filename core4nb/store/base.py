@@ -129,11 +129,11 @@ class Store(abc.ABC):
         children, or in the whole queue when neither is given."""
 
     @abc.abstractmethod
-    def has_waiting(self, *, key_id: str | None = None) -> bool:
+    def has_waiting(self, *, key_id: str | None = None, exclude: Iterable[str] = ()) -> bool:
         """Whether a claim could take some job now or once its ``query_at`` passes: a job in a
         claimable state, without a kill request, whose ``query_at`` is a number (what a burst
         node waits for; a malformed document no claim can match is not waited for); with
-        ``key_id``, one a claimant of that key id could take."""
+        ``key_id``, one a claimant of that key id could take; never one of ``exclude``."""
 
     @abc.abstractmethod
     def waiting_key_ids(self) -> set[str]:

@@ -235,10 +235,10 @@ class MongoStore(Store):
         return base.count_states((row["_id"], row["n"]) for row in rows)
 
     @_guarded
-    def has_waiting(self, *, key_id: str | None = None) -> bool:
+    def has_waiting(self, *, key_id: str | None = None, exclude: Iterable[str] = ()) -> bool:
         # $gte 0 matches numbers only (type bracketing): a string or missing query_at is never claimable.
         query = {"state": {"$in": claims.CLAIMABLE}, "kill_requested": False, "query_at": {"$gte": 0},
-                 **claims.key_filter(key_id)}
+                 "_id": {"$nin": list(exclude)}, **claims.key_filter(key_id)}
         return self._col("queue").find_one(query, {"_id": 1}) is not None
 
     @_guarded

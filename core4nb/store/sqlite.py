@@ -191,10 +191,11 @@ class SQLiteStore(Store):
         where, params = sql.where(root_id=root_id, parent_id=parent_id)
         return base.count_states(self._read(f"SELECT state, COUNT(*) FROM queue WHERE {where} GROUP BY state", params))
 
-    def has_waiting(self, *, key_id: str | None = None) -> bool:
+    def has_waiting(self, *, key_id: str | None = None, exclude: Iterable[str] = ()) -> bool:
         return bool(self._read(f"SELECT 1 FROM queue WHERE state IN {sql.CLAIMABLE} AND kill_requested = 0 "
                                f"AND typeof(query_at) IN ('integer', 'real') AND {sql.KEY_MATCH.format(q='')} "
-                               "LIMIT 1", {"key_id": key_id}))
+                               "AND id NOT IN (SELECT value FROM json_each(:exclude)) LIMIT 1",
+                               {"key_id": key_id, "exclude": json.dumps(list(exclude))}))
 
     def waiting_key_ids(self) -> set[str]:
         return {row[0] for row in self._read(f"SELECT DISTINCT key_id FROM queue WHERE state IN {sql.CLAIMABLE}")}

@@ -40,7 +40,7 @@ import time
 
 from core4nb import serialize
 from core4nb.errors import ConfigError, StoreUnavailable
-from core4nb.job import Job
+from core4nb.job import Job, State
 from core4nb.store import DEFAULT_LEASE_SECONDS, Claimant, WorkerInfo, open_store, redact_url
 from core4nb.store.outage import Outage
 from core4nb.worker import outcomes
@@ -106,6 +106,7 @@ class WorkerNode:
         self._writer = OutcomeWriter(self.store, self.claimant, lease_seconds)  # outcomes owed, in order
         self._outage = Outage(f"queue {redact_url(url)}", log)
         self._reaper = Reaper(self.store, host, lease_seconds)
+        self._unverifiable: set[str] = set()  # jobs handed back: signed with a key this node does not have
         self._next_control = self._next_lease = self._step_started = 0.0
         self._is_done = False
         self._bell = None  # the store's doorbell, while run() listens on it
@@ -229,7 +230,8 @@ class WorkerNode:
             return False
         if self._drain_deadline is not None:
             return True
-        return self.burst and not self.store.has_waiting(key_id=self.key_id)
+        # Jobs this node handed back because it cannot verify them are not its to wait for.
+        return self.burst and not self.store.has_waiting(key_id=self.key_id, exclude=self._unverifiable)
 
     def _shutdown(self) -> None:
         for slot in self._busy():  # hard stop with jobs running: hand them back
@@ -286,7 +288,10 @@ class WorkerNode:
                 self._progress[slot.job.id] = message[1], message[2]
             elif message[0] == "done" and slot.job is not None:
                 job = slot.release()
-                self._owe(outcomes.for_outcome(job, message[1], self.key_id, self.name))
+                write = outcomes.for_outcome(job, message[1], self.key_id, self.name)
+                if write.state is State.PENDING:  # handed back: this node's key cannot verify it
+                    self._unverifiable.add(job.id)
+                self._owe(write)
         if slot.is_dead:
             if slot.job is not None:
                 reason, exitcode, runtime, job = slot.stop_reason, slot.exitcode, slot.elapsed(), slot.release()
