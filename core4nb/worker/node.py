@@ -10,7 +10,8 @@ One loop, one thread::
     │              claim   while a slot is free (atomic, max_parallel-safe, in the store)
     │              control every 0.5 s: progress, kill requests
     │              lease   every lease/6 s: heartbeat leases (lost → stop that child),
-    │                      sys.worker heartbeat, reap expired leases of dead nodes
+    │                      sys.worker heartbeat, reap the jobs of dead nodes (judged by
+    │                      heartbeat counts on this node's own clock: worker/reaper.py)
     └── wait     on child pipes and sentinels, the doorbell while a slot is free,
                  stop(); until the next poll (a free slot) or tick (all busy)
 
@@ -23,7 +24,11 @@ timeout) the loop keeps collecting outcomes from its children, keeps them until
 the store answers again, and retries with exponential backoff, logging the
 outage once when it starts and once when it ends. Heartbeats resume with the
 store; a job whose lease expired during a long outage and was reaped by another
-node is fenced off, and this node logs that its outcome was discarded.
+node is fenced off, and this node logs that its outcome was discarded. After its
+own outage (or a store call stalled past half a lease) a node reaps nothing until
+the other nodes had a lease period to heartbeat. An outcome the store refuses
+while it answers otherwise (a full disk) is retried, then errs its job alone
+(worker/writer.py): the node's other jobs keep their heartbeats.
 """
 
 from __future__ import annotations
