@@ -87,9 +87,14 @@ class SQLiteStore(Store):
         self._closed = False
         with self._errors():
             current = sqlite_file.schema_is_current(self._conn(), self.path)
-        if not current and not self.read_only:  # a read first: a reader never waits for another's write lock
-            with self._tx() as conn:  # IF NOT EXISTS makes it idempotent, the lock serial
-                sqlite_file.create_schema(conn)
+        if current:  # a read first: a reader never waits for another's write lock
+            return
+        if self.read_only:
+            raise StoreUnavailable(f"queue file {self.path} is read-only for this user and has no current core4nb "
+                                   "schema (empty, or written by an earlier version): open it once where it is "
+                                   "writable, to upgrade it")
+        with self._tx() as conn:  # IF NOT EXISTS makes it idempotent, the lock serial
+            sqlite_file.create_schema(conn)
 
     # -- connections -----------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
