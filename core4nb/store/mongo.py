@@ -35,16 +35,7 @@ from core4nb.errors import ConfigError, Core4Error, JobNotFound, MalformedJob, S
 from core4nb.job import LARGE_FIELDS, SCALAR_FIELDS, Job, JobError, Lease, State, new_token
 from core4nb.store import base, bell, mongo_lease
 from core4nb.store import mongo_claim as claims
-from core4nb.store.base import (
-    DEFAULT_LEASE_SECONDS,
-    Claimant,
-    Store,
-    WorkerInfo,
-    check_finish,
-    lease_for,
-    redact_url,
-    url_secrets,
-)
+from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, check_finish, lease_for, redact_url
 from core4nb.store.decode import decode_job, placeholder_job
 from core4nb.store.mongo_blobs import Blobs
 
@@ -70,7 +61,7 @@ def _parse_url(url: str) -> tuple[str, str, str, dict[str, Any]]:
         parsed = uri_parser.parse_uri(driver_url)
     except (PyMongoError, ValueError) as exc:
         reason = str(exc)
-        for secret in url_secrets(url):  # a driver's message may quote the URL's password or options
+        for secret in base.url_secrets(url):  # a driver's message may quote the URL's password or options
             reason = reason.replace(secret, "***")
         raise ConfigError(f"queue URL {redact_url(url)!r} is not a valid MongoDB URL ({reason}); "
                           "use mongodb://[user:pass@]host[:port]/DATABASE") from None
