@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from core4nb import Core4Executor, Queue, State
-from core4nb.store import bell, redact_url
+from core4nb.store import Claimant, bell, redact_url
 from tests import jobfuncs
 from tests.nodes import start_node, stop_node, wait_for
 from tests.servers import free_port
@@ -191,3 +191,26 @@ def test_another_applications_database_is_refused_untouched(tmp_path):
         "application's database?); leave it alone and point the queue URL at another file, e.g. "
         "sqlite://~/.core4nb/queue.db\n")
     assert path.read_bytes() == before
+
+
+def test_a_job_name_that_is_not_a_string_never_breaks_the_claim_walk(queue, raw):
+    """MongoDB's claim walks the candidates when the best one's max_parallel slot is held; a document
+    whose name is a list (written by hand) is set aside there, and the node serves the next job."""
+    if raw.sqlite:
+        pytest.skip("the slot walk is the MongoDB claim's; SQLite cannot even store a list")
+    holder = Claimant(worker="elsewhere", node="other-host", pid=1)
+    queue.enqueue(jobfuncs.add, 0, 0, name="lim", max_parallel=1)
+    assert queue.store.claim(holder, lease_seconds=600).name == "lim"  # its only slot is held elsewhere
+    blocked = queue.enqueue(jobfuncs.add, 1, 1, name="lim", max_parallel=1, priority=5)  # tried first
+    bad = queue.enqueue(jobfuncs.add, 2, 2)
+    raw.change(bad, {"name": [1, 2]})
+    sentinel = queue.enqueue(jobfuncs.add, 2, 3)
+    node = start_node(queue.url, "walker", processes=1)
+    try:
+        assert queue.result(sentinel, timeout=60) == 5
+        assert node.poll() is None
+    finally:
+        text = stop_node(node)
+    doc = raw.read(bad)
+    assert doc["state"] == "error" and "field 'name' is list [1, 2], expected str" in doc["error"]["message"]
+    assert queue.get(blocked).state == State.PENDING and "Traceback" not in text
