@@ -7,11 +7,12 @@ Inside a job, ``current_job()`` returns the :class:`JobContext`; a
 from __future__ import annotations
 
 import contextvars
+import numbers
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 from core4nb.errors import ChildFailed, Core4Error
-from core4nb.job import OPEN_STATES, Job, State
+from core4nb.job import OPEN_STATES, Job, State, safe_text
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("core4nb_job", default=None)
 
@@ -71,10 +72,21 @@ class JobContext:
         raise Defer(message)
 
     def progress(self, value: float | None, message: str = "") -> None:
-        """Report progress: ``value`` in [0, 1] (or None) and a short message."""
+        """Report progress: ``value`` in [0, 1] (or None) and a short message.
+
+        Raises:
+            TypeError: ``value`` is not a number or None, or ``message`` is not a string.
+            ValueError: ``value`` is outside [0, 1].
+        """
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise TypeError(f"progress value must be a number between 0 and 1 or None, got {type(value).__name__} "
+                            f"{value!r}: call progress(fraction_done, message)")
+        if not isinstance(message, str):
+            raise TypeError(f"progress message must be a str, got {type(message).__name__} {message!r}: "
+                            "call progress(fraction_done, 'what is happening')")
         if value is not None and not 0 <= value <= 1:
             raise ValueError(f"progress value must be between 0 and 1, got {value}")
-        self._report_progress(value, message)
+        self._report_progress(None if value is None else float(value), safe_text(message))
 
     def enqueue_child(self, fn: Callable, /, *args: Any, **kwargs: Any) -> str:
         """Enqueue ``fn(*args, **kwargs)`` (a function or Core4Job class) as a child of this job."""

@@ -81,6 +81,16 @@ def check_transition(current: State | str, new: State | str) -> None:
         raise IllegalTransition(f"a {current} job cannot become {new}; allowed: {allowed}")
 
 
+def safe_text(text: str) -> str:
+    """``text`` as every store can encode it: lone surrogates (undecodable bytes, e.g. from
+    ``os.fsdecode``) become ``\\udcff`` escapes instead of failing the write that carries them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def new_job_id() -> str:
     """A 24-hex-digit id that sorts by creation time (microseconds), like an ObjectId."""
     return f"{time.time_ns() // 1000:014x}{secrets.token_hex(5)}"
@@ -91,15 +101,26 @@ def new_token() -> str:
     return secrets.token_hex(8)
 
 
+#: Default of the ``lost_retries`` job option: reruns after the job's node died.
+DEFAULT_LOST_RETRIES = 3
+
+
 @dataclass
 class Lease:
-    """Who runs a job and until when the claim holds without a heartbeat."""
+    """Who runs a job and until when the claim holds without a heartbeat.
+
+    ``until`` is on the holder's clock; ``beat`` counts its heartbeats and ``period`` is its lease
+    length, so another machine can tell a silent holder from a live one on its own monotonic clock
+    (the same ``beat`` for longer than ``period``), whatever the two clocks say.
+    """
 
     worker: str
     node: str
     pid: int
     token: str
     until: float
+    beat: int = 0
+    period: float = 30.0
 
 
 @dataclass
@@ -156,6 +177,14 @@ class Job:
     keep: bool = False
     #: What the job's last trial printed (stdout and stderr, the last OUTPUT_LIMIT characters).
     output: str = ""
+    #: Reruns allowed after the node running the job died (a reaped lease); apart from ``attempts``,
+    #: which counts the job's own exceptions.
+    lost_retries: int = DEFAULT_LOST_RETRIES
+    lost_left: int = -1
+    #: The workers that died (stopped heartbeating) under this job, "worker on node", comma-separated.
+    lost_on: str = ""
+    #: The :func:`~core4nb.serialize.key_id` of the key that signed the payload ("": not known, any node may try).
+    key_id: str = ""
     #: Not stored as a field: the payload's out-of-band buffers (digest → bytes) that ``insert`` stores
     #: as blobs before the job; empty on jobs read back from a store.
     blobs: dict[str, memoryview] = field(default_factory=dict, repr=False, compare=False)
@@ -168,6 +197,10 @@ class Job:
             raise ValueError(f"attempts must be >= 1, got {self.attempts}")
         if self.attempts_left < 0:
             self.attempts_left = self.attempts
+        if self.lost_retries < 0:
+            raise ValueError(f"lost_retries must be >= 0, got {self.lost_retries}")
+        if self.lost_left < 0:
+            self.lost_left = self.lost_retries
         if self.max_parallel is not None and self.max_parallel < 1:
             raise ValueError(f"max_parallel must be >= 1 or None, got {self.max_parallel}")
         if not self.enqueued_at:
@@ -193,6 +226,11 @@ class Job:
 LARGE_FIELDS = ("payload", "result", "output")
 #: Job output kept per job: the last this many characters of what its last trial printed.
 OUTPUT_LIMIT = 64 * 1024
+
+#: Fields added after 0.1: a document written before may lack them, and then reads as the field's default.
+ADDED_FIELDS = frozenset({"output", "lost_retries", "lost_left", "lost_on", "key_id", "keep"})
+#: Lease fields added after 0.1: a lease written before lacks them (or, in SQLite, has them NULL).
+ADDED_LEASE_FIELDS = frozenset({"beat", "period"})
 
 # Fields a store copies to/from its rows; large fields and nested objects are handled apart.
 SCALAR_FIELDS = tuple(

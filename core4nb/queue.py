@@ -3,7 +3,7 @@
 The executor, the magics and the CLI are built on this; user code that wants
 fine control (priorities, trees by hand) can use it directly::
 
-    q = Queue("sqlite:///tmp/q.db")
+    q = Queue("sqlite://~/work/q.db")
     job_id = q.enqueue(count_primes, 1, 100_000, priority=5)
     q.result(job_id, timeout=60)
 """
@@ -11,32 +11,26 @@ fine control (priorities, trees by hand) can use it directly::
 from __future__ import annotations
 
 import logging
-import os
 import time
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from core4nb import serialize
 from core4nb.errors import ConfigError, JobFailed, RemoteError, StoreUnavailable
-from core4nb.job import FINAL_STATES, Job, State, new_job_id
+from core4nb.job import FINAL_STATES, Job, State, new_job_id, safe_text
 from core4nb.store import Store, open_store, redact_url
 from core4nb.store import default_url as env_url
 from core4nb.store.outage import Outage
+from core4nb.store.paths import home
 
 log = logging.getLogger("core4nb.queue")
 
 #: Options a job accepts besides its own arguments, with core4os's meanings.
-JOB_OPTIONS = ("priority", "max_parallel", "attempts", "defer_time", "defer_max", "error_time", "wall_time", "keep")
-HOME_ENV = "CORE4NB_HOME"
+JOB_OPTIONS = ("priority", "max_parallel", "attempts", "defer_time", "defer_max", "error_time", "wall_time",
+               "lost_retries", "keep")
 #: Seconds of continuous store outage :meth:`Queue.wait` rides out before it gives up.
 STORE_PATIENCE = 60.0
-
-
-def home() -> Path:
-    """Where the embedded default keeps its queue file."""
-    return Path(os.environ.get(HOME_ENV) or Path.home() / ".core4nb").expanduser()
 
 
 def default_url() -> str:
@@ -71,11 +65,13 @@ def make_job(fn: Callable, args: tuple = (), kwargs: dict | None = None, *, name
     merged = dict(fn.job_options()) if hasattr(fn, "job_options") else {}
     merged.update({k: v for k, v in options.items() if v is not None})
     job_id = job_id or new_job_id()
+    key = serialize.load_key() if key is None else key
     packed = serialize.dumps_call(fn, args, kwargs, key=key, job_id=job_id, memo=memo)
     tree = {"parent_id": parent.id, "root_id": parent.root_id} if parent else {}
     try:
         return Job(name=name or describe(fn), id=job_id, payload=packed.frame, blobs=packed.blobs,
-                   args_summary=serialize.summarize_args(args, kwargs), **tree, **merged)
+                   args_summary=safe_text(serialize.summarize_args(args, kwargs)), key_id=serialize.key_id(key),
+                   **tree, **merged)
     except ValueError as exc:
         raise ConfigError(f"bad job option: {exc}") from None
 
@@ -214,7 +210,7 @@ class Queue:
             raise JobFailed(f"job {job_id} is {old.state}; only a finished job can be restarted (kill it first)")
         keep = {f: getattr(old, f) for f in ("name", "args_summary", "priority", "max_parallel",
                                              "attempts", "defer_time", "defer_max", "error_time", "wall_time",
-                                             "keep")}
+                                             "lost_retries", "key_id", "keep")}
         tree = {"parent_id": old.parent_id, "root_id": old.root_id} if old.parent_id else {}
         new_id = new_job_id()  # the payload is signed for its job: sign the same call for the new one
         payload = serialize.rebind(old.payload, job_id=new_id, what=f"payload of job {old.id}")

@@ -8,7 +8,7 @@ import time
 
 from core4nb.job import Job, State
 from core4nb.queue import Queue
-from core4nb.store import redact_url
+from core4nb.store import WorkerInfo, redact_url
 
 
 def status_text(queue: Queue) -> str:
@@ -26,16 +26,30 @@ def status_text(queue: Queue) -> str:
     usage = queue.store.usage(retention)
     kept = "kept for ever" if math.isinf(retention) else f"kept {retention / 86400:g} days"
     lines.append(f"store  {usage.size / 2**20:.1f} MB; {usage.finished_trees} finished tree(s) waiting ({kept})")
+    waiting = queue.store.waiting_key_ids()
+    for node in keyless_nodes(nodes, waiting):
+        lines.append(f"warning: node {node.name} (key id {node.key_id}) can claim none of the waiting jobs (key "
+                     f"ids {', '.join(sorted(waiting))}): give it the notebook's key ($CORE4NB_KEY or the key file)")
     return "\n".join(lines)
 
 
+def keyless_nodes(nodes: list[WorkerInfo], waiting: set[str]) -> list[WorkerInfo]:
+    """The nodes whose key id matches no waiting job (while jobs wait that no node of theirs can claim)."""
+    if not waiting or "" in waiting:  # nothing waits, or some job any node may claim
+        return []
+    return [node for node in nodes if node.key_id not in waiting]
+
+
 def status_json(queue: Queue) -> str:
+    nodes = queue.store.workers()
+    wrong_key = [n.name for n in keyless_nodes(nodes, queue.store.waiting_key_ids())]
     retention = queue.store.retention()
     usage = queue.store.usage(retention)
     store = {"size": usage.size, "finished_trees": usage.finished_trees,
              "retention_s": None if math.isinf(retention) else retention}
     return json.dumps({"url": redact_url(queue.url), "counts": {str(k): v for k, v in queue.counts().items()},
-                       "nodes": [vars(n) for n in queue.store.workers()], "store": store}, indent=2)
+                       "nodes": [vars(n) for n in nodes], "nodes_with_no_waiting_job_of_their_key": wrong_key,
+                       "store": store}, indent=2)
 
 
 def jobs_text(jobs: list[Job]) -> str:

@@ -93,12 +93,19 @@ def key_file_path() -> Path:
     return Path(os.environ.get(KEY_FILE_ENV) or DEFAULT_KEY_FILE).expanduser()
 
 
-def load_key() -> bytes:
-    """The cluster key: ``CORE4NB_KEY``, else the key file (created 0600 on first use)."""
+def load_key(*, create: bool = True) -> bytes:
+    """The cluster key: ``CORE4NB_KEY``, else the key file (created 0600 on first use, unless not ``create``:
+    a worker of a shared queue must use the notebook's key, never a new one of its own)."""
     env_key = os.environ.get(KEY_ENV)
     if env_key:
-        return env_key.encode()
+        return _long_enough(env_key, f"${KEY_ENV}").encode()
     path = key_file_path()
+    if path.is_symlink() and not path.exists():
+        raise KeyFileError(f"key file {path} is a symbolic link to {os.readlink(path)}, which does not exist: "
+                           f"fix the link, or remove it (a new key is then made), or set {KEY_ENV}")
+    if not path.exists() and not create:
+        raise KeyFileError(f"no cluster key: {KEY_ENV} is unset and key file {path} does not exist; copy the "
+                           f"notebook machine's key file there (chmod 600) or set {KEY_ENV}")
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
@@ -117,7 +124,24 @@ def load_key() -> bytes:
     key = path.read_text().strip()
     if not key:
         raise KeyFileError(f"key file {path} is empty: delete it to make a new one, or set {KEY_ENV}")
-    return key.encode()
+    return _long_enough(key, f"key file {path}").encode()
+
+
+#: A shorter cluster key could be guessed, and whoever has it runs code on every worker.
+MIN_KEY_LENGTH = 16
+
+
+def _long_enough(key: str, where: str) -> str:
+    if len(key) < MIN_KEY_LENGTH:
+        raise KeyFileError(f"the cluster key in {where} has {len(key)} characters, fewer than {MIN_KEY_LENGTH}: "
+                           "use a long random one, e.g. python -c 'import secrets; print(secrets.token_hex(32))'")
+    return key
+
+
+def key_id(key: bytes) -> str:
+    """The key's public name: a fingerprint that tells keys apart without revealing them. Jobs carry it;
+    a node claims only jobs of its own key id."""
+    return hashlib.sha256(b"core4nb key id\0" + key).hexdigest()[:16]
 
 
 _shared = weakref.WeakSet()  # the memos of live share() handles

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
+from core4nb.job import DEFAULT_LOST_RETRIES
 from core4nb.queue import JOB_OPTIONS
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class Core4Job:
         defer_max: seconds of deferring after which the job becomes inactive.
         error_time: seconds between a failed attempt and the next.
         wall_time: seconds a trial may run before it is stopped (a failed attempt).
+        lost_retries: reruns after the node running the job died (apart from ``attempts``).
     """
 
     priority: ClassVar[int] = 0
@@ -47,6 +49,7 @@ class Core4Job:
     error_time: ClassVar[float] = 1.0
     wall_time: ClassVar[float | None] = None
     keep: ClassVar[bool] = False
+    lost_retries: ClassVar[int] = DEFAULT_LOST_RETRIES
 
     def __init__(self, context: JobContext) -> None:
         self.context = context

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from core4nb.serialize import load_key
 from tests.servers import WireServer
 
 REAL_MONGO_URL = os.environ.get("CORE4NB_TEST_MONGO_URL")
@@ -28,6 +29,7 @@ def _isolated_key(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("CORE4NB_KEY_FILE", str(tmp_path_factory.mktemp("key") / "key"))
     # MongoDB queues read blobs through a per-machine cache: the tests' own, never ~/.cache.
     monkeypatch.setenv("CORE4NB_BLOB_CACHE", str(tmp_path_factory.mktemp("blob-cache")))
+    load_key()  # made now: a MongoDB queue's worker started before the first enqueue never makes one itself
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import threading
+import time
 
 from core4nb.context import current_job
 from tests import jobfuncs
@@ -36,3 +39,37 @@ class Trap:
 
 def make_trap(path: str) -> Trap:
     return Trap(path)
+
+
+def kill_my_node(trials_path: str, times: int = 1_000_000) -> str:
+    """SIGKILL the worker node running this job on its first ``times`` trials (counted in
+    ``trials_path``), as a job that exhausts a machine would; afterwards return the worker's name."""
+    with open(trials_path, "a") as handle:
+        handle.write("x")
+    with open(trials_path) as handle:
+        trial = len(handle.read())
+    lease = current_job().job.lease
+    if trial <= times:
+        os.kill(lease.pid, signal.SIGKILL)
+        time.sleep(30)  # dies with the node
+    return lease.worker
+
+
+def print_undecodable() -> int:
+    """Print a file name that is not UTF-8, as ``os.listdir`` returns it (a lone surrogate)."""
+    print("listing", os.fsdecode(b"x\xff.txt"))
+    return 1
+
+
+def progress_then(value: object, message: object, seconds: float = 0.0) -> int:
+    current_job().progress(value, message)
+    time.sleep(seconds)  # long enough for the node to write the progress
+    return 2
+
+
+def raise_undecodable(size: int = 0) -> None:
+    raise ValueError("cannot open " + os.fsdecode(b"x\xff.txt") + "!" * size)
+
+
+def big_result(size: int) -> bytes:
+    return os.urandom(size)

@@ -14,8 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def start_node(url: str, name: str, *, processes: int = 2, lease: float = 30.0, burst: bool = False,
-               extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "core4nb", "worker", url, "--processes", str(processes), "--name", name,
+               extra: tuple[str, ...] = (), env: dict[str, str] | None = None,
+               module: str = "core4nb") -> subprocess.Popen:
+    """``module``: ``tests.othermachine`` runs the node as if on another machine (see there)."""
+    cmd = [sys.executable, "-m", module, "worker", url, "--processes", str(processes), "--name", name,
            "--lease", str(lease), "--log-level", "DEBUG", *extra]
     if burst:
         cmd.append("--burst")
@@ -30,7 +32,7 @@ def start_node(url: str, name: str, *, processes: int = 2, lease: float = 30.0, 
 
 
 def node_log(proc: subprocess.Popen) -> str:
-    return Path(proc.log_path).read_text()
+    return Path(proc.log_path).read_text(errors="backslashreplace")  # a job may print undecodable bytes
 
 
 def stop_node(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30.0) -> str:

@@ -175,7 +175,7 @@ def test_paused_node_cannot_overwrite_the_rescuers_result(queue, tmp_path):
             if node is not None:
                 stop_node(node)
     job = queue.store.get(job_id)
-    assert (job.state, job.trial, job.attempts_left) == (State.COMPLETE, 2, 1)
+    assert (job.state, job.trial, job.attempts_left, job.lost_left) == (State.COMPLETE, 2, 2, 2)
     assert f"job {job_id}: lease no longer held, its complete outcome is discarded" in paused_log
     # At least once: both ran it to the end; exactly one outcome was recorded, the rescuer's.
     assert sorted(worker for _, worker, *_ in jobfuncs.read_records(log)) == ["paused", "rescuer"]

@@ -91,7 +91,8 @@ def test_insert_get_round_trips_every_field(store: Store) -> None:
         progress_message="half way", enqueued_at=100.5, started_at=101.5, finished_at=103.5, deferred_since=102.5,
         runtime=1.25, result=b"\x80result\x00",
         error=JobError("ValueError", "bad value", "Traceback (most recent call last): ...", exit_code=3),
-        kill_requested=True, restarted_from="s" * 24, output="printed\nand warned\n", keep=True,
+        kill_requested=True, restarted_from="s" * 24, output="printed\nand warned\n", lost_retries=5, lost_left=4,
+        lost_on="worker w0 on node-0", key_id="0123456789abcdef", keep=True,
     )
     default = Job(name="x")
     # Guard: every field differs from its default, so the round trip really covers every field.
@@ -239,6 +240,21 @@ def test_claim_skips_final_running_and_kill_requested_jobs(store: Store) -> None
     store.insert([make(state=s) for s in (State.COMPLETE, State.ERROR, State.INACTIVE, State.KILLED)])
     store.insert([running(), make(kill_requested=True), make(state=State.FAILED, kill_requested=True)])
     assert store.claim(CLAIMANT) is None
+
+
+def test_claim_takes_only_jobs_of_the_claimants_key_id(store: Store) -> None:
+    """A node claims jobs signed with its key (by key id) or carrying no key id (written before key ids)."""
+    ours, theirs = "a" * 16, "b" * 16
+    mine, other, unknown = make(key_id=ours), make(key_id=theirs), make()
+    store.insert([mine, other, unknown])
+    keyed = dataclasses.replace(CLAIMANT, key_id=ours)
+    assert store.waiting_key_ids() == {ours, theirs, ""}
+    assert [store.claim(keyed).id, store.claim(keyed).id, store.claim(keyed)] == [mine.id, unknown.id, None]
+    waiting = store.has_waiting(key_id=ours), store.has_waiting(key_id=theirs), store.has_waiting()
+    assert waiting == (False, True, True)
+    assert not store.has_waiting(key_id=theirs, exclude=[other.id])
+    assert store.claim(CLAIMANT).id == other.id  # a claimant without a key id takes any job
+    assert store.waiting_key_ids() == set()
 
 
 def test_has_waiting_counts_what_a_claim_could_take_now_or_later(store: Store) -> None:
@@ -421,7 +437,7 @@ def test_reap_expired_lease_fails_job_with_worker_lost(store: Store) -> None:
     assert (reaped.id, reaped.state, reaped.attempts_left, reaped.lease, reaped.error) == (
         job.id, got.state, got.attempts_left, None, got.error)
     assert got.state is State.FAILED
-    assert got.attempts_left == 2
+    assert (got.attempts_left, got.lost_left, got.lost_on) == (3, 2, "worker w1 on node-a")  # attempts untouched
     assert got.lease is None
     assert got.finished_at is None
     assert got.error.type == "WorkerLost"
@@ -434,16 +450,16 @@ def test_reap_expired_lease_fails_job_with_worker_lost(store: Store) -> None:
     assert store.reap() == []
 
 
-def test_reap_without_attempts_left_errors_job(store: Store) -> None:
-    store.insert([make(attempts=1)])
+def test_reap_without_lost_retries_left_errors_job(store: Store) -> None:
+    store.insert([make(attempts=1, lost_retries=0)])
     job = store.claim(CLAIMANT, lease_seconds=0.2)
     time.sleep(0.3)
     before = time.time()
     [reaped] = store.reap()
     got = store.get(job.id)
     assert reaped.id == job.id
-    assert (got.state, got.attempts_left, got.lease) == (State.ERROR, 0, None)
-    assert got.error.type == "WorkerLost"
+    assert (got.state, got.attempts_left, got.lost_left, got.lease) == (State.ERROR, 1, 0, None)
+    assert got.error.type == "WorkerLost" and "poison job" in got.error.message
     assert within(got.finished_at, before, time.time())
 
 
@@ -453,7 +469,7 @@ def test_reaped_job_can_be_claimed_again(store: Store) -> None:
     time.sleep(0.3)
     assert [j.id for j in store.reap()] == [job.id]
     again = store.claim(CLAIMANT)
-    assert (again.id, again.trial, again.attempts_left) == (job.id, 2, 1)
+    assert (again.id, again.trial, again.attempts_left, again.lost_left) == (job.id, 2, 2, 2)
 
 
 def test_reap_leaves_live_leases_alone(store: Store) -> None:
@@ -465,6 +481,25 @@ def test_reap_leaves_live_leases_alone(store: Store) -> None:
     assert store.reap() == []
     assert store.get(live.id) == live
     assert store.get(short.id).state is State.RUNNING
+
+
+def test_heartbeats_count_and_a_silent_lease_is_reaped_whatever_the_clocks_say(store: Store) -> None:
+    """A reaper on another machine judges by heartbeat counts, not by ``lease_until`` (another clock)."""
+    store.insert([make(attempts=2), make(), make()])
+    live, silent, elsewhere = (store.claim(CLAIMANT, lease_seconds=0.2) for _ in range(3))
+    assert {i: (lease.token, lease.beat, lease.period) for i, lease in store.leases().items()} == {
+        job.id: (job.lease.token, 0, 0.2) for job in (live, silent, elsewhere)}
+    seen = store.leases()
+    assert store.heartbeat({live.id: live.lease.token}, lease_seconds=0.2) == set()
+    assert store.leases()[live.id].beat == 1
+    time.sleep(0.3)  # every lease expired on this clock; the reaper trusts that only for its own host
+    assert store.reap(host="another-host") == []
+    # The caller saw these counts unchanged for a lease period: `live` has beaten since, `silent` has not.
+    [reaped] = store.reap(host="another-host", silent={live.id: seen[live.id], silent.id: seen[silent.id]})
+    assert (reaped.id, reaped.state, reaped.lost_left, reaped.error.type) == (silent.id, State.FAILED, 2, "WorkerLost")
+    assert "its heartbeat count stood at 0 for over 0.2 s" in reaped.error.message
+    assert [j.id for j in store.reap(host=CLAIMANT.node)] == [live.id, elsewhere.id]  # its own host's clock
+    assert store.leases() == {}
 
 
 def test_concurrent_reapers_reap_each_job_once(store: Store, queue_url: str) -> None:
@@ -486,7 +521,7 @@ def test_concurrent_reapers_reap_each_job_once(store: Store, queue_url: str) -> 
         s.close()
     reaped = [job_id for ids in results for job_id in ids]
     assert sorted(reaped) == sorted(j.id for j in claimed)
-    assert {store.get(j.id).attempts_left for j in claimed} == {1}
+    assert {(store.get(j.id).attempts_left, store.get(j.id).lost_left) for j in claimed} == {(2, 2)}
 
 
 # -- kill / remove ---------------------------------------------------------------------------------

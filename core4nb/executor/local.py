@@ -79,12 +79,10 @@ class LocalWorkers:
         self.name = node_name()
         self.quick_deaths = 0
         self._stopping = False
-        full_env = {**os.environ, "PYTHONPATH": worker_pythonpath(), **(env or {})}
-        # A URL with a password goes through the environment: argv is visible to every user in `ps`.
-        secret = redact_url(url) != url
-        if secret:
-            full_env[URL_ENV] = url
-        self._command = [sys.executable, "-m", "core4nb", "worker", *([] if secret else [url]),
+        # The URL goes through the environment: argv is visible to every user in `ps`, and a URL may hold
+        # a password or a token.
+        full_env = {**os.environ, "PYTHONPATH": worker_pythonpath(), **(env or {}), URL_ENV: url}
+        self._command = [sys.executable, "-m", "core4nb", "worker",
                          "--processes", str(processes), "--name", self.name, "--watch-pid", str(os.getpid()),
                          "--grace", str(GRACE), "--log-level", "ERROR"]
         self._env = full_env

@@ -19,7 +19,8 @@ __all__ = ["DEFAULT_LEASE_SECONDS", "URL_ENV", "Claimant", "Store", "WorkerInfo"
 def open_store(url: str) -> Store:
     """Open the store a URL names.
 
-    ``sqlite://PATH`` (``sqlite:///tmp/q.db`` is the absolute path ``/tmp/q.db``)
+    ``sqlite://PATH`` (``sqlite:///home/me/q.db`` is the absolute path ``/home/me/q.db``, ``sqlite://~/q.db``
+    one in the home directory)
     or ``mongodb://[user:pass@]host[:port]/DATABASE[?collection_prefix=sys.]``.
 
     Raises:

@@ -16,8 +16,9 @@ the field, without handing it to anyone.
 from __future__ import annotations
 
 import abc
+import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,7 @@ class WorkerInfo:
     started_at: float = field(default_factory=time.time)
     running: list[str] = field(default_factory=list)
     state: str = "running"  # running | draining | stopped
+    key_id: str = ""  # of the node's cluster key: it claims only jobs signed with it
 
 
 @dataclass
@@ -80,27 +82,52 @@ class StoreUsage:
 
 @dataclass
 class Claimant:
-    """Who asks for a job: the worker node's name, host and process id."""
+    """Who asks for a job: the worker node's name, host and process id, and the key id of its
+    cluster key (a claim takes only jobs of that key id, or of none; None: any job)."""
 
     worker: str
     node: str
     pid: int
+    key_id: str | None = None
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password replaced, safe to print in errors and status.
+#: URL options whose values are safe to show; every other option's value is shown as ``***`` (tokens,
+#: key file passwords and whatever else a driver may take in the URL).
+SHOWN_OPTIONS = frozenset(name.lower() for name in (
+    "collection_prefix", "serverSelectionTimeoutMS", "connectTimeoutMS", "socketTimeoutMS", "tls", "ssl",
+    "replicaSet", "authSource", "authMechanism", "directConnection", "retryWrites", "readPreference", "w",
+    "appName"))
 
-    The user info ends at the *last* ``@``: a password with a raw ``/`` or ``@``
-    (invalid, but typed by people) must not leak through a narrower pattern.
-    Over-redacting a URL that merely has an ``@`` in its options is harmless.
-    """
+
+def _split_url(url: str) -> tuple[str, str, str, list[str]]:
+    """(scheme with ``://``, user info, hosts and path, options) of a URL. The user info ends at the *last*
+    ``@``: a password with a raw ``/`` or ``@`` (invalid, but typed by people) must not leak through a
+    narrower pattern; over-redacting a URL that merely has an ``@`` in its options is harmless."""
     scheme, sep, rest = url.partition("://")
     if not sep:  # no scheme: the whole text may be "user:pass@host"
         scheme, rest = "", url
     userinfo, at, hosts = rest.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{hosts}"
+    head, _, query = hosts.partition("?")
+    return scheme + sep, userinfo + at, head, [item for item in re.split("[&;]", query) if item]
+
+
+def url_secrets(url: str) -> list[str]:
+    """The password and the values of options not in :data:`SHOWN_OPTIONS`: what must never be printed."""
+    _, userinfo, _, options = _split_url(url)
+    found = [userinfo[:-1].partition(":")[2]] + [value for key, _, value in (o.partition("=") for o in options)
+                                                 if key.lower() not in SHOWN_OPTIONS]
+    return [secret for secret in found if secret]
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password and every option value not in :data:`SHOWN_OPTIONS` replaced by ``***``:
+    safe to print in errors, logs and status."""
+    scheme, userinfo, head, options = _split_url(url)
+    if ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***@"
+    shown = [o if o.partition("=")[0].lower() in SHOWN_OPTIONS or "=" not in o else o.partition("=")[0] + "=***"
+             for o in options]
+    return f"{scheme}{userinfo}{head}" + ("?" + "&".join(shown) if shown else "")
 
 
 class Store(abc.ABC):
@@ -139,10 +166,15 @@ class Store(abc.ABC):
         children, or in the whole queue when neither is given."""
 
     @abc.abstractmethod
-    def has_waiting(self) -> bool:
+    def has_waiting(self, *, key_id: str | None = None, exclude: Iterable[str] = ()) -> bool:
         """Whether a claim could take some job now or once its ``query_at`` passes: a job in a
         claimable state, without a kill request, whose ``query_at`` is a number (what a burst
-        node waits for; a malformed document no claim can match is not waited for)."""
+        node waits for; a malformed document no claim can match is not waited for); with
+        ``key_id``, one a claimant of that key id could take; never one of ``exclude``."""
+
+    @abc.abstractmethod
+    def waiting_key_ids(self) -> set[str]:
+        """The key ids of the jobs in a claimable state ("" for jobs that carry none)."""
 
     @abc.abstractmethod
     def claim(self, claimant: Claimant, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Job | None:
@@ -186,9 +218,18 @@ class Store(abc.ABC):
         """Record a running job's progress (0..1 or None) and message."""
 
     @abc.abstractmethod
-    def reap(self) -> list[Job]:
-        """Turn running jobs whose lease expired into failed (an attempt spent, a
-        ``WorkerLost`` error) or error when no attempts are left; return them."""
+    def leases(self) -> dict[str, Lease]:
+        """The lease of every running job, by job id (what a reaper watches)."""
+
+    @abc.abstractmethod
+    def reap(self, *, host: str | None = None, silent: Mapping[str, Lease] | None = None) -> list[Job]:
+        """Turn running jobs whose holder is gone into failed (a ``WorkerLost`` error; one of the job's
+        ``lost_retries`` spent, never an attempt) or error when none is left; return them.
+
+        Gone: a job of ``silent`` still running under that lease's token and heartbeat count (the
+        caller saw it unchanged for longer than its period, on its own clock); or a lease whose
+        ``until`` passed on this machine's clock, taken only from holders on ``host`` (the same
+        clock; None: any holder)."""
 
     @abc.abstractmethod
     def request_kill(self, job_id: str, *, tree: bool = True) -> int:
@@ -283,10 +324,37 @@ def not_found(job_id: str, url: str, pruned: tuple[float, float | None] | None) 
     done = f", {(pruned[0] - pruned[1]) / 86400:.1f} days after it finished" if pruned[1] else ""
     return JobNotFound(f"job {job_id} was pruned from queue {redact_url(url)} on {when}{done}: finished trees are "
                        "kept for the queue's retention (`core4nb retention`); pin one with keep=True")
+_WORKER_TYPES: dict[str, Any] = {"name": str, "host": str, "pid": int, "slots": int, "heartbeat": (int, float),
+                                 "started_at": (int, float), "running": list, "state": str, "key_id": str}
+_WORKER_REQUIRED = ("name", "host", "pid", "slots")
+
+
+def decode_worker(data: Any, name: Any) -> WorkerInfo:
+    """A ``sys.worker`` document as a :class:`WorkerInfo`; one written by something else (a missing or
+    mistyped field, not an object) becomes a placeholder whose state says ``malformed: …``, so that
+    ``status`` and an executor's slot count never fail on it (a placeholder never counts as running)."""
+    problem = None
+    if not isinstance(data, Mapping):
+        problem = f"the document is {type(data).__name__}, not an object"
+    else:
+        for key in (*_WORKER_REQUIRED, *(k for k in _WORKER_TYPES if k in data)):
+            value = data.get(key)
+            if key not in data:
+                problem = f"field {key!r} is missing"
+            elif isinstance(value, bool) or not isinstance(value, _WORKER_TYPES[key]):
+                problem = f"field {key!r} is {type(value).__name__} {value!r:.40}"
+            if problem:
+                break
+        else:
+            if all(isinstance(job_id, str) for job_id in data.get("running", [])):
+                return WorkerInfo(**{k: data[k] for k in _WORKER_TYPES if k in data})
+            problem = "field 'running' is not a list of job ids"
+    return WorkerInfo(name=str(name), host="?", pid=0, slots=0, heartbeat=0.0, started_at=0.0,
+                      state=f"malformed: {problem}")
 
 
 def lease_for(claimant: Claimant, token: str, lease_seconds: float, now: float) -> Lease:
-    return Lease(claimant.worker, claimant.node, claimant.pid, token, now + lease_seconds)
+    return Lease(claimant.worker, claimant.node, claimant.pid, token, now + lease_seconds, 0, lease_seconds)
 
 
 def listed_job(data: dict[str, Any]) -> Job:
@@ -307,18 +375,34 @@ def count_states(pairs: Iterable[tuple[Any, int]]) -> dict[State, int]:
     return out
 
 
-def reap_outcome(job: Job, now: float) -> tuple[State, int, JobError]:
-    """What an expired lease does to a running job: its next state, attempts left and error."""
-    lease, left = job.lease, max(0, job.attempts_left - 1)
+def gone_because(job: Job, now: float, host: str | None, silent: Mapping[str, Lease]) -> str | None:
+    """Why a running job's holder counts as gone for :meth:`Store.reap` (None: it does not)."""
+    lease, seen = job.lease, silent.get(job.id)
+    if seen is not None and (seen.token, seen.beat) == (lease.token, lease.beat):
+        return f"its heartbeat count stood at {lease.beat} for over {lease.period:g} s"
+    if lease.until < now and (host is None or lease.node == host):
+        return f"its lease expired {now - lease.until:.1f} s ago"
+    return None
+
+
+def reap_outcome(job: Job, silence: str) -> tuple[State, dict[str, Any]]:
+    """What an expired lease does to a running job: its next state and the fields to set (error,
+    ``lost_left``, ``lost_on``). It spends the job's lost-node budget (``lost_retries``), never its attempts."""
+    lease = job.lease
+    died = f"worker {lease.worker} on {lease.node}"
+    lost_on = ", ".join(filter(None, [job.lost_on, died]))
+    left = max(0, job.lost_left - 1)
     if job.kill_requested:
         state, outcome = State.KILLED, "it had a kill request, so it is killed"
-    elif left > 0:
-        state, outcome = State.FAILED, f"retrying in {job.error_time:g} s ({left} attempt(s) left)"
+    elif job.lost_left > 0:
+        state, outcome = State.FAILED, (f"rerunning in {job.error_time:g} s ({left} of lost_retries="
+                                        f"{job.lost_retries} left; its attempts are untouched)")
     else:
-        state, outcome = State.ERROR, f"no attempts left of {job.attempts}"
-    error = JobError("WorkerLost", f"worker {lease.worker} on {lease.node} (pid {lease.pid}) stopped "
-                     f"heartbeating; lease expired {now - lease.until:.1f} s ago; {outcome}")
-    return state, left, error
+        state, outcome = State.ERROR, (f"every node it ran on died under it ({lost_on}): a job that killed every "
+                                       f"node it landed on is a poison job; fix it (memory, native crashes), or "
+                                       f"raise lost_retries={job.lost_retries}")
+    error = JobError("WorkerLost", f"{died} (pid {lease.pid}) stopped heartbeating ({silence}); {outcome}")
+    return state, {"error": error, "lost_left": left, "lost_on": lost_on}
 
 
 #: What ``finish`` may set besides the state: the job's scalars (not its identity), result, error.

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import secrets
 import socket
-import tempfile
 from pathlib import Path
+
+from core4nb.store import paths
+
+log = logging.getLogger("core4nb.store")
 
 ROLES = ("work", "done")
 
@@ -27,10 +31,31 @@ ROLES = ("work", "done")
 def bell_dir(queue: Path | str) -> Path:
     """The bells of one queue (a SQLite file's path, or a database's redacted URL): short (Unix
     socket paths are limited to ~107 bytes), private to this user, the same for every process
-    on this machine that opens the queue."""
+    of this user on this machine that opens the queue: under ``$XDG_RUNTIME_DIR``, else under
+    core4nb's home (``~/.core4nb``) -- never in a shared directory like /tmp, where another user
+    could make the directory first."""
     identity = str(queue.resolve()) if isinstance(queue, Path) else queue
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"core4nb-bells-{os.getuid()}" / digest
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    return (Path(runtime) / "core4nb-bells" if runtime else paths.home() / "bells") / digest
+
+
+def _is_trusted(directory: Path) -> bool:
+    """Bells live only in a directory this user owns and no one else may enter (and so does its parent)."""
+    return paths.is_private_dir(directory.parent) and paths.is_private_dir(directory)
+
+
+def listen(directory: Path, role: str, *, hears_everyone: bool = True) -> Bell | None:
+    """A bell in ``directory``, or None when that directory cannot be trusted or made (then listeners poll)."""
+    try:
+        paths.make_private_dirs(directory)
+        if _is_trusted(directory):
+            return Bell(directory, role, hears_everyone=hears_everyone)
+        log.warning("doorbell directory %s is not private to this user (owner or mode): polling the queue "
+                    "instead; remove it, or set XDG_RUNTIME_DIR to a private directory", directory)
+    except OSError as exc:  # e.g. a socket path over the ~107-byte limit: polling is all that is lost
+        log.debug("no doorbell in %s (%s): polling the queue instead", directory, exc)
+    return None
 
 
 class Bell:
@@ -48,7 +73,7 @@ class Bell:
         self.path = directory / f"{role}-{os.getpid()}-{secrets.token_hex(3)}.sock"
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         for attempt in range(3):  # the last listener's close() may remove the directory in between
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            paths.make_private_dirs(directory)
             try:
                 self._sock.bind(str(self.path))
                 break
@@ -88,19 +113,25 @@ class Bell:
 
 
 def ring(directory: Path, role: str) -> None:
-    """Wake every listener of ``role``; forget the sockets of processes that are gone."""
+    """Wake every listener of ``role``; forget the sockets of processes that are gone. Never raises: a
+    ring is a hint, and the write that rang is committed already."""
     try:
+        if not _is_trusted(directory):
+            return
         names = [n for n in os.listdir(directory) if n.startswith(role + "-")]
-    except FileNotFoundError:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.setblocking(False)
+            for name in names:
+                _send(sender, directory / name)
+    except OSError:
         return
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
-        sender.setblocking(False)
-        for name in names:
-            target = directory / name
-            try:
-                sender.sendto(b"!", str(target))
-            except (ConnectionRefusedError, FileNotFoundError):  # its process died without closing it
-                with contextlib.suppress(FileNotFoundError):
-                    target.unlink()
-            except (BlockingIOError, OSError):  # its buffer is full of unread rings: it is awake anyway
-                pass
+
+
+def _send(sender: socket.socket, target: Path) -> None:
+    try:
+        sender.sendto(b"!", str(target))
+    except (ConnectionRefusedError, FileNotFoundError):  # its process died without closing it
+        with contextlib.suppress(OSError):
+            target.unlink()
+    except OSError:  # its buffer is full of unread rings (it is awake anyway), or not a socket at all
+        pass

@@ -14,7 +14,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from core4nb.errors import MalformedJob
-from core4nb.job import LARGE_FIELDS, OPEN_STATES, SCALAR_FIELDS, Job, JobError, Lease, State
+from core4nb.job import (
+    ADDED_FIELDS,
+    ADDED_LEASE_FIELDS,
+    LARGE_FIELDS,
+    OPEN_STATES,
+    SCALAR_FIELDS,
+    Job,
+    JobError,
+    Lease,
+    State,
+)
 
 #: The name listings show for a document that cannot be read as a job.
 MALFORMED_NAME = "<malformed job>"
@@ -69,10 +79,6 @@ def _checked(cls: type, data: Mapping[str, Any], names: Any, prefix: str = "", l
     return out
 
 
-#: Fields added after 0.1 with the value a document written before them means.
-ADDED_LATER: dict[str, Any] = {"keep": False}
-
-
 def decode_job(data: Mapping[str, Any]) -> Job:
     """Build a job from a store's flat fields, checking every one first.
 
@@ -83,10 +89,11 @@ def decode_job(data: Mapping[str, Any]) -> Job:
     Raises:
         MalformedJob: naming the first field that is missing or of the wrong type.
     """
-    data = {**ADDED_LATER, **data}  # a document written before a field existed reads as its default
-    fields = _checked(Job, data, [*SCALAR_FIELDS, *(large for large in LARGE_FIELDS if large in data)])
+    # A field added after 0.1 that the document lacks takes its default (older versions never wrote it).
+    names = [name for name in SCALAR_FIELDS if name in data or name not in ADDED_FIELDS]
+    fields = _checked(Job, data, [*names, *(large for large in LARGE_FIELDS if large in data)])
     if data.get("lease_token") is not None:
-        fields["lease"] = Lease(**_checked(Lease, data, _TYPES[Lease], prefix="lease_", label="lease_"))
+        fields["lease"] = decode_lease(data)
     error = data.get("error")
     if error is not None:
         if not isinstance(error, Mapping) or set(error) - set(_TYPES[JobError]):
@@ -97,6 +104,12 @@ def decode_job(data: Mapping[str, Any]) -> Job:
         return Job(**fields)
     except ValueError as exc:  # right type, out of range; __post_init__'s messages start with the field's name
         raise MalformedJob(f"field {str(exc).split()[0]!r} is out of range: {exc}") from None
+
+
+def decode_lease(data: Mapping[str, Any]) -> Lease:
+    """The lease in a store's flat ``lease_*`` fields; raises MalformedJob naming a bad one."""
+    names = [n for n in _TYPES[Lease] if data.get(f"lease_{n}") is not None or n not in ADDED_LEASE_FIELDS]
+    return Lease(**_checked(Lease, data, names, prefix="lease_", label="lease_"))
 
 
 def placeholder_job(data: Mapping[str, Any], problem: str) -> Job:

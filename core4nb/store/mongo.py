@@ -23,16 +23,16 @@ import os
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from pymongo import ASCENDING, MongoClient, UpdateOne
+from pymongo import ASCENDING, MongoClient
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from core4nb.errors import BlobMissing, Core4Error, JobNotFound, MalformedJob, StoreUnavailable
-from core4nb.job import LARGE_FIELDS, SCALAR_FIELDS, Job, JobError, State, new_token
+from core4nb.job import LARGE_FIELDS, SCALAR_FIELDS, Job, JobError, Lease, State, new_token
 from core4nb.serialize import frame_digests
-from core4nb.store import base, bell
+from core4nb.store import base, bell, mongo_lease
 from core4nb.store import mongo_claim as claims
 from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, check_finish, lease_for, redact_url
 from core4nb.store.blobfiles import FileBlobs
@@ -46,7 +46,6 @@ MAX_SET_ASIDE = 16  # malformed documents one claim moves to error before it ans
 
 _OPEN = [*claims.CLAIMABLE, State.RUNNING]
 _NO_BLOBS = dict.fromkeys(LARGE_FIELDS, 0)  # listings leave the large fields out
-_WORKER_FIELDS = {f.name for f in dataclasses.fields(WorkerInfo)}
 
 
 def _error_doc(error: JobError | None) -> dict[str, Any] | None:
@@ -171,8 +170,8 @@ class MongoStore(MongoHousekeeping, Store):
             raise BlobMissing(f"{len(lost - set(blobs))} blob(s) the new jobs name are no longer in queue "
                               f"{redact_url(self.url)} (removed or swept; first {sorted(lost)[0]}); submit them anew")
 
-    def listen(self, role: str) -> bell.Bell:
-        return bell.Bell(self._bells, role, hears_everyone=False)  # other machines' writes do not ring
+    def listen(self, role: str) -> bell.Bell | None:
+        return bell.listen(self._bells, role, hears_everyone=False)  # other machines' writes do not ring
 
     @guarded
     def get(self, job_id: str, *, blobs: bool = True) -> Job:
@@ -202,10 +201,17 @@ class MongoStore(MongoHousekeeping, Store):
         return base.count_states((row["_id"], row["n"]) for row in rows)
 
     @guarded
-    def has_waiting(self) -> bool:
+    def has_waiting(self, *, key_id: str | None = None, exclude: Iterable[str] = ()) -> bool:
         # $gte 0 matches numbers only (type bracketing): a string or missing query_at is never claimable.
-        query = {"state": {"$in": claims.CLAIMABLE}, "kill_requested": False, "query_at": {"$gte": 0}}
+        query = {"state": {"$in": claims.CLAIMABLE}, "kill_requested": False, "query_at": {"$gte": 0},
+                 "_id": {"$nin": list(exclude)}, **claims.key_filter(key_id)}
         return self._col("queue").find_one(query, {"_id": 1}) is not None
+
+    @guarded
+    def waiting_key_ids(self) -> set[str]:
+        # $group, not distinct(): nx ignores distinct's filter.
+        pipeline = [{"$match": {"state": {"$in": claims.CLAIMABLE}}}, {"$group": {"_id": "$key_id"}}]
+        return {row["_id"] or "" for row in self._col("queue").aggregate(pipeline)}
 
     @guarded
     def claim(self, claimant: Claimant, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Job | None:
@@ -216,7 +222,8 @@ class MongoStore(MongoHousekeeping, Store):
         the job, instead of leaving it running under a lease nobody holds until it expires.
         """
         queue = self._col("queue")
-        if self._idle and queue.find_one(claims.ready_filter(claims.epoch(time.time())), {"_id": 1}) is None:
+        if self._idle and queue.find_one(claims.ready_filter(claims.epoch(time.time()), claimant.key_id),
+                                         {"_id": 1}) is None:
             return None  # an idle node's poll: one read, no write (an empty claim is two round trips)
         lost = getattr(self._in_flight, "token", None)
         if lost is not None:
@@ -229,7 +236,8 @@ class MongoStore(MongoHousekeeping, Store):
             lease = lease_for(claimant, token, lease_seconds, now)
             lease.until = claims.epoch(lease.until)
             self._in_flight.token = token  # until the job is decoded: its payload download may fail too
-            doc = claims.claim_document(queue, claims.ready_filter(now), claims.claim_update(lease, now), token)
+            ready, update = claims.ready_filter(now, claimant.key_id), claims.claim_update(lease, now)
+            doc = claims.claim_document(queue, ready, update, token)
             self._idle = doc is None
             if doc is None:
                 self._in_flight.token = None
@@ -279,16 +287,7 @@ class MongoStore(MongoHousekeeping, Store):
 
     @guarded
     def heartbeat(self, leases: dict[str, str], *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> set[str]:
-        if not leases:
-            return set()
-        queue, until = self._col("queue"), claims.epoch(time.time() + lease_seconds)
-        ops = [UpdateOne({"_id": job_id, "state": State.RUNNING, "lease_token": token},
-                         {"$set": {"lease_until": until}}) for job_id, token in leases.items()]
-        if queue.bulk_write(ops, ordered=False).matched_count == len(ops):
-            return set()  # the common case: one round trip for all of a node's jobs
-        query = {"_id": {"$in": list(leases)}, "state": State.RUNNING}
-        alive = {d["_id"] for d in queue.find(query, {"lease_token": 1}) if d.get("lease_token") == leases[d["_id"]]}
-        return set(leases) - alive
+        return mongo_lease.heartbeat(self._col("queue"), leases, lease_seconds)
 
     @guarded
     def set_progress(self, job_id: str, token: str, value: float | None, message: str) -> bool:
@@ -297,25 +296,12 @@ class MongoStore(MongoHousekeeping, Store):
         return self._col("queue").update_one(query, {"$set": change}).matched_count == 1
 
     @guarded
-    def reap(self) -> list[Job]:
-        queue, now, reaped = self._col("queue"), claims.epoch(time.time()), []
-        for doc in queue.find({"state": State.RUNNING, "lease_until": {"$lt": now}}, _NO_BLOBS):
-            try:
-                job = self._job(doc, blobs=False)
-            except MalformedJob as exc:  # e.g. written as running by hand: no node will ever finish it
-                claims.set_aside(queue, doc["_id"], str(exc), {"state": State.RUNNING, "lease_until": {"$lt": now}})
-                continue
-            state, left, error = base.reap_outcome(job, now)
-            lease = job.lease
-            change = {"state": state, "attempts_left": left, "error": _error_doc(error), "holder": job.id,
-                      "query_at": claims.epoch(now + job.error_time) if state is State.FAILED else job.query_at,
-                      "finished_at": now if state.is_final else job.finished_at, **claims.NO_LEASE}
-            # Still expired under the same token and kill flag: a late heartbeat or a kill request wins.
-            query = {"_id": job.id, "state": State.RUNNING, "lease_token": lease.token,
-                     "lease_until": {"$lt": now}, "kill_requested": job.kill_requested}
-            if queue.update_one(query, {"$set": change}).matched_count:
-                reaped.append(self._job({**doc, **change}, blobs=False))
-        return reaped
+    def leases(self) -> dict[str, Lease]:
+        return mongo_lease.running_leases(self._col("queue"))
+
+    @guarded
+    def reap(self, *, host: str | None = None, silent: Mapping[str, Lease] | None = None) -> list[Job]:
+        return mongo_lease.reap(self._col("queue"), lambda doc: self._job(doc, blobs=False), host, dict(silent or {}))
 
     def _subtree(self, job_id: str, tree: bool) -> dict[str, Any]:
         """A filter selecting the job (and with ``tree`` its descendants)."""
@@ -330,11 +316,13 @@ class MongoStore(MongoHousekeeping, Store):
         children = defaultdict(list)  # one read of the tree's parent links, walked here
         for row in queue.find({"root_id": doc["root_id"]}, {"parent_id": 1}):
             children[row.get("parent_id")].append(row["_id"])
-        ids, stack = [], [job_id]
+        ids, stack = {job_id: None}, [job_id]  # each id once: a hand-edited cycle (its own parent) ends the walk
         while stack:
-            ids.append(stack.pop())
-            stack.extend(children[ids[-1]])
-        return {"_id": {"$in": ids}}
+            for child in children[stack.pop()]:
+                if child not in ids:
+                    ids[child] = None
+                    stack.append(child)
+        return {"_id": {"$in": list(ids)}}
 
     @guarded
     def request_kill(self, job_id: str, *, tree: bool = True) -> int:
@@ -376,8 +364,7 @@ class MongoStore(MongoHousekeeping, Store):
 
     @guarded
     def workers(self) -> list[WorkerInfo]:
-        return [WorkerInfo(**{k: v for k, v in doc.items() if k in _WORKER_FIELDS})
-                for doc in self._col("worker").find().sort("_id", ASCENDING)]
+        return [base.decode_worker(doc, doc.get("_id")) for doc in self._col("worker").find().sort("_id", ASCENDING)]
 
     @guarded
     def remove_worker(self, name: str) -> None:

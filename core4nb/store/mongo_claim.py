@@ -39,7 +39,8 @@ INDEXES = [IndexModel([("slot", ASCENDING), ("holder", ASCENDING)], unique=True,
            IndexModel([("state", ASCENDING), ("lease_until", ASCENDING)], name="lease"),
            IndexModel([("name", ASCENDING), ("state", ASCENDING)], name="name_state"),
            IndexModel("root_id", name="root_id"), IndexModel("parent_id", name="parent_id")]
-NO_LEASE = dict.fromkeys(("lease_worker", "lease_node", "lease_pid", "lease_token", "lease_until"))
+NO_LEASE = dict.fromkeys(("lease_worker", "lease_node", "lease_pid", "lease_token", "lease_until", "lease_beat",
+                          "lease_period"))
 _GONE, _SLOT_HELD = object(), object()
 
 
@@ -65,8 +66,13 @@ def doc_fields(doc: dict[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in doc.items() if k != "_id"}, "id": doc.get("_id")}
 
 
-def ready_filter(now: float) -> dict[str, Any]:
-    return {"state": {"$in": CLAIMABLE}, "query_at": {"$lte": now}, "kill_requested": False}
+def key_filter(key_id: str | None) -> dict[str, Any]:
+    """A claimant of key id K takes jobs of K or of none (null also matches documents written before key ids)."""
+    return {} if key_id is None else {"key_id": {"$in": [None, "", key_id]}}
+
+
+def ready_filter(now: float, key_id: str | None = None) -> dict[str, Any]:
+    return {"state": {"$in": CLAIMABLE}, "query_at": {"$lte": now}, "kill_requested": False, **key_filter(key_id)}
 
 
 def claim_document(queue: Collection, ready: dict, update: dict, token: str) -> dict | None:
@@ -99,6 +105,9 @@ def _claim_contended(queue: Collection, ready: dict, update: dict, token: str) -
         for cand in peek:
             tried.append(cand["_id"])
             name, limit = cand.get("name"), cand.get("max_parallel")
+            if not isinstance(name, str):  # written by hand (a list, a number): it must not break the walk
+                _set_aside_if_malformed(queue, cand)
+                continue
             if name in full:
                 continue
             slots = [cand.get("slot")]
@@ -136,19 +145,20 @@ def _take(queue: Collection, cand: dict, slot: Any, ready: dict, update: dict, t
     except OperationFailure as exc:
         if exc.code in AUTH_ERRORS:
             raise
-        _set_aside_refused(queue, cand, exc)
+        if not _set_aside_if_malformed(queue, cand):
+            raise  # the server's refusal, not the document's
     return _GONE
 
 
-def _set_aside_refused(queue: Collection, cand: dict, exc: OperationFailure) -> None:
-    """The server refused to claim this document: set it aside if decoding names a field that explains
-    why (a ``trial`` that ``$inc`` cannot add to); any other refusal is the server's, and raised."""
+def _set_aside_if_malformed(queue: Collection, cand: dict) -> bool:
+    """Set the candidate aside if decoding names a field that is wrong (a ``trial`` that ``$inc`` cannot
+    add to, a ``name`` that is not a string); False when it decodes (or was removed meanwhile)."""
     doc = queue.find_one({"_id": cand["_id"]}, {"payload": 0, "result": 0})
     if doc is None:  # removed meanwhile
-        return
+        return True
     try:
         decode_job(doc_fields(doc))
     except MalformedJob as malformed:
         set_aside(queue, cand["_id"], str(malformed), {"state": cand["state"]})
-        return
-    raise exc
+        return True
+    return False

@@ -11,7 +11,7 @@ from pymongo import uri_parser
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from core4nb.errors import ConfigError, StoreUnavailable
-from core4nb.store.base import redact_url
+from core4nb.store.base import redact_url, url_secrets
 from core4nb.store.mongo_claim import AUTH_ERRORS
 
 
@@ -29,9 +29,9 @@ def parse_url(url: str) -> tuple[str, str, str, dict[str, Any]]:
     try:
         parsed = uri_parser.parse_uri(driver_url)
     except (PyMongoError, ValueError) as exc:
-        userinfo = url.partition("://")[2].rpartition("@")[0]  # as redact_url reads it
-        password = userinfo.partition(":")[2]
-        reason = str(exc).replace(password, "***") if password else str(exc)
+        reason = str(exc)
+        for secret in url_secrets(url):  # a driver's message may quote the URL's password or options
+            reason = reason.replace(secret, "***")
         raise ConfigError(f"queue URL {redact_url(url)!r} is not a valid MongoDB URL ({reason}); "
                           "use mongodb://[user:pass@]host[:port]/DATABASE") from None
     if not parsed["database"]:

@@ -29,19 +29,19 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from core4nb.errors import BlobMissing, ConfigError, JobNotFound, MalformedJob, PayloadError, StoreUnavailable
-from core4nb.job import LARGE_FIELDS, SCALAR_FIELDS, Job, State
+from core4nb.job import LARGE_FIELDS, SCALAR_FIELDS, Job, Lease, State
 from core4nb.serialize import frame_digests
-from core4nb.store import base, bell
+from core4nb.store import base, bell, sqlite_file
 from core4nb.store import sqlite_sql as sql
 from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, check_finish, redact_url
 from core4nb.store.blobfiles import FileBlobs
-from core4nb.store.decode import decode_job
+from core4nb.store.decode import decode_job, decode_lease
 from core4nb.store.sqlite_keeping import SQLiteHousekeeping
 
 log = logging.getLogger("core4nb.store")
@@ -84,7 +84,7 @@ class SQLiteStore(SQLiteHousekeeping, Store):
             raise ConfigError(f"queue URL {redact_url(url)!r} does not name a file: use sqlite:///path/to/queue.db "
                               "(three slashes for an absolute path; worker processes must share the file)")
         self.path = Path(raw).expanduser()
-        self._check_path()
+        self.read_only = sqlite_file.check_path(self.path)
         self._bells = bell.bell_dir(self.path)
         self.blobs = FileBlobs(self.path.with_name(self.path.name + "-blobs"))
         self._pid = os.getpid()
@@ -92,10 +92,16 @@ class SQLiteStore(SQLiteHousekeeping, Store):
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._closed = False
-        with self._tx() as conn:  # every opener runs it: IF NOT EXISTS makes it idempotent, the lock serial
-            for statement in filter(str.strip, sql.SCHEMA.split(";")):
-                conn.execute(statement)
-            sql.add_missing_columns(conn)
+        with self._errors():
+            current = sqlite_file.schema_is_current(self._conn(), self.path)
+        if current:  # a read first: a reader never waits for another's write lock
+            return
+        if self.read_only:
+            raise StoreUnavailable(f"queue file {self.path} is read-only for this user and has no current core4nb "
+                                   "schema (empty, or written by an earlier version): open it once where it is "
+                                   "writable, to upgrade it")
+        with self._tx() as conn:  # IF NOT EXISTS makes it idempotent, the lock serial
+            sqlite_file.create_schema(conn)
         self._convert_to_incremental_vacuum()
 
     def _convert_to_incremental_vacuum(self) -> None:
@@ -108,19 +114,6 @@ class SQLiteStore(SQLiteHousekeeping, Store):
         except sqlite3.OperationalError as exc:  # busy: another process holds the lock; the next open tries again
             log.info("queue file %s not converted to incremental vacuum yet: %s", self.path, exc)
 
-    def _check_path(self) -> None:
-        path, fix = self.path, "point the queue URL at a writable file, e.g. sqlite:///tmp/core4nb/queue.db"
-        if path.is_dir():
-            raise ConfigError(f"queue path {path} is a directory, not a file; use e.g. sqlite://{path / 'queue.db'}")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            why = "a file is in the way" if isinstance(exc, FileExistsError | NotADirectoryError) else exc.strerror
-            raise StoreUnavailable(f"cannot create directory {path.parent} for the queue: {why}; {fix}") from None
-        # WAL needs to create <file>-wal and -shm next to the database, so the directory must be writable too.
-        if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.R_OK | os.W_OK)):
-            raise StoreUnavailable(f"queue file {path} (or its directory) is not writable by this user; {fix}")
-
     # -- connections -----------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
@@ -131,15 +124,9 @@ class SQLiteStore(SQLiteHousekeeping, Store):
         conn = getattr(self._local, "conn", None)
         if conn is None:
             with self._errors():
-                # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE) so we control locking.
-                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+                conn = sqlite_file.connect(self.path, BUSY_TIMEOUT, read_only=self.read_only)
                 conn.row_factory = sqlite3.Row
                 conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-                # Before any table exists (a new file): pages freed by prune go back to the disk.
-                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-                conn.execute("PRAGMA journal_mode = WAL")
-                # NORMAL is crash-safe in WAL (a dying process loses nothing); only power loss may lose last commits.
-                conn.execute("PRAGMA synchronous = NORMAL")
             self._local.conn = conn
             with self._lock:
                 self._conns.append(conn)
@@ -216,8 +203,8 @@ class SQLiteStore(SQLiteHousekeeping, Store):
                                           f"{redact_url(self.url)} no longer has (removed or swept); submit it anew")
                     self.blobs.put({name: blobs[name]})
 
-    def listen(self, role: str) -> bell.Bell:
-        return bell.Bell(self._bells, role)
+    def listen(self, role: str) -> bell.Bell | None:
+        return bell.listen(self._bells, role)
 
     def _not_found(self, job_id: str) -> JobNotFound:
         rows = self._read("SELECT pruned_at, finished_at FROM pruned WHERE root_id = ?", (job_id,))
@@ -242,9 +229,14 @@ class SQLiteStore(SQLiteHousekeeping, Store):
         where, params = sql.where(root_id=root_id, parent_id=parent_id)
         return base.count_states(self._read(f"SELECT state, COUNT(*) FROM queue WHERE {where} GROUP BY state", params))
 
-    def has_waiting(self) -> bool:
+    def has_waiting(self, *, key_id: str | None = None, exclude: Iterable[str] = ()) -> bool:
         return bool(self._read(f"SELECT 1 FROM queue WHERE state IN {sql.CLAIMABLE} AND kill_requested = 0 "
-                               "AND typeof(query_at) IN ('integer', 'real') LIMIT 1"))
+                               f"AND typeof(query_at) IN ('integer', 'real') AND {sql.KEY_MATCH.format(q='')} "
+                               "AND id NOT IN (SELECT value FROM json_each(:exclude)) LIMIT 1",
+                               {"key_id": key_id, "exclude": json.dumps(list(exclude))}))
+
+    def waiting_key_ids(self) -> set[str]:
+        return {row[0] for row in self._read(f"SELECT DISTINCT key_id FROM queue WHERE state IN {sql.CLAIMABLE}")}
 
     def claim(self, claimant: Claimant, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Job | None:
         for _ in range(MAX_SET_ASIDE):
@@ -310,9 +302,9 @@ class SQLiteStore(SQLiteHousekeeping, Store):
             return lost
         with self._tx() as conn:
             until = time.time() + lease_seconds
-            for job_id, token in leases.items():
-                cur = conn.execute("UPDATE queue SET lease_until = ? WHERE id = ? AND state = 'running' "
-                                   "AND lease_token = ?", (until, job_id, token))
+            for job_id, token in leases.items():  # the count tells other machines it lives, whatever their clocks
+                cur = conn.execute("UPDATE queue SET lease_until = ?, lease_beat = COALESCE(lease_beat, 0) + 1 "
+                                   "WHERE id = ? AND state = 'running' AND lease_token = ?", (until, job_id, token))
                 if cur.rowcount == 0:
                     lost.add(job_id)
         return lost
@@ -323,30 +315,20 @@ class SQLiteStore(SQLiteHousekeeping, Store):
                                "AND state = 'running' AND lease_token = ?", (value, message, job_id, token))
         return cur.rowcount == 1
 
-    def reap(self) -> list[Job]:
-        reaped = []
+    def leases(self) -> dict[str, Lease]:
+        out = {}
+        for row in self._read(sql.LEASES):
+            with suppress(MalformedJob):  # a hand-made running row: reap() sets it aside once it expires
+                out[row["id"]] = decode_lease(dict(zip(row.keys(), row, strict=True)))
+        return out
+
+    def reap(self, *, host: str | None = None, silent: Mapping[str, Lease] | None = None) -> list[Job]:
+        params = {"now": time.time(), "host": host, "ids": json.dumps(list(silent or ()))}
+        if not self._read(f"SELECT 1 {sql.GONE} LIMIT 1", params):  # nothing to reap: no write lock
+            return []
         with self._tx() as conn:
-            now = time.time()
-            expired = conn.execute(f"SELECT rowid AS _rowid, {sql.NO_BLOBS} FROM queue WHERE state = 'running' "
-                                   "AND lease_until < ?", (now,)).fetchall()
-            for row in expired:
-                try:
-                    job = decode_job(sql.fields(row))
-                except MalformedJob as exc:  # e.g. written as running by hand: no node will ever finish it
-                    sql.set_aside(conn, row["_rowid"], str(exc), now)
-                    continue
-                state, left, error = base.reap_outcome(job, now)
-                lease = job.lease
-                values = sql.columns({"state": state, "attempts_left": left, "error": error, "lease": None,
-                                   "query_at": now + job.error_time if state is State.FAILED else job.query_at,
-                                   "finished_at": now if state.is_final else job.finished_at})
-                assignments = ", ".join(f"{c} = :{c}" for c in values)
-                # Conditional on the token it was reaped under: belt and braces on top of the write lock.
-                rows = conn.execute(f"UPDATE queue SET {assignments} WHERE id = :_id AND state = 'running' AND "
-                                    f"lease_token = :_token RETURNING {sql.NO_BLOBS}",
-                                    {**values, "_id": job.id, "_token": lease.token}).fetchall()
-                reaped.extend(decode_job(sql.fields(row)) for row in rows)
-        return reaped
+            params["now"] = time.time()
+            return sql.reap_rows(conn, params, dict(silent or {}))
 
     def _subtree(self, job_id: str, tree: bool) -> tuple[str, list[Any]]:
         """A WHERE clause selecting the job (and with ``tree`` its descendants)."""
@@ -392,7 +374,14 @@ class SQLiteStore(SQLiteHousekeeping, Store):
                          (info.name, json.dumps(dataclasses.asdict(info))))
 
     def workers(self) -> list[WorkerInfo]:
-        return [WorkerInfo(**json.loads(row[0])) for row in self._read("SELECT doc FROM worker ORDER BY name")]
+        out = []
+        for name, doc in self._read("SELECT name, doc FROM worker ORDER BY name"):
+            try:
+                data = json.loads(doc)
+            except (TypeError, ValueError):
+                data = doc
+            out.append(base.decode_worker(data, name))
+        return out
 
     def remove_worker(self, name: str) -> None:
         with self._tx() as conn:

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any
 
-from core4nb.job import CLAIMABLE_STATES, LARGE_FIELDS, SCALAR_FIELDS, State, new_token
+from core4nb.errors import MalformedJob
+from core4nb.job import CLAIMABLE_STATES, DEFAULT_LOST_RETRIES, LARGE_FIELDS, SCALAR_FIELDS, Job, State, new_token
 from core4nb.serialize import frame_digests
-from core4nb.store.base import Claimant
-from core4nb.store.decode import set_aside_error
+from core4nb.store.base import Claimant, gone_because, reap_outcome
+from core4nb.store.decode import decode_job, set_aside_error
 
 COLUMNS = {  # Job fields, the lease flattened into lease_* columns, blobs apart, the error as JSON text
     "id": "TEXT PRIMARY KEY", "name": "TEXT NOT NULL", "payload": "BLOB", "args_summary": "TEXT NOT NULL",
@@ -26,29 +27,40 @@ COLUMNS = {  # Job fields, the lease flattened into lease_* columns, blobs apart
     "defer_time": "REAL NOT NULL", "defer_max": "REAL", "error_time": "REAL NOT NULL", "wall_time": "REAL",
     "state": "TEXT NOT NULL", "query_at": "REAL NOT NULL",
     "lease_worker": "TEXT", "lease_node": "TEXT", "lease_pid": "INTEGER", "lease_token": "TEXT", "lease_until": "REAL",
+    "lease_beat": "INTEGER", "lease_period": "REAL",  # added after 0.1, NULL in older rows (read as the defaults)
     "progress_value": "REAL", "progress_message": "TEXT NOT NULL", "enqueued_at": "REAL NOT NULL",
     "started_at": "REAL", "finished_at": "REAL", "deferred_since": "REAL", "runtime": "REAL",
     "result": "BLOB", "error": "TEXT", "kill_requested": "INTEGER NOT NULL DEFAULT 0", "restarted_from": "TEXT",
-    "output": "TEXT NOT NULL DEFAULT ''",  # added after 0.1: add_missing_columns() brings older files up to date
+    # Added after 0.1 (job.ADDED_FIELDS), each with a default: add_missing_columns() brings older files up to date.
+    "output": "TEXT NOT NULL DEFAULT ''", "lost_retries": f"INTEGER NOT NULL DEFAULT {DEFAULT_LOST_RETRIES}",
+    "lost_left": f"INTEGER NOT NULL DEFAULT {DEFAULT_LOST_RETRIES}", "lost_on": "TEXT NOT NULL DEFAULT ''",
+    "key_id": "TEXT NOT NULL DEFAULT ''", "keep": "INTEGER NOT NULL DEFAULT 0",
     # The blob digests the payload and the result name (space separated): what remove and sweep_blobs keep.
     "payload_refs": "TEXT NOT NULL DEFAULT ''", "result_refs": "TEXT NOT NULL DEFAULT ''",
-    "keep": "INTEGER NOT NULL DEFAULT 0",
 }
+#: Columns added after 0.1: every other one is in any core4nb queue file (else it is not one).
+ADDED_COLUMNS = frozenset({"output", "lost_retries", "lost_left", "lost_on", "key_id", "lease_beat", "lease_period",
+                           "keep", "payload_refs", "result_refs"})
 # A new Job field must get a column here, or jobs would silently lose it.
 assert set(SCALAR_FIELDS) <= set(COLUMNS), set(SCALAR_FIELDS) - set(COLUMNS)
 
-# queue_name (name, state) of earlier versions is dropped: nothing read it, and every state change paid for it.
+# queue_name (name, state) of earlier versions is dropped: nothing read it, and every state change paid for it;
+# queue_claim (without key_id) is replaced by queue_claim_key. Run after add_missing_columns (key_id may be new).
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS queue ({", ".join(f"{c} {t}" for c, t in COLUMNS.items())});
-CREATE INDEX IF NOT EXISTS queue_claim
-    ON queue (state, priority DESC, id, query_at, kill_requested, max_parallel, name);
+"""
+VERSION = 3  # PRAGMA user_version: 2 has key_id and lease_beat, and queue_claim_key; 3 blob refs, keep, retention
+INDEXES = f"""
+CREATE INDEX IF NOT EXISTS queue_claim_key
+    ON queue (state, priority DESC, id, query_at, kill_requested, key_id, max_parallel, name);
+DROP INDEX IF EXISTS queue_claim;
 CREATE INDEX IF NOT EXISTS queue_root ON queue (root_id, state);
 CREATE INDEX IF NOT EXISTS queue_parent ON queue (parent_id, state);
 DROP INDEX IF EXISTS queue_name;
 CREATE TABLE IF NOT EXISTS worker (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS setting (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS pruned (root_id TEXT PRIMARY KEY, pruned_at REAL NOT NULL, finished_at REAL);
-PRAGMA user_version = 1;
+PRAGMA user_version = {VERSION};
 """
 
 ALL = ", ".join(COLUMNS)
@@ -56,7 +68,11 @@ NO_BLOBS = ", ".join(c for c in COLUMNS if c not in LARGE_FIELDS)
 INSERT = f"INSERT INTO queue ({ALL}) VALUES ({', '.join(':' + c for c in COLUMNS)})"
 CLAIMABLE = "('pending', 'deferred', 'failed')"
 assert {State(s) for s in ("pending", "deferred", "failed")} == CLAIMABLE_STATES
-NO_LEASE = dict.fromkeys(("lease_worker", "lease_node", "lease_pid", "lease_token", "lease_until"))
+NO_LEASE = dict.fromkeys(("lease_worker", "lease_node", "lease_pid", "lease_token", "lease_until", "lease_beat",
+                          "lease_period"))
+
+# A claimant of key id K takes jobs of K or of none (written before key ids); a claimant without one (None), any.
+KEY_MATCH = "(:key_id IS NULL OR {q}key_id IN ('', :key_id))"
 
 # The best claimable job: priority, then FIFO, skipping names already at max_parallel. `busy` counts the
 # running jobs per name once per claim (few rows); a per-candidate COUNT(*) made every claim crawl past a long
@@ -65,19 +81,20 @@ NO_LEASE = dict.fromkeys(("lease_worker", "lease_node", "lease_pid", "lease_toke
 # would make 'abc' + 1 a valid 1), so that decoding the claimed row sees the malformed value and sets it aside.
 CLAIM = f"""
 UPDATE queue SET state = 'running', lease_worker = :worker, lease_node = :node, lease_pid = :pid,
-    lease_token = :token, lease_until = :until, started_at = :now,
+    lease_token = :token, lease_until = :until, lease_beat = 0, lease_period = :period, started_at = :now,
     trial = CASE WHEN typeof(trial) = 'integer' THEN trial + 1 ELSE trial END
 WHERE id = (
     WITH busy(name, n) AS MATERIALIZED (SELECT name, COUNT(*) FROM queue WHERE state = 'running' GROUP BY name)
     SELECT q.id FROM queue AS q
-    WHERE q.state IN {CLAIMABLE} AND q.query_at <= :now AND q.kill_requested = 0
+    WHERE q.state IN {CLAIMABLE} AND q.query_at <= :now AND q.kill_requested = 0 AND {KEY_MATCH.format(q="q.")}
       AND (q.max_parallel IS NULL OR q.max_parallel > COALESCE((SELECT n FROM busy WHERE busy.name = q.name), 0))
     ORDER BY q.priority DESC, q.id ASC LIMIT 1)
 RETURNING rowid AS _rowid, {ALL}
 """
 
 # A claim's cheap first look (a read: WAL readers never wait for the writer). Nothing due: no claim transaction.
-ANY_DUE = f"SELECT 1 FROM queue WHERE state IN {CLAIMABLE} AND query_at <= :now AND kill_requested = 0 LIMIT 1"
+ANY_DUE = (f"SELECT 1 FROM queue WHERE state IN {CLAIMABLE} AND query_at <= :now AND kill_requested = 0 "
+           f"AND {KEY_MATCH.format(q='')} LIMIT 1")
 
 
 def add_missing_columns(conn: sqlite3.Connection) -> None:
@@ -93,13 +110,45 @@ def claim_params(claimant: Claimant, lease_seconds: float) -> dict[str, Any]:
     """The parameters of :data:`CLAIM`: a fresh lease for ``claimant`` from now."""
     now = time.time()
     return {"worker": claimant.worker, "node": claimant.node, "pid": claimant.pid, "token": new_token(),
-            "until": now + lease_seconds, "now": now}
+            "until": now + lease_seconds, "period": lease_seconds, "now": now, "key_id": claimant.key_id}
 
 
 def claim_rows(conn: sqlite3.Connection, params: dict[str, Any]) -> list[sqlite3.Row]:
     """Run :data:`CLAIM` inside the caller's write transaction: the claimed row, or none."""
     # RETURNING: fetch every row before COMMIT, or the statement is still "in progress".
     return conn.execute(CLAIM, params).fetchall()
+
+
+LEASES = ("SELECT id, lease_worker, lease_node, lease_pid, lease_token, lease_until, lease_beat, lease_period "
+          "FROM queue WHERE state = 'running' AND lease_token IS NOT NULL")
+# Reap candidates: expired on this clock (from holders on :host, or any when NULL), or seen silent (:ids).
+GONE = ("FROM queue WHERE state = 'running' AND ((lease_until < :now AND (:host IS NULL OR lease_node = :host)) "
+        "OR id IN (SELECT value FROM json_each(:ids)))")
+
+
+def reap_rows(conn: sqlite3.Connection, params: dict[str, Any], silent: dict[str, Any]) -> list[Job]:
+    """Inside the caller's write transaction: reap the candidates of :data:`GONE` that are still gone."""
+    reaped = []
+    for row in conn.execute(f"SELECT rowid AS _rowid, {NO_BLOBS} {GONE}", params).fetchall():
+        try:
+            job = decode_job(fields(row))
+        except MalformedJob as exc:  # e.g. written as running by hand: no node will ever finish it
+            set_aside(conn, row["_rowid"], str(exc), params["now"])
+            continue
+        why = gone_because(job, params["now"], params["host"], silent)
+        if why is None:
+            continue
+        state, change = reap_outcome(job, why)
+        values = columns({"state": state, **change, "lease": None,
+                          "query_at": params["now"] + job.error_time if state is State.FAILED else job.query_at,
+                          "finished_at": params["now"] if state.is_final else job.finished_at})
+        assignments = ", ".join(f"{c} = :{c}" for c in values)
+        # Conditional on the token and heartbeat count it was judged by: a late heartbeat wins.
+        rows = conn.execute(f"UPDATE queue SET {assignments} WHERE id = :_id AND state = 'running' AND lease_token = "
+                            f":_token AND COALESCE(lease_beat, 0) = :_beat RETURNING {NO_BLOBS}",
+                            {**values, "_id": job.id, "_token": job.lease.token, "_beat": job.lease.beat}).fetchall()
+        reaped.extend(decode_job(fields(row)) for row in rows)
+    return reaped
 
 
 def columns(fields: dict[str, Any]) -> dict[str, Any]:

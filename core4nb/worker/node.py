@@ -10,7 +10,8 @@ One loop, one thread::
     │              claim   while a slot is free (atomic, max_parallel-safe, in the store)
     │              control every 0.5 s: progress, kill requests
     │              lease   every lease/6 s: heartbeat leases (lost → stop that child),
-    │                      sys.worker heartbeat, reap expired leases of dead nodes
+    │                      sys.worker heartbeat, reap the jobs of dead nodes (judged by
+    │                      heartbeat counts on this node's own clock: worker/reaper.py)
     └── wait     on child pipes and sentinels, the doorbell while a slot is free,
                  stop(); until the next poll (a free slot) or tick (all busy)
 
@@ -23,7 +24,11 @@ timeout) the loop keeps collecting outcomes from its children, keeps them until
 the store answers again, and retries with exponential backoff, logging the
 outage once when it starts and once when it ends. Heartbeats resume with the
 store; a job whose lease expired during a long outage and was reaped by another
-node is fenced off, and this node logs that its outcome was discarded.
+node is fenced off, and this node logs that its outcome was discarded. After its
+own outage (or a store call stalled past half a lease) a node reaps nothing until
+the other nodes had a lease period to heartbeat. An outcome the store refuses
+while it answers otherwise (a full disk) is retried, then errs its job alone
+(worker/writer.py): the node's other jobs keep their heartbeats.
 """
 
 from __future__ import annotations
@@ -39,15 +44,17 @@ import threading
 import time
 
 from core4nb import serialize
-from core4nb.errors import ConfigError, PayloadError, StoreUnavailable
-from core4nb.job import Job, JobError
+from core4nb.errors import ConfigError, StoreUnavailable
+from core4nb.job import Job, State
 from core4nb.queue import default_url
 from core4nb.store import DEFAULT_LEASE_SECONDS, Claimant, WorkerInfo, embedded_path, open_store, redact_url
 from core4nb.store.outage import Outage
 from core4nb.worker import outcomes
 from core4nb.worker.child import exit_description, process_is_gone
 from core4nb.worker.outcomes import Write
+from core4nb.worker.reaper import Reaper
 from core4nb.worker.slot import Slot
+from core4nb.worker.writer import OutcomeWriter
 
 log = logging.getLogger("core4nb.worker")
 
@@ -107,13 +114,15 @@ class WorkerNode:
         self.url = url
         # Before anything is claimed: a node that cannot verify payloads (no key, or a key file
         # others can read) must refuse to start, not claim jobs its children would fail.
-        self.key = serialize.load_key()
+        # A worker of a shared (MongoDB) queue never makes up a key of its own: it could verify no job.
+        self.key = serialize.load_key(create=url.partition("://")[0].lower() == "sqlite")
+        self.key_id = serialize.key_id(self.key)
         _check_reachable(url)
         self.store = open_store(url)
         self.processes = processes or os.cpu_count() or 1
         host = socket.gethostname()
         self.name = name or f"{host}-{os.getpid()}"
-        self.claimant = Claimant(worker=self.name, node=host, pid=os.getpid())
+        self.claimant = Claimant(worker=self.name, node=host, pid=os.getpid(), key_id=self.key_id)
         self.burst = burst
         self.lease_seconds = lease_seconds
         self.heartbeat_interval = max(lease_seconds / 6, 0.05)
@@ -121,17 +130,23 @@ class WorkerNode:
         self.memory_limit_mb = memory_limit_mb
         self.watch_pid = watch_pid
         self.slots: list[Slot] = []
-        self.jobs_done = 0
         self._drain_deadline: float | None = None
         self._stop_now = threading.Event()
         self._progress: dict[str, tuple[float | None, str]] = {}
-        self._unsaved: list[Write] = []  # outcomes the store has not taken yet (in order)
+        self._writer = OutcomeWriter(self.store, self.claimant, lease_seconds)  # outcomes owed, in order
         self._outage = Outage(f"queue {redact_url(url)}", log)
-        self._next_control = self._next_lease = self._next_housekeeping = 0.0
+        self._reaper = Reaper(self.store, host, lease_seconds)
+        self._unverifiable: set[str] = set()  # jobs handed back: signed with a key this node does not have
+        self._next_control = self._next_lease = self._step_started = self._next_housekeeping = 0.0
         self.housekeeping_interval = housekeeping_interval()
         self._is_done = False
         self._bell = None  # the store's doorbell, while run() listens on it
         self._wakeup: tuple[socket.socket, socket.socket] | None = None  # stop() ends the loop's wait through it
+
+    @property
+    def jobs_done(self) -> int:
+        """Jobs this node brought to a final state."""
+        return self._writer.jobs_done
 
     # -- lifecycle ---------------------------------------------------------------
     def run(self) -> int:
@@ -152,11 +167,13 @@ class WorkerNode:
                 self._police()
                 claimed = False
                 if self._outage.wait_time() == 0:
+                    self._step_started = time.monotonic()
                     try:
                         claimed = self._store_step()
                         self._outage.ended()
                     except StoreUnavailable as exc:
                         self._outage.failed(exc)
+                        self._reaper.hold()  # every failed try pushes reaping a lease period past the recovery
                 if self._outage.is_ongoing and self._drain_expired() and not self._busy():
                     break  # draining with the store down: stop at the deadline; _shutdown reports what is unsaved
                 if bell is None or not bell.hears_everyone:  # polling finds work: soon after activity, then less often
@@ -176,7 +193,8 @@ class WorkerNode:
         """Everything the loop does with the store; raises StoreUnavailable when it is down. True: claimed."""
         # Outcomes first: they free the jobs' max_parallel slots in the store. With a slot free, the last
         # outcome's write also claims the next job (on SQLite in one transaction: one write lock per job, not two).
-        claimed = self._claim(self._flush(claim=self._drain_deadline is None and len(self._busy()) < self.processes))
+        claimed = self._claim(self._writer.flush(claim=self._drain_deadline is None
+                                                 and len(self._busy()) < self.processes))
         now = time.monotonic()
         if now >= self._next_control:
             self._control()
@@ -185,6 +203,7 @@ class WorkerNode:
             self._lease_tick()
             self._next_lease = now + self.heartbeat_interval
         self._is_done = self._should_exit()
+        self._writer.judge()  # the store answers: an outcome it refused in this step was refused for itself
         return claimed
 
     def _wait(self, poll: float) -> set:
@@ -238,11 +257,12 @@ class WorkerNode:
         return self._drain_deadline is not None and time.monotonic() > self._drain_deadline
 
     def _should_exit(self) -> bool:
-        if self._busy() or self._unsaved:
+        if self._busy() or self._writer.unsaved:
             return False
         if self._drain_deadline is not None:
             return True
-        return self.burst and not self.store.has_waiting()
+        # Jobs this node handed back because it cannot verify them are not its to wait for.
+        return self.burst and not self.store.has_waiting(key_id=self.key_id, exclude=self._unverifiable)
 
     def _shutdown(self) -> None:
         for slot in self._busy():  # hard stop with jobs running: hand them back
@@ -253,11 +273,13 @@ class WorkerNode:
                 self._collect_slot(slot)
             slot.close()
         try:
-            self._flush()
+            self._writer.flush()
+            if self._writer.unsaved:
+                log.error("node %s stops with the queue unavailable: %d outcome(s) not recorded; those jobs run "
+                          "again once their leases expire", self.name, len(self._writer.unsaved))
             self.store.remove_worker(self.name)
         except StoreUnavailable as exc:
-            log.error("node %s stops with the queue unavailable (%s): %d outcome(s) not recorded; those jobs run "
-                      "again once their leases expire", self.name, exc, len(self._unsaved))
+            log.error("node %s stops with the queue unavailable (%s)", self.name, exc)
         finally:
             self.store.close()
         log.info("node %s stopped after %d jobs", self.name, self.jobs_done)
@@ -297,7 +319,10 @@ class WorkerNode:
                 self._progress[slot.job.id] = message[1], message[2]
             elif message[0] == "done" and slot.job is not None:
                 job = slot.release()
-                self._owe(outcomes.for_outcome(job, message[1]))
+                write = outcomes.for_outcome(job, message[1], self.key_id, self.name)
+                if write.state is State.PENDING:  # handed back: this node's key cannot verify it
+                    self._unverifiable.add(job.id)
+                self._owe(write)
         if slot.is_dead:
             if slot.job is not None:
                 reason, exitcode, runtime, job = slot.stop_reason, slot.exitcode, slot.elapsed(), slot.release()
@@ -309,7 +334,7 @@ class WorkerNode:
     def _owe(self, write: Write | None) -> None:
         if write is not None:
             self._progress.pop(write.job.id, None)
-            self._unsaved.append(write)
+            self._writer.owe(write)
 
     def _police(self) -> None:
         """Stop children past their wall time or the drain deadline; SIGKILL those that ignored SIGTERM."""
@@ -335,14 +360,19 @@ class WorkerNode:
             self.stop(drain=False)
         busy = self._busy()
         # Outcomes not written yet keep their leases too: after a short outage they are still ours to write.
-        leases = {w.job.id: w.job.lease.token for w in self._unsaved} | {s.job.id: s.job.lease.token for s in busy}
+        leases = self._writer.leases() | {s.job.id: s.job.lease.token for s in busy}
         lost = self.store.heartbeat(leases, lease_seconds=self.lease_seconds)
         for slot in busy:
             if slot.job.id in lost:
                 log.warning("lease of job %s lost (this node was paused or cut off); stopping it", slot.job.id)
                 slot.stop_job("lease lost")
         self._save_info()
-        for job in self.store.reap():
+        # Stalled this long in this step (a write lock held elsewhere; others heartbeat every lease/6), other
+        # nodes' leases may have run out for want of the store, not of life: a lease period before reaping.
+        if time.monotonic() - self._step_started > self.lease_seconds / 2:
+            self._reaper.hold()
+        own = {*self._writer.leases().values()} | {s.job.lease.token for s in busy}
+        for job in self._reaper.reap(own):
             log.warning("reaped job %s of lost worker: now %s", job.id, job.state)
         self._housekeep()
 
@@ -368,43 +398,16 @@ class WorkerNode:
         self.store.save_worker(WorkerInfo(
             name=self.name, host=self.claimant.node, pid=self.claimant.pid, slots=self.processes,
             heartbeat=time.time(), running=[s.job.id for s in self._busy()],
-            state="draining" if self._drain_deadline is not None else "running"))
+            state="draining" if self._drain_deadline is not None else "running", key_id=self.key_id))
 
     def _flush_progress(self, busy: list[Slot]) -> None:
         tokens = {s.job.id: s.job.lease.token for s in busy}
         for job_id, (value, message) in self._progress.items():
             if job_id in tokens:
-                self.store.set_progress(job_id, tokens[job_id], value, message)
+                try:
+                    self.store.set_progress(job_id, tokens[job_id], value, message)
+                except StoreUnavailable:
+                    raise
+                except Exception as exc:  # this job's progress, not the store: drop it, never the node
+                    log.error("job %s: the queue refused its progress (%s: %s)", job_id, type(exc).__name__, exc)
         self._progress.clear()
-
-    # -- outcomes --------------------------------------------------------------------
-    def _flush(self, *, claim: bool = False) -> Job | None:
-        """Write the outcomes owed, oldest first; one that fails with StoreUnavailable stays for the next try.
-        With ``claim``, the last write also claims the next job, returned."""
-        claimed = None
-        while self._unsaved:
-            write = self._unsaved[0]
-            claimed = self._finish(write, claim=claim and len(self._unsaved) == 1)
-            self._unsaved.pop(0)
-        return claimed
-
-    def _finish(self, write: Write, *, claim: bool) -> Job | None:
-        job, state, claimed = write.job, write.state, None
-        try:
-            if claim:
-                done, claimed = self.store.finish_and_claim(job.id, job.lease.token, state, self.claimant,
-                                                            lease_seconds=self.lease_seconds, **write.fields)
-            else:
-                done = self.store.finish(job.id, job.lease.token, state, **write.fields)
-        except PayloadError as exc:  # a result the store cannot hold (over its size limit): the job errs
-            log.error("job %s: %s", job.id, exc)
-            write = outcomes.failure(job, JobError("PayloadError", str(exc)), None, retry=False,
-                                     runtime=write.fields.get("runtime") or 0.0)
-            state, done = write.state, self.store.finish(job.id, job.lease.token, write.state, **write.fields)
-        if done:
-            self.jobs_done += state.is_final
-            log.debug("job %s %s", job.id, state)
-        else:
-            log.warning("job %s: lease no longer held, its %s outcome is discarded (another node owns it)",
-                        job.id, state)
-        return claimed

@@ -9,12 +9,17 @@ still holds (fencing).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from core4nb.job import Job, JobError, State
+from core4nb.errors import PayloadError
+from core4nb.job import Job, JobError, State, safe_text
 from core4nb.worker.child import Outcome, exit_description
+
+#: A job handed back because this node cannot verify it waits this long before any node tries again.
+HAND_BACK_DELAY = 5.0
 
 
 @dataclass
@@ -24,11 +29,25 @@ class Write:
     job: Job
     state: State
     fields: dict[str, Any] = field(default_factory=dict)
+    tries: int = 0  # refused by a store that answers otherwise (see core4nb.worker.writer)
+    retry_at: float = 0.0  # monotonic: not before
 
 
-def for_outcome(job: Job, outcome: Outcome) -> Write:
-    """The write for a trial the child reported on: complete, deferred (or inactive), failed or error."""
+def for_outcome(job: Job, outcome: Outcome, key_id: str = "", node: str = "") -> Write:
+    """The write for a trial the child reported on: complete, deferred (or inactive), failed or error.
+    Its texts are made safe to store first (:func:`~core4nb.job.safe_text`): a job's output can never
+    fail the write.
+
+    A payload the node's key (of ``key_id``) cannot verify goes back to the queue, no attempt spent,
+    unless the job was signed under that very key id: then its bytes were changed, and it errs."""
     now = time.time()
+    if outcome.kind == "rejected" and outcome.error.type == "SignatureError" and job.key_id != key_id:
+        return hand_back(job, f"node {node} (key id {key_id}) cannot verify its signature (key id "
+                         f"{job.key_id or 'not recorded'}): left for a node with the notebook's key", HAND_BACK_DELAY)
+    error = outcome.error and JobError(*(safe_text(t) for t in (outcome.error.type, outcome.error.message,
+                                                                outcome.error.traceback)), outcome.error.exit_code)
+    outcome = dataclasses.replace(outcome, output=safe_text(outcome.output), message=safe_text(outcome.message),
+                                  error=error)
     if outcome.kind == "complete":
         return Write(job, State.COMPLETE, {"result": outcome.result, "runtime": outcome.runtime,
                                            "progress_value": 1.0, "output": outcome.output})
@@ -56,6 +75,26 @@ def failure(job: Job, error: JobError, result: bytes | None, *, retry: bool, run
     return Write(job, state, fields if output is None else {**fields, "output": output})
 
 
+def hand_back(job: Job, message: str, delay: float = 0.0) -> Write:
+    """Back to pending as if never claimed (trial and attempts as they were), claimable after ``delay`` s."""
+    return Write(job, State.PENDING, {"trial": job.trial - 1, "query_at": time.time() + delay,
+                                      "progress_message": message})
+
+
+def unstorable(write: Write, exc: Exception, tries: int = 1) -> Write:
+    """What a node records when the store refused ``write`` for this job's data (not an outage), ``tries``
+    times: the job ends in error saying why, without the data that could not be stored."""
+    job, runtime = write.job, write.fields.get("runtime") or 0.0
+    times = f" {tries} times" if tries > 1 else ""
+    if isinstance(exc, PayloadError):  # a result over the store's size limit: its message says so
+        error = JobError("PayloadError", str(exc))
+    else:
+        error = JobError(type(exc).__name__, safe_text(f"the queue could not store this job's {write.state} "
+                                                       f"outcome{times} ({str(exc)[:300]}); its result and "
+                                                       "output are lost"))
+    return failure(job, error, None, retry=False, runtime=runtime)
+
+
 def for_death(job: Job, reason: str | None, exitcode: int | None, runtime: float, node: str) -> Write | None:
     """The write for a job whose child died: why it died (the node's ``stop_reason``) decides.
 
@@ -68,8 +107,7 @@ def for_death(job: Job, reason: str | None, exitcode: int | None, runtime: float
         return failure(job, JobError("WallTimeExceeded", f"ran longer than wall_time={job.wall_time:g} s on node "
                                      f"{node}; raise wall_time or split the work"), None, retry=True, runtime=runtime)
     if reason == "drain":
-        return Write(job, State.PENDING, {"trial": job.trial - 1, "query_at": time.time(),
-                                          "progress_message": f"handed back by stopping node {node}"})
+        return hand_back(job, f"handed back by stopping node {node}")
     if reason is None:
         return failure(job, JobError("ChildCrashed", f"the process running this job on node {node} "
                                      f"{exit_description(exitcode)}; the node carries on", exit_code=exitcode),
