@@ -110,7 +110,8 @@ class SQLiteStore(SQLiteHousekeeping, Store):
         if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
             return
         try:
-            conn.execute("VACUUM")  # applies the auto_vacuum mode every connection asks for
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # recorded now, applied by the VACUUM
+            conn.execute("VACUUM")
         except sqlite3.OperationalError as exc:  # busy: another process holds the lock; the next open tries again
             log.info("queue file %s not converted to incremental vacuum yet: %s", self.path, exc)
 

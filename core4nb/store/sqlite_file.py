@@ -72,12 +72,12 @@ def connect(path: Path, timeout: float, *, read_only: bool) -> sqlite3.Connectio
     if not read_only:
         conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
         try:
-            _columns(conn, path)  # another application's file is left as it is: no WAL switch either
+            present = _columns(conn, path)  # another application's file is left as it is: no WAL switch either
         except ConfigError:
             conn.close()
             raise
-        # Before any table exists (a new file): pages freed by a prune go back to the disk.
-        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        if not present:  # a new file, before any table exists: pages freed by a prune go back to the disk
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # (on a file with tables it would wait for the lock)
         conn.execute("PRAGMA journal_mode = WAL")
         # NORMAL is crash-safe in WAL (a dying process loses nothing); only power loss may lose last commits.
         conn.execute("PRAGMA synchronous = NORMAL")
