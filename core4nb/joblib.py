@@ -18,7 +18,8 @@ Data flow of one ``Parallel`` call (a :class:`_Call`)::
                 ├─ <function>      one job per joblib batch (joblib's auto-batching sizes them)
                 └─ joblib:end      inserted when the call ends normally; the root waits for it
 
-- ``n_jobs`` is mapped to the live worker slots of the queue (``-1``: all of them); more than exist is
+- ``n_jobs`` is mapped to the live worker slots of the queue (``-1``: all of them; 1 and None, as in joblib,
+  run the calls here unless ``parallel_config(n_jobs=-1)`` makes -1 the default); more than exist is
   capped with one warning; none at all (a URL no node serves) is a :class:`~core4nb.errors.NoWorkers`
   error after ``wait_for_workers`` seconds.
 - A large argument of every batch (the ``X`` of a grid search) is hashed once per call and stored once
@@ -98,10 +99,12 @@ class CallHandle:
         job_id: the root job (``joblib:<function>``).
         url: the queue.
         batches: batches submitted so far.
+        panel: the progress view shown for the call (see the backend's ``progress``), or None.
     """
 
     def __init__(self, job_id: str, url: str, executor: Core4Executor) -> None:
         self.job_id, self.url, self.batches = job_id, url, 0
+        self.panel: Any = None
         self._executor = executor
 
     def kill(self) -> int:
@@ -155,7 +158,9 @@ class Core4Backend(AutoBatchingMixin, ParallelBackendBase):
         TypeError: an unknown job option.
     """
 
-    default_n_jobs = -1  # under parallel_config(backend="core4nb") n_jobs=None means the whole cluster
+    # joblib's rule: n_jobs=None is 1 (run here) unless parallel_config(n_jobs=…) says otherwise. Not -1 (Dask's
+    # choice): then every inner n_jobs=None loop of an estimator (a forest's refit) would go to the cluster.
+    default_n_jobs = 1
     supports_retrieve_callback = True  # and so timeouts and return_as="generator"
     uses_threads = False
     supports_sharedmem = False  # require="sharedmem" makes joblib fall back to threads here
@@ -199,9 +204,9 @@ class Core4Backend(AutoBatchingMixin, ParallelBackendBase):
         """``n_jobs`` mapped to the live worker slots: ``-1`` all, ``-2`` all but one, …; 1 runs here."""
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        n_jobs = self.default_n_jobs if n_jobs is None else int(n_jobs)
         if n_jobs == 1:
             return 1  # joblib's meaning: run the calls sequentially in this process
-        n_jobs = self.default_n_jobs if n_jobs is None else int(n_jobs)
         slots = self._live_slots()
         if n_jobs < 0:
             return max(slots + 1 + n_jobs, 1)
@@ -288,7 +293,7 @@ class Core4Backend(AutoBatchingMixin, ParallelBackendBase):
 
         if self.progress is False or (self.progress is None and not widgets_available()):
             return
-        progress(handle, url=handle.url, unit="batches")
+        handle.panel = progress(handle, url=handle.url, unit="batches")
 
     def retrieve_result_callback(self, future: Any) -> list:
         return future.result()  # a batch's exception is raised as its own type, the remote traceback its cause
