@@ -31,6 +31,7 @@ Data flow of one ``Parallel`` call (a :class:`_Call`)::
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import warnings
@@ -52,6 +53,8 @@ from core4nb.queue import describe, make_job
 from core4nb.serialize import DigestMemo
 from core4nb.store import redact_url
 from core4nb.tree import Core4Job, default_executor
+
+log = logging.getLogger("core4nb.joblib")
 
 NAME = "core4nb"
 #: Keyword arguments joblib's ``Parallel`` hands every backend's ``configure``; they mean nothing here
@@ -238,7 +241,11 @@ class Core4Backend(AutoBatchingMixin, ParallelBackendBase):
                 return
             end = make_job(call_ended, (call.handle.batches,), name="joblib:end", parent=call.root_stub,
                            key=call.executor._runtime.key, job_id=call.end_id)
-            call.executor._runtime.insert_and_track([end], [end])  # tracked: shutdown waits for the tree
+            try:
+                call.executor._runtime.insert_and_track([end], [end])  # tracked: shutdown waits for the tree
+            except Exception as exc:  # every result is in: the call must not fail for its panel's sake
+                log.warning("the joblib call's tree %s stays open (its end could not be recorded: %s: %s); "
+                            "`core4nb kill %s` closes it", call.root_id, type(exc).__name__, exc, call.root_id)
 
     def terminate(self) -> None:
         self.reset_batch_stats()

@@ -7,6 +7,7 @@ server with two worker nodes. Results are compared with joblib's own loky backen
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 from pathlib import Path
@@ -157,6 +158,15 @@ def test_an_error_is_raised_as_its_type_and_the_other_jobs_are_killed(ex, tmp_pa
 
     wait_for(lambda: states() == ["error"] + ["killed"] * 5, timeout=60, what="the other batches to be killed")
     assert ex.store.get(call.job_id).state in (State.KILLED, State.ERROR)
+
+
+def test_a_timeout_raises_and_kills_the_late_jobs(ex, tmp_path):
+    calls = [delayed(wait_for_file)(str(tmp_path / "never"), i) for i in range(3)]
+    with joblib.parallel_config(backend="core4nb"), pytest.raises(multiprocessing.TimeoutError):  # joblib's type
+        Parallel(n_jobs=2, batch_size=1, timeout=2)(calls)
+    call = core4nb.joblib.last_call()
+    wait_for(lambda: {str(b.state) for b in batch_jobs(ex.store, call.job_id)} == {"killed"}, timeout=60,
+             what="the timed-out batches to be killed")
 
 
 def test_a_generator_closed_early_kills_what_is_left(ex, tmp_path):
