@@ -126,8 +126,9 @@ def last_call() -> CallHandle | None:
 class _Call:
     """The state of one ``Parallel`` call: its tree, its digest memo, whether it was aborted."""
 
-    def __init__(self, executor: Core4Executor) -> None:
+    def __init__(self, executor: Core4Executor, job_options: dict[str, Any]) -> None:
         self.executor = executor
+        self.options = {**executor.job_options, **job_options}  # the executor's defaults, then the backend's
         self.ids = OrderedIds()
         self.root_id, self.end_id = self.ids.next(), self.ids.next()
         self.root_stub = Job(name="joblib", id=self.root_id)
@@ -180,24 +181,20 @@ class Core4Backend(AutoBatchingMixin, ParallelBackendBase):
         self._warned: set[tuple[int, int]] = set()
 
     # -- the executor and its slots ---------------------------------------------------------
-    @property
-    def executor(self) -> Core4Executor:
-        """The executor the batches go to (looked up on first use)."""
+    def _executor_now(self) -> Core4Executor:
+        """The executor the batches go to: the given one, else this process's on ``url`` (made on first use)."""
         if self._given is None and (self._executor is None or self._executor.is_shutdown):
             self._executor = default_executor(self.url)
         return self._executor
 
-    def _view(self) -> Core4Executor:
-        return self.executor.options(**self.job_options) if self.job_options else self.executor
-
     def _live_slots(self) -> int:
         """Live worker slots, waiting up to ``wait_for_workers`` for a first node."""
-        runtime = self.executor._runtime
-        runtime.check_open()
+        executor = self._executor_now()
+        executor._runtime.check_open()
         deadline = time.monotonic() + self.wait_for_workers
-        while not (slots := runtime.live_slots()):
+        while not (slots := executor._runtime.live_slots()):
             if time.monotonic() >= deadline:
-                url = redact_url(self.executor.url)
+                url = redact_url(executor.url)
                 raise NoWorkers(f"no worker node serves queue {url} (waited {self.wait_for_workers:g} s): start "
                                 f"one with `core4nb worker {url}`, or leave out url= for the embedded queue")
             time.sleep(NODE_POLL)
@@ -215,7 +212,7 @@ class Core4Backend(AutoBatchingMixin, ParallelBackendBase):
             return max(slots + 1 + n_jobs, 1)
         if n_jobs > slots and (n_jobs, slots) not in self._warned:
             self._warned.add((n_jobs, slots))
-            warnings.warn(f"n_jobs={n_jobs} but queue {redact_url(self.executor.url)} has {slots} live worker "
+            warnings.warn(f"n_jobs={n_jobs} but queue {redact_url(self._executor.url)} has {slots} live worker "
                           f"slot(s): using {slots}; start more with `core4nb worker URL`", stacklevel=2)
         return min(n_jobs, slots)
 
@@ -230,7 +227,7 @@ class Core4Backend(AutoBatchingMixin, ParallelBackendBase):
         return self.effective_n_jobs(n_jobs)
 
     def start_call(self) -> None:
-        self._call = _Call(self.executor)
+        self._call = _Call(self._executor_now(), self.job_options)
 
     def stop_call(self) -> None:
         call, self._call = self._call, None
@@ -257,30 +254,26 @@ class Core4Backend(AutoBatchingMixin, ParallelBackendBase):
     def submit(self, func: Any, callback: Any = None) -> Any:
         """Insert one joblib batch as a job of the call's tree; ``callback`` runs when it is done."""
         call = self._call
-        if call is None:  # joblib always calls start_call first; a hand-made submit gets a call of its own
-            self.start_call()
-            call = self._call
+        if call is None:  # joblib calls start_call first, and dispatches nothing after stop_call
+            return _with_callback(_failed(RuntimeError("submit() outside a joblib call: no start_call()")), callback)
         with call.lock:  # a batch dispatched while joblib aborts must not be inserted after the kill
             future = _failed(RuntimeError("the joblib call was aborted")) if call.aborted else self._insert(call, func)
-        if callback is not None:
-            future.add_done_callback(callback)
-        return future
+        return _with_callback(future, callback)
 
     def _insert(self, call: _Call, batch: Any) -> Any:
         """Insert the batch's job (with the root, the first time); a batch that cannot be pickled is a
         failed future naming the culprit, so joblib raises it in the notebook whichever thread dispatched."""
-        runtime, view = call.executor._runtime, self._view()
-        fn = _function_of(batch)
+        runtime, fn = call.executor._runtime, _function_of(batch)
         try:
             job = make_job(run_batch, (batch,), name=describe(fn), parent=call.root_stub, key=runtime.key,
-                           job_id=call.ids.next(), memo=call.memo, **view.job_options)
+                           job_id=call.ids.next(), memo=call.memo, **call.options)
         except PayloadError:
             return _failed(_diagnose(batch, call.memo))
-        except Exception as exc:  # a bad job option, the executor shut down: joblib raises it as the call's error
+        except Exception as exc:  # raised from the poller thread it would be lost: joblib raises it instead
             return _failed(exc)
         jobs = [job]
         if call.handle is None:
-            priority = (view.job_options.get("priority") or 0) - 1  # batches are claimed before their root
+            priority = (call.options.get("priority") or 0) - 1  # batches are claimed before their root
             jobs.insert(0, make_job(JoblibRoot, (call.end_id,), name=f"joblib:{describe(fn)}", key=runtime.key,
                                     job_id=call.root_id, priority=priority))
         try:
@@ -314,6 +307,12 @@ class Core4Backend(AutoBatchingMixin, ParallelBackendBase):
             call.aborted = True
             if call.handle is not None:
                 call.handle.kill()
+
+
+def _with_callback(future: Any, callback: Any) -> Any:
+    if callback is not None:
+        future.add_done_callback(callback)
+    return future
 
 
 def _failed(error: BaseException) -> Any:

@@ -201,6 +201,24 @@ def test_an_unpicklable_estimator_is_named_before_anything_is_stored(ex, data):
     assert sum(ex.store.counts().values()) == 0
 
 
+def test_an_unpicklable_argument_of_a_later_batch_is_raised_in_the_notebook(ex):
+    """The fifth batch is dispatched by the poller thread (a completion's callback): its error still arrives."""
+    calls = [delayed(square)(i) for i in range(4)] + [delayed(square)(threading.Lock())]
+    with joblib.parallel_config(backend="core4nb"), pytest.raises(
+            PayloadError, match=r"^cannot send argument 0 \(a lock\) to a worker: cannot pickle '_thread.lock' object "
+                                r"\(in a joblib call of tests.test_executor.square\)$"):
+        Parallel(n_jobs=2, batch_size=1)(calls)
+    assert len(batch_jobs(ex.store, core4nb.joblib.last_call().job_id)) == 4
+
+
+def test_job_options_reach_every_batch(ex):
+    with joblib.parallel_config(backend="core4nb", priority=3, attempts=2, wall_time=60):
+        assert Parallel(n_jobs=2)(delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
+    call = core4nb.joblib.last_call()
+    assert {(b.priority, b.attempts, b.wall_time) for b in batch_jobs(ex.store, call.job_id)} == {(3, 2, 60.0)}
+    assert ex.store.get(call.job_id).priority == 2  # the root after its batches
+
+
 def test_no_worker_node_is_a_clear_error_naming_the_command(sqlite_url):
     with Core4Executor(sqlite_url) as executor:
         with joblib.parallel_config(backend="core4nb", url=sqlite_url, wait_for_workers=1), pytest.raises(
