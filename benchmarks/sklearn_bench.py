@@ -148,8 +148,10 @@ def run(size: str, repeat: int, tools: list[str], timeout: float = 600) -> list[
             continue
         print(f"  {tool} …", flush=True)
         cmd = [sys.executable, "-m", "benchmarks.sklearn_bench", "one", tool, size, str(repeat)]
+        # A temp directory per tool, removed after it: Dask's scratch space and Ray's session files go there.
+        tmp = tempfile.mkdtemp(prefix="c4sk-tmp-")
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**env, "TMPDIR": tmp},
                                   cwd=Path(__file__).resolve().parent.parent)
             lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
             if done.returncode or not lines:
@@ -157,6 +159,8 @@ def run(size: str, repeat: int, tools: list[str], timeout: float = 600) -> list[
             out.append({**entry, **json.loads(lines[-1]), "status": "ok"})
         except Exception as exc:
             out.append({**entry, "status": "error", "reason": f"{type(exc).__name__}: {exc}"})
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     loky = next((r for r in out if r["tool"] == "loky" and r["status"] == "ok"), None)
     for r in out:
         if r["status"] == "ok":
