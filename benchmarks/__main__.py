@@ -18,12 +18,14 @@ from benchmarks import dataplane, sklearn_bench
 from benchmarks.backends import BACKENDS, select
 from benchmarks.env import SIZES, Context, machine
 from benchmarks.queue_rate import queue
+from benchmarks.retention import retention
 from benchmarks.scaling import scaling
 from benchmarks.targets import evaluate
 from benchmarks.workloads import latency, overhead, primes, startup
 
 WORKLOADS = {"primes": primes, "overhead": overhead, "latency": latency, "startup": startup,
-             "scaling": scaling, "queue": queue, "data": dataplane.workload, "sklearn": sklearn_bench.workload}
+             "scaling": scaling, "queue": queue, "data": dataplane.workload,
+             "retention": retention, "sklearn": sklearn_bench.workload}
 HERE = Path(__file__).resolve().parent
 
 

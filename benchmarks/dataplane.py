@@ -116,14 +116,21 @@ def _open(tool: str, scratch: Path):
     if tool == "ray":
         import ray
 
-        ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        # Its own short temp dir (AF_UNIX socket paths are limited to 107 bytes), removed at close.
+        ray_dir = tempfile.mkdtemp(prefix="c4r-", dir="/tmp")
+        ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                 _temp_dir=ray_dir)
         remotes: dict = {}
+
+        def close_ray() -> None:
+            ray.shutdown()
+            shutil.rmtree(ray_dir, ignore_errors=True)
 
         def many(fn, *its):
             remote = remotes.get(fn) or remotes.setdefault(fn, ray.remote(lambda *args, _fn=fn: _fn(*args)))
             return ray.get([remote.remote(*args) for args in zip(*its, strict=True)])
 
-        return many, ray.put, ray.shutdown, None
+        return many, ray.put, close_ray, None
     from core4nb import Core4Executor
 
     os.environ["CORE4NB_HOME"] = home = str(scratch / "home")
@@ -155,11 +162,18 @@ def _open(tool: str, scratch: Path):
 
 def run_one(tool: str, workload: str, size: str, repeat: int) -> dict[str, Any]:
     """One tool, one workload, in this (fresh) interpreter."""
+    p = SIZES[size]
+    scratch = Path(tempfile.mkdtemp(prefix="c4bench-"))
+    try:
+        return _measure(tool, workload, p, repeat, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _measure(tool: str, workload: str, p: dict[str, Any], repeat: int, scratch: Path) -> dict[str, Any]:
     import numpy as np
 
-    p = SIZES[size]
     tasks, n = p["tasks"], p["array_mb"] * MB // 8
-    scratch = Path(tempfile.mkdtemp(prefix="c4bench-"))
     many, share, close, store_size = _open(tool, scratch)
     many(array_sum, [np.ones(4)] * WORKERS)  # warm-up: every worker up
     base_rss = _rss_now()
@@ -204,7 +218,6 @@ def run_one(tool: str, workload: str, size: str, repeat: int) -> dict[str, Any]:
     growth = store_size() if store_size else None
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     close()
-    shutil.rmtree(scratch, ignore_errors=True)
     return {"tool": tool, "workload": workload, "times_s": times, "min_s": min(times),
             "median_s": sorted(times)[len(times) // 2], "correct": bool(correct), "client_peak_rss_mb": peak_rss / MB,
             "client_base_rss_mb": base_rss / MB, "data_held_mb": held / MB, "sent_mb": sent / MB,

@@ -58,6 +58,10 @@ def evaluate(workloads: dict[str, Any]) -> list[dict[str, Any]]:
         from benchmarks.dataplane import targets
 
         out += [_target(*t) for t in targets(workloads["data"]["results"])]
+    if workloads.get("retention"):
+        from benchmarks.retention import targets as retention_targets
+
+        out += [_target(*t) for t in retention_targets(workloads["retention"])]
     if workloads.get("sklearn"):
         from benchmarks.sklearn_bench import targets as sklearn_targets
 

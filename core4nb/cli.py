@@ -4,7 +4,8 @@
     core4nb status [URL]
     core4nb jobs [URL] [--state S] [--limit N] [--json]
     core4nb kill ID [--url URL]     core4nb restart ID [--url URL]     core4nb remove ID [--url URL]
-    core4nb gc [URL] [--older-than 1h] [--dry-run]
+    core4nb gc [URL] [--older-than 1h] [--dry-run]     core4nb prune [URL] [--older-than 7d] [--dry-run]
+    core4nb retention [URL] [AGE|never]
     core4nb demo [--end N] [--workers N]
 
 Without a URL, ``CORE4NB_URL`` or the embedded queue file (``~/.core4nb/queue.db``).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 
@@ -53,6 +55,15 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("job_id", metavar="ID")
         cmd.add_argument("--url", help="queue URL")
 
+    prune = sub.add_parser("prune", help="remove finished trees past retention, with their blobs")
+    prune.add_argument("url", nargs="?", help="queue URL")
+    prune.add_argument("--older-than", type=_duration, metavar="AGE",
+                       help="trees finished longer ago than this: 90s, 30m, 2h, 7d (default: the queue's retention)")
+    prune.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    retention = sub.add_parser("retention", help="show or set how long finished trees are kept")
+    retention.add_argument("url", nargs="?", help="queue URL")
+    retention.add_argument("age", nargs="?", type=_age_or_never, help="e.g. 7d, 12h, or never")
+
     gc = sub.add_parser("gc", help="delete blobs no job refers to (large arguments and results)")
     gc.add_argument("url", nargs="?", help="queue URL")
     gc.add_argument("--older-than", type=_duration, default=3600.0, metavar="AGE",
@@ -75,6 +86,14 @@ def _duration(text: str) -> float:
         return float(number) * _UNITS[unit]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an age: use e.g. 90s, 30m, 2h or 7d") from None
+
+
+def _age_or_never(text: str) -> float:
+    return math.inf if text == "never" else _duration(text)
+
+
+def _days(seconds: float) -> str:
+    return "never pruned" if math.isinf(seconds) else f"{seconds / 86400:g} days"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,6 +152,23 @@ def _output(args: argparse.Namespace) -> int:
         print(queue.output(args.job_id), end="")
 
 
+def _prune(args: argparse.Namespace) -> int:
+    with Queue(args.url or default_url()) as queue:
+        age = queue.store.retention() if args.older_than is None else args.older_than
+        report = queue.store.prune(age, dry_run=args.dry_run)
+    verb = "would prune" if args.dry_run else "pruned"
+    print(f"{verb} {len(report.roots)} finished tree(s) older than {_days(age)}: {report.jobs} job(s), "
+          f"{report.blobs.count} blob(s) of {report.blobs.size / 2**20:.1f} MB"
+          + ("" if args.dry_run else f"; {report.freed / 2**20:.1f} MB given back"))
+
+
+def _retention(args: argparse.Namespace) -> int:
+    with Queue(args.url or default_url()) as queue:
+        if args.age is not None:
+            queue.store.set_setting("retention", repr(args.age))
+        print(f"finished trees are kept for {_days(queue.store.retention())}")
+
+
 def _gc(args: argparse.Namespace) -> int:
     with Queue(args.url or default_url()) as queue:
         swept = queue.store.sweep_blobs(args.older_than, dry_run=args.dry_run)
@@ -147,4 +183,5 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"worker": _worker, "status": _status, "jobs": _jobs, "kill": _kill, "restart": _restart,
-            "remove": _remove, "output": _output, "gc": _gc, "demo": _demo}
+            "remove": _remove, "output": _output, "gc": _gc, "prune": _prune,
+            "retention": _retention, "demo": _demo}

@@ -152,6 +152,8 @@ class Job:
     error: JobError | None = None
     kill_requested: bool = False
     restarted_from: str | None = None
+    #: Pinned: retention never prunes the tree this job is in (``keep=True`` on any of its jobs).
+    keep: bool = False
     #: What the job's last trial printed (stdout and stderr, the last OUTPUT_LIMIT characters).
     output: str = ""
     #: Not stored as a field: the payload's out-of-band buffers (digest → bytes) that ``insert`` stores

@@ -7,6 +7,7 @@ session's :class:`~core4nb.Core4Executor`: one job tree, one progress panel.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import shlex
@@ -84,6 +85,18 @@ def _cell_arguments(func):
     return functools.reduce(lambda f, deco: deco(f), reversed(decorators), func)
 
 
+def _with_suggestion(message: str, line: str, parser) -> str:
+    """The parser's message, plus the option a mistyped one was probably meant to be."""
+    known = [option for action in parser._actions for option in action.option_strings]
+    for token in line.split():
+        flag = token.split("=", 1)[0]
+        if flag.startswith("--") and flag not in known:
+            close = difflib.get_close_matches(flag, known, n=1)
+            if close:
+                return f"{message}; did you mean {close[0]}?"
+    return message
+
+
 @magics_class
 class Core4Magics(Magics):
     """The ``core4`` line and cell magic."""
@@ -124,7 +137,11 @@ class Core4Magics(Magics):
         if cell is None:
             return self._line(line)
         try:
-            return self._cell(parse_argstring(self.core4, line), cell)
+            args = parse_argstring(self.core4, line)
+        except UsageError as exc:
+            raise UsageError(_with_suggestion(str(exc), line, self.core4.parser)) from None
+        try:
+            return self._cell(args, cell)
         except Core4Error as exc:
             raise UsageError(str(exc)) from None
 
@@ -226,6 +243,10 @@ class Core4Magics(Magics):
         print(f"%%core4 now uses {redact_url(url)}")
 
 
+# ``--chunk 8`` must not pass for ``--chunks 8``: a typo is answered with "did you mean", never guessed.
+Core4Magics.core4.parser.allow_abbrev = False
+
+
 def load_ipython_extension(ipython) -> None:
     """``%load_ext core4nb``."""
     magics = Core4Magics(ipython)
@@ -239,3 +260,4 @@ def unload_ipython_extension(ipython) -> None:
     if magics is not None:
         magics.close()
         del ipython._core4nb_magics
+

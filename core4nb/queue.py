@@ -28,7 +28,7 @@ from core4nb.store.outage import Outage
 log = logging.getLogger("core4nb.queue")
 
 #: Options a job accepts besides its own arguments, with core4os's meanings.
-JOB_OPTIONS = ("priority", "max_parallel", "attempts", "defer_time", "defer_max", "error_time", "wall_time")
+JOB_OPTIONS = ("priority", "max_parallel", "attempts", "defer_time", "defer_max", "error_time", "wall_time", "keep")
 HOME_ENV = "CORE4NB_HOME"
 #: Seconds of continuous store outage :meth:`Queue.wait` rides out before it gives up.
 STORE_PATIENCE = 60.0
@@ -213,7 +213,8 @@ class Queue:
         if old.state not in FINAL_STATES:
             raise JobFailed(f"job {job_id} is {old.state}; only a finished job can be restarted (kill it first)")
         keep = {f: getattr(old, f) for f in ("name", "args_summary", "priority", "max_parallel",
-                                             "attempts", "defer_time", "defer_max", "error_time", "wall_time")}
+                                             "attempts", "defer_time", "defer_max", "error_time", "wall_time",
+                                             "keep")}
         tree = {"parent_id": old.parent_id, "root_id": old.root_id} if old.parent_id else {}
         new_id = new_job_id()  # the payload is signed for its job: sign the same call for the new one
         payload = serialize.rebind(old.payload, job_id=new_id, what=f"payload of job {old.id}")

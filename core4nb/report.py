@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 
 from core4nb.job import Job, State
@@ -21,12 +22,20 @@ def status_text(queue: Queue) -> str:
         busy = len(node.running)
         lines.append(f"  {node.name:<24} {node.host:<16} {node.slots:>5} {busy:>4}  {age:<12} {node.state}")
     lines.append("jobs   " + "  ".join(f"{state} {counts[state]}" for state in State))
+    retention = queue.store.retention()
+    usage = queue.store.usage(retention)
+    kept = "kept for ever" if math.isinf(retention) else f"kept {retention / 86400:g} days"
+    lines.append(f"store  {usage.size / 2**20:.1f} MB; {usage.finished_trees} finished tree(s) waiting ({kept})")
     return "\n".join(lines)
 
 
 def status_json(queue: Queue) -> str:
+    retention = queue.store.retention()
+    usage = queue.store.usage(retention)
+    store = {"size": usage.size, "finished_trees": usage.finished_trees,
+             "retention_s": None if math.isinf(retention) else retention}
     return json.dumps({"url": redact_url(queue.url), "counts": {str(k): v for k, v in queue.counts().items()},
-                       "nodes": [vars(n) for n in queue.store.workers()]}, indent=2)
+                       "nodes": [vars(n) for n in queue.store.workers()], "store": store}, indent=2)
 
 
 def jobs_text(jobs: list[Job]) -> str:

@@ -46,6 +46,7 @@ class Core4Job:
     defer_max: ClassVar[float | None] = None
     error_time: ClassVar[float] = 1.0
     wall_time: ClassVar[float | None] = None
+    keep: ClassVar[bool] = False
 
     def __init__(self, context: JobContext) -> None:
         self.context = context

@@ -13,7 +13,9 @@ WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16) [$EXTRAS]"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     echo "setting up $VENV (core4nb${EXTRAS:+[$EXTRAS]}) …"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT${EXTRAS:+[$EXTRAS]}" 2>&1 \
+    # PYTHONWARNINGS: setuptools' build of an editable install prints a box of deprecation warnings
+    PYTHONWARNINGS=ignore "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
+        -e "$ROOT${EXTRAS:+[$EXTRAS]}" 2>&1 \
         | grep -v "^WARNING: Location" || true
     "$VENV/bin/python" -c "import core4nb" || { echo "installing core4nb failed" >&2; exit 1; }
     echo "$WANT" > "$STAMP"

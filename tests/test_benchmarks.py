@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ["primes", "overhead", "latency", "startup", "scaling", "queue", "data", "sklearn"]
+WORKLOADS = ["primes", "overhead", "latency", "startup", "scaling", "queue", "data", "retention", "sklearn"]
 
 
 BACKENDS = ["serial", "process", "core4nb"]

@@ -31,13 +31,18 @@ def test_status_lists_counts_per_state(queue):
     queue.kill(queue.enqueue(jobfuncs.add, 9, 9))
     done = core4nb("status", queue.url)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[1:] == [
+    lines = done.stdout.splitlines()
+    assert lines[1:3] == [
         "nodes  0",
         "jobs   pending 3  running 0  deferred 0  failed 0  complete 0  error 0  inactive 0  killed 1",
     ]
+    # the killed job is a finished tree of its own, waiting for retention
+    assert lines[3].startswith("store  ") and lines[3].endswith(" MB; 1 finished tree(s) waiting (kept 7 days)")
     data = json.loads(core4nb("status", queue.url, "--json").stdout)
     assert data["counts"] == {"pending": 3, "running": 0, "deferred": 0, "failed": 0, "complete": 0, "error": 0,
                               "inactive": 0, "killed": 1}
+    assert data["store"]["finished_trees"] == 1 and data["store"]["retention_s"] == 7 * 86400
+    assert data["store"]["size"] > 0
 
 
 def test_jobs_kill_restart_remove_round_trip(queue):

@@ -180,3 +180,19 @@ def test_what_the_chunks_print_is_printed_in_chunk_order(shell, capsys):
     assert shell.user_ns["lengths"] == [5, 4, 5]
     printed = capsys.readouterr().out  # after the (headless) panel's text line
     assert printed.endswith("\nchunk alpha\nchunk beta\nchunk gamma\n") and printed.count("chunk ") == 3
+
+
+def test_a_large_global_is_stored_once_for_every_chunk(shell, tmp_path):
+    """The broadcast case of a notebook: the body reads a 16 MB table in every one of 16 chunks."""
+    shell.run_cell("import numpy as np\ntable = np.arange(2 * 2**20, dtype=np.float64)\nidx = list(range(16))")
+    cell(shell, "--chunks 16 --over idx --out sums", "[float(table[i * 1000:(i + 1) * 1000].sum()) for i in idx]")
+    expected = [[float(sum(range(i * 1000, (i + 1) * 1000)))] for i in range(16)]
+    assert shell.user_ns["sums"] == expected
+    with Queue(f"sqlite://{tmp_path / 'home' / 'queue.db'}") as queue:
+        assert [b.size for b in queue.store.blobs.listing()] == [16 * 2**20]  # one blob for 16 payloads
+
+
+def test_a_mistyped_option_is_refused_with_the_right_one(shell):
+    with pytest.raises(UsageError, match=r"unrecognized arguments: --chunk 8; did you mean --chunks\?"):
+        cell(shell, "--chunk 8 --over numbers --out counts")
+    assert "counts" not in shell.user_ns

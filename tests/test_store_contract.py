@@ -91,7 +91,7 @@ def test_insert_get_round_trips_every_field(store: Store) -> None:
         progress_message="half way", enqueued_at=100.5, started_at=101.5, finished_at=103.5, deferred_since=102.5,
         runtime=1.25, result=b"\x80result\x00",
         error=JobError("ValueError", "bad value", "Traceback (most recent call last): ...", exit_code=3),
-        kill_requested=True, restarted_from="s" * 24, output="printed\nand warned\n",
+        kill_requested=True, restarted_from="s" * 24, output="printed\nand warned\n", keep=True,
     )
     default = Job(name="x")
     # Guard: every field differs from its default, so the round trip really covers every field.

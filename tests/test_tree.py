@@ -44,7 +44,7 @@ def test_count_primes_by_trial_division():
 
 def test_job_options_come_from_class_attributes():
     assert TwoTrials.job_options() == {"priority": 3, "max_parallel": None, "attempts": 1, "defer_time": 0.1,
-                                       "defer_max": None, "error_time": 1.0, "wall_time": None}
+                                       "defer_max": None, "error_time": 1.0, "wall_time": None, "keep": False}
     assert PrimeJob.job_options()["max_parallel"] == 5
 
 

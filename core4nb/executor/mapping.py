@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     from core4nb.executor.runtime import Runtime
 
 
+#: A map whose chunks carry large data is inserted in groups of about this many bytes of blobs.
+STREAM_BYTES = 32 * 1024 * 1024
+
+
 class _MapRun:
     """The state of one map: what is submitted, what is still to come."""
 
@@ -47,7 +51,6 @@ class _MapRun:
         self.root_stub = Job(name="map", id=self.root_id)
         self.submitted = 0  # chunks
         self.offset = 0  # items
-        self.root_inserted = False
         self.futures: collections.deque[Core4Future] = collections.deque()
         self.outputs: list[str] = []  # what each chunk job printed, in order, as its results are consumed
 
@@ -71,19 +74,34 @@ class _MapRun:
         culprit = first_unpicklable(chunk, self.offset) or f"a chunk of {len(chunk)} items"
         return PayloadError(f"cannot send {culprit} to a worker: it cannot be pickled")
 
-    def root_job(self) -> Job:
+    def root_job(self, total: int) -> Job:
         priority = (self.options.get("priority") or 0) - 1  # chunks are claimed before their root
-        root = make_job(MapRoot, (), {"total": self.submitted}, name=f"map:{self.name}", key=self.runtime.key,
+        root = make_job(MapRoot, (), {"total": total}, name=f"map:{self.name}", key=self.runtime.key,
                         job_id=self.root_id, priority=priority)
-        self.root_inserted = True
         return root
 
     def submit(self, chunks: list[list], *, last: bool) -> None:
-        """Insert these chunk jobs (and the root when ``last``) in one call; track them."""
+        """Insert these chunk jobs (and the root when ``last``) and track them: in one insert, or, when
+        they carry large data, in groups of about :data:`STREAM_BYTES`, so that workers start on the
+        first chunks while later ones are still pickled and stored."""
         memo = DigestMemo()  # one submission: a value in every chunk (the function's closure) is hashed once
-        jobs = [self.chunk_job(chunk, memo) for chunk in chunks]
-        if last and self.submitted:
-            jobs.insert(0, self.root_job())
+        group = [self.root_job(self.submitted + len(chunks))] if last and (self.submitted or chunks) else []
+        size, inserted = 0, False
+        try:
+            for chunk in chunks:
+                job = self.chunk_job(chunk, memo)
+                group.append(job)
+                size += sum(data.nbytes for data in job.blobs.values())
+                if size >= STREAM_BYTES:
+                    self._insert(group)
+                    group, size, inserted = [], 0, True
+        except BaseException:
+            if inserted:  # all or nothing: the chunks already stored must not run without the rest
+                self.runtime.store.request_kill(self.root_id)
+            raise
+        self._insert(group)
+
+    def _insert(self, jobs: list[Job]) -> None:
         if jobs:
             futures = self.runtime.insert_and_track(jobs, jobs)
             self.futures.extend(f for f in futures if f.job_id != self.root_id)

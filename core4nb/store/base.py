@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from core4nb.errors import MalformedJob, StoreUnavailable
+from core4nb.errors import JobNotFound, MalformedJob, StoreUnavailable
 from core4nb.job import SCALAR_FIELDS, Job, JobError, Lease, State, check_transition
 from core4nb.store.decode import decode_job, placeholder_job
 
@@ -54,6 +54,28 @@ class BlobSweep:
 #: ``sweep_blobs`` default: an unreferenced blob younger than this may belong to a job being submitted
 #: or finished right now (blobs are stored before the job that names them), so it is left alone.
 DEFAULT_SWEEP_AGE = 3600.0
+
+
+#: Finished trees are pruned this many seconds after their last job finished (a setting per queue).
+DEFAULT_RETENTION = 7 * 86400.0
+
+
+@dataclass
+class PruneReport:
+    """What a prune removed (or, dry, would remove): whole finished trees, their jobs and blobs."""
+
+    roots: list[str] = field(default_factory=list)
+    jobs: int = 0
+    blobs: BlobSweep = field(default_factory=BlobSweep)
+    freed: int = 0  # bytes the store's files shrank by (SQLite), or the blobs' bytes (MongoDB)
+
+
+@dataclass
+class StoreUsage:
+    """How much the queue holds: bytes on disk (or in the database) and finished trees awaiting retention."""
+
+    size: int
+    finished_trees: int
 
 
 @dataclass
@@ -184,6 +206,36 @@ class Store(abc.ABC):
         deletes the blobs of the jobs it removes that no other job refers to."""
 
     @abc.abstractmethod
+    def prune(self, older_than: float, *, dry_run: bool = False) -> PruneReport:
+        """Remove every tree all of whose jobs are final, none pinned (``keep``), and whose last job
+        finished more than ``older_than`` seconds ago, with its blobs; give the space back. Open
+        trees are never touched. A pruned root is remembered, so ``get`` can say when it went."""
+
+    @abc.abstractmethod
+    def usage(self, older_than: float) -> StoreUsage:
+        """Bytes the queue takes, and finished unpinned trees not yet ``older_than`` seconds old."""
+
+    @abc.abstractmethod
+    def get_setting(self, name: str) -> str | None:
+        """A queue-wide setting (``retention``), or None when not set."""
+
+    @abc.abstractmethod
+    def set_setting(self, name: str, value: str) -> None:
+        """Store a queue-wide setting for every process of the queue."""
+
+    @abc.abstractmethod
+    def housekeeping_turn(self, worker: str, interval: float) -> bool:
+        """True for the one caller that may do housekeeping now: none did it in the last ``interval`` s."""
+
+    def retention(self) -> float:
+        """Seconds a finished tree is kept (``inf``: never pruned by housekeeping)."""
+        value = self.get_setting("retention")
+        try:
+            return DEFAULT_RETENTION if value is None else float(value)
+        except ValueError:
+            return DEFAULT_RETENTION
+
+    @abc.abstractmethod
     def kill_requests(self, job_ids: Iterable[str]) -> set[str]:
         """Which of these (running) jobs have a kill request."""
 
@@ -221,6 +273,16 @@ class Store(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def not_found(job_id: str, url: str, pruned: tuple[float, float | None] | None) -> JobNotFound:
+    """The error for an id a store does not have; for a pruned tree, when it went and why."""
+    if pruned is None:
+        return JobNotFound(f"no job with id {job_id} in queue {redact_url(url)}; list jobs with `core4nb jobs`")
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(pruned[0]))
+    done = f", {(pruned[0] - pruned[1]) / 86400:.1f} days after it finished" if pruned[1] else ""
+    return JobNotFound(f"job {job_id} was pruned from queue {redact_url(url)} on {when}{done}: finished trees are "
+                       "kept for the queue's retention (`core4nb retention`); pin one with keep=True")
 
 
 def lease_for(claimant: Claimant, token: str, lease_seconds: float, now: float) -> Lease:

@@ -69,6 +69,10 @@ def _checked(cls: type, data: Mapping[str, Any], names: Any, prefix: str = "", l
     return out
 
 
+#: Fields added after 0.1 with the value a document written before them means.
+ADDED_LATER: dict[str, Any] = {"keep": False}
+
+
 def decode_job(data: Mapping[str, Any]) -> Job:
     """Build a job from a store's flat fields, checking every one first.
 
@@ -79,6 +83,7 @@ def decode_job(data: Mapping[str, Any]) -> Job:
     Raises:
         MalformedJob: naming the first field that is missing or of the wrong type.
     """
+    data = {**ADDED_LATER, **data}  # a document written before a field existed reads as its default
     fields = _checked(Job, data, [*SCALAR_FIELDS, *(large for large in LARGE_FIELDS if large in data)])
     if data.get("lease_token") is not None:
         fields["lease"] = Lease(**_checked(Lease, data, _TYPES[Lease], prefix="lease_", label="lease_"))

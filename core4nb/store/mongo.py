@@ -19,20 +19,17 @@ unique indexes, epoch-float times, whole-value ``$set``; no transactions, no loc
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
-import re
 import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
-from urllib.parse import unquote_plus
 
-from pymongo import ASCENDING, MongoClient, UpdateOne, uri_parser
-from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
+from pymongo import ASCENDING, MongoClient, UpdateOne
+from pymongo.errors import BulkWriteError, PyMongoError
 
-from core4nb.errors import BlobMissing, ConfigError, Core4Error, JobNotFound, MalformedJob, StoreUnavailable
+from core4nb.errors import BlobMissing, Core4Error, JobNotFound, MalformedJob, StoreUnavailable
 from core4nb.job import LARGE_FIELDS, SCALAR_FIELDS, Job, JobError, State, new_token
 from core4nb.serialize import frame_digests
 from core4nb.store import base, bell
@@ -41,6 +38,8 @@ from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInf
 from core4nb.store.blobfiles import FileBlobs
 from core4nb.store.decode import decode_job, placeholder_job
 from core4nb.store.mongo_blobs import Bucket, FrameFiles, GridFSBlobs, cache_dir, cache_limit
+from core4nb.store.mongo_connect import guarded, parse_url
+from core4nb.store.mongo_keeping import MongoHousekeeping
 
 CONNECT_TIMEOUT_MS = 5000  # server selection; a serverSelectionTimeoutMS in the URL wins
 MAX_SET_ASIDE = 16  # malformed documents one claim moves to error before it answers "nothing now"
@@ -50,63 +49,18 @@ _NO_BLOBS = dict.fromkeys(LARGE_FIELDS, 0)  # listings leave the large fields ou
 _WORKER_FIELDS = {f.name for f in dataclasses.fields(WorkerInfo)}
 
 
-def _parse_url(url: str) -> tuple[str, str, str, dict[str, Any]]:
-    """(driver URL without collection_prefix, database, collection prefix, driver options)."""
-    head, _, query = url.partition("?")
-    prefix, kept = "sys.", []
-    for item in filter(None, re.split("[&;]", query)):  # the other options pass on verbatim
-        key, _, value = item.partition("=")
-        if key.lower() == "collection_prefix":
-            prefix = unquote_plus(value)
-        else:
-            kept.append(item)
-    driver_url = head + ("?" + "&".join(kept) if kept else "")
-    try:
-        parsed = uri_parser.parse_uri(driver_url)
-    except (PyMongoError, ValueError) as exc:
-        userinfo = url.partition("://")[2].rpartition("@")[0]  # as redact_url reads it
-        password = userinfo.partition(":")[2]
-        reason = str(exc).replace(password, "***") if password else str(exc)
-        raise ConfigError(f"queue URL {redact_url(url)!r} is not a valid MongoDB URL ({reason}); "
-                          "use mongodb://[user:pass@]host[:port]/DATABASE") from None
-    if not parsed["database"]:
-        raise ConfigError(f"queue URL {redact_url(url)!r} names no database: add one, e.g. mongodb://host:27017/core4")
-    return driver_url, parsed["database"], prefix, parsed["options"]
-
-
-def _guarded(method):
-    """Report an unreachable or refusing server as StoreUnavailable, naming the redacted URL."""
-
-    @functools.wraps(method)
-    def wrapper(self: MongoStore, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(self, *args, **kwargs)
-        except ConnectionFailure as exc:  # server selection timeouts, AutoReconnect, network timeouts
-            reason = str(exc).split(", Timeout:")[0].splitlines()[0][:200]
-            raise StoreUnavailable(f"cannot reach MongoDB for queue {redact_url(self.url)} ({reason}); start the "
-                                   "server or fix host/port in the URL (or wait longer: ?serverSelectionTimeoutMS="
-                                   "30000)") from None
-        except OperationFailure as exc:
-            if exc.code not in claims.AUTH_ERRORS:
-                raise
-            raise StoreUnavailable(f"MongoDB refused queue {redact_url(self.url)} ({exc.details.get('errmsg')}); "
-                                   "check user, password and authSource in the URL") from None
-
-    return wrapper
-
-
 def _error_doc(error: JobError | None) -> dict[str, Any] | None:
     return None if error is None else dataclasses.asdict(error)  # a whole subdocument: nx stores it intact
 
 
-class MongoStore(Store):
+class MongoStore(MongoHousekeeping, Store):
     """The queue in one MongoDB database; see the module docstring for the layout."""
 
-    @_guarded
+    @guarded
     def __init__(self, url: str) -> None:
         self.url = url
-        self._driver_url, self.database, self.prefix, options = _parse_url(url)
-        self.collections = {kind: self.prefix + kind for kind in ("queue", "worker", "journal", "blobs")}
+        self._driver_url, self.database, self.prefix, options = parse_url(url)
+        self.collections = {kind: self.prefix + kind for kind in ("queue", "worker", "blobs", "setting", "pruned")}
         wait_given = "serverselectiontimeoutms" in {key.lower() for key in options}
         self._options = {} if wait_given else {"serverSelectionTimeoutMS": CONNECT_TIMEOUT_MS}
         self._closed = False
@@ -170,10 +124,11 @@ class MongoStore(Store):
         return base.listed_job(data)
 
     def _not_found(self, job_id: str) -> JobNotFound:
-        return JobNotFound(f"no job with id {job_id} in queue {redact_url(self.url)}; list jobs with `core4nb jobs`")
+        pruned = self._col("pruned").find_one({"_id": job_id})
+        return base.not_found(job_id, self.url, pruned and (pruned.get("pruned_at"), pruned.get("finished_at")))
 
     # -- jobs ---------------------------------------------------------------------------------------------
-    @_guarded
+    @guarded
     def insert(self, jobs: Sequence[Job]) -> None:
         docs, turns = [], Counter()
         for job in jobs:
@@ -219,14 +174,14 @@ class MongoStore(Store):
     def listen(self, role: str) -> bell.Bell:
         return bell.Bell(self._bells, role, hears_everyone=False)  # other machines' writes do not ring
 
-    @_guarded
+    @guarded
     def get(self, job_id: str, *, blobs: bool = True) -> Job:
         doc = self._col("queue").find_one({"_id": job_id}, None if blobs else _NO_BLOBS)
         if doc is None:
             raise self._not_found(job_id)
         return self._listed(doc, blobs)
 
-    @_guarded
+    @guarded
     def find(self, *, ids: Iterable[str] | None = None, states: Iterable[State] | None = None,
              root_id: str | None = None, parent_id: str | None = None, limit: int | None = None,
              blobs: bool = False) -> list[Job]:
@@ -240,19 +195,19 @@ class MongoStore(Store):
         cursor = self._col("queue").find(query, None if blobs else _NO_BLOBS).sort("_id", ASCENDING)
         return [self._listed(doc, blobs) for doc in (cursor.limit(int(limit)) if limit else cursor)]
 
-    @_guarded
+    @guarded
     def counts(self, *, root_id: str | None = None, parent_id: str | None = None) -> dict[State, int]:
         query = {k: v for k, v in (("root_id", root_id), ("parent_id", parent_id)) if v is not None}
         rows = self._col("queue").aggregate([{"$match": query}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}])
         return base.count_states((row["_id"], row["n"]) for row in rows)
 
-    @_guarded
+    @guarded
     def has_waiting(self) -> bool:
         # $gte 0 matches numbers only (type bracketing): a string or missing query_at is never claimable.
         query = {"state": {"$in": claims.CLAIMABLE}, "kill_requested": False, "query_at": {"$gte": 0}}
         return self._col("queue").find_one(query, {"_id": 1}) is not None
 
-    @_guarded
+    @guarded
     def claim(self, claimant: Claimant, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Job | None:
         """Take the best claimable job (see :meth:`Store.claim` and :mod:`~core4nb.store.mongo_claim`).
 
@@ -294,7 +249,7 @@ class MongoStore(Store):
         self._in_flight.token = None
         return job
 
-    @_guarded
+    @guarded
     def finish(self, job_id: str, token: str, state: State, **fields: Any) -> bool:
         state = check_finish(state, fields)
         values = {k: v for k, v in fields.items() if k not in ("result", "error")}
@@ -322,7 +277,7 @@ class MongoStore(Store):
             bell.ring(self._bells, "done" if state.is_final else "work")
         return done
 
-    @_guarded
+    @guarded
     def heartbeat(self, leases: dict[str, str], *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> set[str]:
         if not leases:
             return set()
@@ -335,13 +290,13 @@ class MongoStore(Store):
         alive = {d["_id"] for d in queue.find(query, {"lease_token": 1}) if d.get("lease_token") == leases[d["_id"]]}
         return set(leases) - alive
 
-    @_guarded
+    @guarded
     def set_progress(self, job_id: str, token: str, value: float | None, message: str) -> bool:
         query = {"_id": job_id, "state": State.RUNNING, "lease_token": token}
         change = {"progress_value": value, "progress_message": message}
         return self._col("queue").update_one(query, {"$set": change}).matched_count == 1
 
-    @_guarded
+    @guarded
     def reap(self) -> list[Job]:
         queue, now, reaped = self._col("queue"), claims.epoch(time.time()), []
         for doc in queue.find({"state": State.RUNNING, "lease_until": {"$lt": now}}, _NO_BLOBS):
@@ -381,7 +336,7 @@ class MongoStore(Store):
             stack.extend(children[ids[-1]])
         return {"_id": {"$in": ids}}
 
-    @_guarded
+    @guarded
     def request_kill(self, job_id: str, *, tree: bool = True) -> int:
         query, queue = self._subtree(job_id, tree), self._col("queue")
         # Flag every open job first: a flagged job is never claimed, and a flagged running job that
@@ -394,12 +349,12 @@ class MongoStore(Store):
             bell.ring(self._bells, "done")
         return flagged.matched_count
 
-    @_guarded
+    @guarded
     def kill_requests(self, job_ids: Iterable[str]) -> set[str]:
         query = {"_id": {"$in": list(job_ids)}, "state": State.RUNNING, "kill_requested": True}
         return {doc["_id"] for doc in self._col("queue").find(query, {"_id": 1})}
 
-    @_guarded
+    @guarded
     def remove(self, job_id: str) -> int:
         queue = self._col("queue")
         ids = [doc["_id"] for doc in queue.find(self._subtree(job_id, tree=True), {"_id": 1})]
@@ -412,34 +367,18 @@ class MongoStore(Store):
                                                                  {"result_refs": {"$in": list(named)}}]}))
         return removed
 
-    def _referenced(self, query: dict[str, Any]) -> set[str]:
-        docs = self._col("queue").find(query, {"payload_refs": 1, "result_refs": 1})
-        return {name for doc in docs for refs in (doc.get("payload_refs"), doc.get("result_refs"))
-                if isinstance(refs, list) for name in refs if isinstance(name, str)}
-
-    @_guarded
-    def sweep_blobs(self, older_than: float = base.DEFAULT_SWEEP_AGE, *, dry_run: bool = False) -> base.BlobSweep:
-        cutoff = time.time() - older_than
-        old = [b for b in self.blobs.listing() if b.mtime <= cutoff]
-        names = list({b.digest for b in old})
-        kept = self._referenced({"$or": [{"payload_refs": {"$in": names}}, {"result_refs": {"$in": names}}]})
-        orphans = [b for b in old if b.digest not in kept]
-        if orphans and not dry_run:
-            self.blobs.delete({b.digest for b in orphans})
-        return base.BlobSweep(len(orphans), sum(b.size for b in orphans))
-
     # -- worker nodes ---------------------------------------------------------------------------------
-    @_guarded
+    @guarded
     def save_worker(self, info: WorkerInfo) -> None:
         # _id in the document too: on upsert nx ignores the filter's _id and would mint an ObjectId.
         self._col("worker").replace_one({"_id": info.name}, {"_id": info.name, **dataclasses.asdict(info)},
                                         upsert=True)
 
-    @_guarded
+    @guarded
     def workers(self) -> list[WorkerInfo]:
         return [WorkerInfo(**{k: v for k, v in doc.items() if k in _WORKER_FIELDS})
                 for doc in self._col("worker").find().sort("_id", ASCENDING)]
 
-    @_guarded
+    @guarded
     def remove_worker(self, name: str) -> None:
         self._col("worker").delete_one({"_id": name})

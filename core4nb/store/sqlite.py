@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import random
 import sqlite3
@@ -41,6 +42,9 @@ from core4nb.store import sqlite_sql as sql
 from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, check_finish, redact_url
 from core4nb.store.blobfiles import FileBlobs
 from core4nb.store.decode import decode_job
+from core4nb.store.sqlite_keeping import SQLiteHousekeeping
+
+log = logging.getLogger("core4nb.store")
 
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for the lock before giving up
 # SQLite's own busy handler sleeps up to 100 ms between tries: when 32 idle nodes are woken at once,
@@ -70,7 +74,7 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteHousekeeping, Store):
     """The queue in one SQLite file: ``SQLiteStore("sqlite:///path/to/queue.db")``."""
 
     def __init__(self, url: str) -> None:
@@ -92,6 +96,17 @@ class SQLiteStore(Store):
             for statement in filter(str.strip, sql.SCHEMA.split(";")):
                 conn.execute(statement)
             sql.add_missing_columns(conn)
+        self._convert_to_incremental_vacuum()
+
+    def _convert_to_incremental_vacuum(self) -> None:
+        """A queue file made before pruning existed keeps freed pages for ever: convert it once (VACUUM)."""
+        conn = self._conn()
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+            return
+        try:
+            conn.execute("VACUUM")  # applies the auto_vacuum mode every connection asks for
+        except sqlite3.OperationalError as exc:  # busy: another process holds the lock; the next open tries again
+            log.info("queue file %s not converted to incremental vacuum yet: %s", self.path, exc)
 
     def _check_path(self) -> None:
         path, fix = self.path, "point the queue URL at a writable file, e.g. sqlite:///tmp/core4nb/queue.db"
@@ -120,6 +135,8 @@ class SQLiteStore(Store):
                 conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
                 conn.row_factory = sqlite3.Row
                 conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+                # Before any table exists (a new file): pages freed by prune go back to the disk.
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 conn.execute("PRAGMA journal_mode = WAL")
                 # NORMAL is crash-safe in WAL (a dying process loses nothing); only power loss may lose last commits.
                 conn.execute("PRAGMA synchronous = NORMAL")
@@ -203,7 +220,8 @@ class SQLiteStore(Store):
         return bell.Bell(self._bells, role)
 
     def _not_found(self, job_id: str) -> JobNotFound:
-        return JobNotFound(f"no job with id {job_id} in queue {redact_url(self.url)}; list jobs with `core4nb jobs`")
+        rows = self._read("SELECT pruned_at, finished_at FROM pruned WHERE root_id = ?", (job_id,))
+        return base.not_found(job_id, self.url, rows[0] if rows else None)
 
     def get(self, job_id: str, *, blobs: bool = True) -> Job:
         rows = self._read(f"SELECT {sql.ALL if blobs else sql.NO_BLOBS} FROM queue WHERE id = ?", (job_id,))
@@ -366,14 +384,6 @@ class SQLiteStore(Store):
             if named:
                 self.blobs.delete(named - sql.referenced_blobs(conn))
         return removed
-
-    def sweep_blobs(self, older_than: float = base.DEFAULT_SWEEP_AGE, *, dry_run: bool = False) -> base.BlobSweep:
-        with self._tx() as conn:
-            kept, cutoff = sql.referenced_blobs(conn), time.time() - older_than
-            orphans = [b for b in self.blobs.listing() if b.digest not in kept and b.mtime <= cutoff]
-            if not dry_run:
-                self.blobs.delete(b.digest for b in orphans)
-        return base.BlobSweep(len(orphans), sum(b.size for b in orphans))
 
     # -- worker nodes ------------------------------------------------------------------------------
     def save_worker(self, info: WorkerInfo) -> None:

@@ -32,6 +32,7 @@ COLUMNS = {  # Job fields, the lease flattened into lease_* columns, blobs apart
     "output": "TEXT NOT NULL DEFAULT ''",  # added after 0.1: add_missing_columns() brings older files up to date
     # The blob digests the payload and the result name (space separated): what remove and sweep_blobs keep.
     "payload_refs": "TEXT NOT NULL DEFAULT ''", "result_refs": "TEXT NOT NULL DEFAULT ''",
+    "keep": "INTEGER NOT NULL DEFAULT 0",
 }
 # A new Job field must get a column here, or jobs would silently lose it.
 assert set(SCALAR_FIELDS) <= set(COLUMNS), set(SCALAR_FIELDS) - set(COLUMNS)
@@ -45,6 +46,8 @@ CREATE INDEX IF NOT EXISTS queue_root ON queue (root_id, state);
 CREATE INDEX IF NOT EXISTS queue_parent ON queue (parent_id, state);
 DROP INDEX IF EXISTS queue_name;
 CREATE TABLE IF NOT EXISTS worker (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS setting (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pruned (root_id TEXT PRIMARY KEY, pruned_at REAL NOT NULL, finished_at REAL);
 PRAGMA user_version = 1;
 """
 
@@ -104,8 +107,9 @@ def columns(fields: dict[str, Any]) -> dict[str, Any]:
     out = dict(fields)
     if "state" in out:
         out["state"] = str(State(out["state"]))
-    if "kill_requested" in out:
-        out["kill_requested"] = int(bool(out["kill_requested"]))
+    for flag in ("kill_requested", "keep"):
+        if flag in out:
+            out[flag] = int(bool(out[flag]))
     for blob in ("payload", "result"):
         if blob in out:
             out[f"{blob}_refs"] = " ".join(frame_digests(out[blob]))
@@ -133,6 +137,14 @@ def referenced_blobs(conn: sqlite3.Connection, where: str = "1", params: Sequenc
     rows = conn.execute(f"SELECT payload_refs, result_refs FROM queue WHERE ({where}) "
                         "AND (payload_refs != '' OR result_refs != '')", params)
     return {name for row in rows for refs in row for name in refs.split()}
+
+
+FINAL = "('complete', 'error', 'inactive', 'killed')"
+# Trees whose every job is final and none pinned, by the time their last job finished.
+_FINISHED_TREES = f"""SELECT root_id, MAX(finished_at) AS done FROM queue GROUP BY root_id
+HAVING SUM(state NOT IN {FINAL}) = 0 AND SUM(keep) = 0 AND MAX(finished_at) IS NOT NULL"""
+PRUNABLE = f"SELECT root_id, done FROM ({_FINISHED_TREES}) WHERE done < ?"
+WAITING = f"SELECT COUNT(*) FROM ({_FINISHED_TREES}) WHERE done >= ?"
 
 
 def set_aside(conn: sqlite3.Connection, rowid: int, problem: str, now: float) -> None:
