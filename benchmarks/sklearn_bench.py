@@ -59,8 +59,10 @@ def _open(tool: str, scratch: Path) -> tuple[dict[str, Any], Any]:
     elif tool == "dask":
         import logging
 
+        import dask
         from distributed import Client, LocalCluster
 
+        dask.config.set({"temporary-directory": str(scratch)})  # its scratch space goes with ours
         cluster = LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True, host="127.0.0.1",
                                dashboard_address=None, silence_logs=logging.ERROR)
         client = Client(cluster)
@@ -74,9 +76,17 @@ def _open(tool: str, scratch: Path) -> tuple[dict[str, Any], Any]:
         import ray
         from ray.util.joblib import register_ray
 
-        ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        # Ray's session files hold sockets (at most 107 bytes a path): a short directory of its own, removed after.
+        session = tempfile.mkdtemp(prefix="c4ray-", dir="/tmp")
+        ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                 _temp_dir=session)
         register_ray()
-        config, close = {"backend": "ray"}, ray.shutdown
+
+        def close() -> None:
+            ray.shutdown()
+            shutil.rmtree(session, ignore_errors=True)
+
+        config = {"backend": "ray"}
     else:
         import core4nb.joblib  # noqa: F401  (registers the backend)
         from core4nb import Core4Executor
@@ -148,10 +158,8 @@ def run(size: str, repeat: int, tools: list[str], timeout: float = 600) -> list[
             continue
         print(f"  {tool} …", flush=True)
         cmd = [sys.executable, "-m", "benchmarks.sklearn_bench", "one", tool, size, str(repeat)]
-        # A temp directory per tool, removed after it: Dask's scratch space and Ray's session files go there.
-        tmp = tempfile.mkdtemp(prefix="c4sk-tmp-")
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**env, "TMPDIR": tmp},
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
                                   cwd=Path(__file__).resolve().parent.parent)
             lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
             if done.returncode or not lines:
@@ -159,8 +167,6 @@ def run(size: str, repeat: int, tools: list[str], timeout: float = 600) -> list[
             out.append({**entry, **json.loads(lines[-1]), "status": "ok"})
         except Exception as exc:
             out.append({**entry, "status": "error", "reason": f"{type(exc).__name__}: {exc}"})
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     loky = next((r for r in out if r["tool"] == "loky" and r["status"] == "ok"), None)
     for r in out:
         if r["status"] == "ok":
