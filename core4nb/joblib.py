@@ -37,12 +37,15 @@ import time
 import warnings
 from typing import Any
 
-from joblib.parallel import (
-    AutoBatchingMixin,
-    ParallelBackendBase,
-    SequentialBackend,
-    register_parallel_backend,
-)
+try:
+    from joblib.parallel import (
+        AutoBatchingMixin,
+        ParallelBackendBase,
+        SequentialBackend,
+        register_parallel_backend,
+    )
+except ImportError as exc:  # joblib is an extra: say which
+    raise ImportError(f"core4nb.joblib needs joblib ({exc}): pip install 'core4nb[joblib]'") from exc
 
 from core4nb.errors import JobNotFound, NoWorkers, PayloadError
 from core4nb.executor import Core4Executor
