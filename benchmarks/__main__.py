@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import dataplane
+from benchmarks import dataplane, sklearn_bench
 from benchmarks.backends import BACKENDS, select
 from benchmarks.env import SIZES, Context, machine
 from benchmarks.queue_rate import queue
@@ -25,7 +25,7 @@ from benchmarks.workloads import latency, overhead, primes, startup
 
 WORKLOADS = {"primes": primes, "overhead": overhead, "latency": latency, "startup": startup,
              "scaling": scaling, "queue": queue, "data": dataplane.workload,
-             "retention": retention}
+             "retention": retention, "sklearn": sklearn_bench.workload}
 HERE = Path(__file__).resolve().parent
 
 

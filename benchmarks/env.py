@@ -37,7 +37,7 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 
 TOOLS = ("core4nb", "cloudpickle", "loky", "dask", "distributed", "ipyparallel", "pymongo", "nx-27017",
-         "matplotlib", "pyinstrument", "psutil")
+         "matplotlib", "pyinstrument", "psutil", "joblib", "scikit-learn", "ray")
 
 
 #: Processes of the run itself (the wire-protocol server) that a tool's clean-up must leave alone.

@@ -134,4 +134,8 @@ def write_plots(workloads: dict[str, Any], outdir: Path, workers: int) -> dict[s
         from benchmarks.dataplane import plot
 
         made["data"] = plot(workloads["data"]["results"], outdir / "data.png")
+    if "sklearn" in workloads:
+        made["sklearn"] = bar_plot(workloads["sklearn"], "median_s", "min_s",
+                                   "sklearn: GridSearchCV of a random forest, median wall s", "s",
+                                   "{:.2f}", outdir / "sklearn.png")
     return {k: v for k, v in made.items() if v is not None}

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import dataplane, retention
+from benchmarks import dataplane, retention, sklearn_bench
 from benchmarks.targets import evaluate
 
 Row = Callable[[dict[str, Any]], list[str]]
@@ -123,7 +123,7 @@ def queue(w: dict[str, Any]) -> list[str]:
 
 SECTIONS = {"primes": primes, "overhead": overhead, "latency": latency, "startup": startup, "scaling": scaling,
             "queue": queue, "data": dataplane.section,
-            "retention": retention.section}
+            "retention": retention.section, "sklearn": sklearn_bench.section}
 
 
 def machine_lines(meta: dict[str, Any]) -> list[str]:

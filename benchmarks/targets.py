@@ -62,6 +62,10 @@ def evaluate(workloads: dict[str, Any]) -> list[dict[str, Any]]:
         from benchmarks.retention import targets as retention_targets
 
         out += [_target(*t) for t in retention_targets(workloads["retention"])]
+    if workloads.get("sklearn"):
+        from benchmarks.sklearn_bench import targets as sklearn_targets
+
+        out += [_target(*t) for t in sklearn_targets(workloads["sklearn"]["results"])]
     for t in out:
         t["met"] = None if t["met"] is None else bool(t["met"])
     return out

@@ -65,6 +65,10 @@ class WorkerLost(Core4Error):
     """A job's worker stopped heartbeating (node died, paused or cut off)."""
 
 
+class NoWorkers(Core4Error, TimeoutError):
+    """No worker node serves the queue, so nothing would run the jobs; the message names the command to start one."""
+
+
 class ChildFailed(JobFailed):
     """A child job in a divide-and-conquer tree ended without a result."""
 

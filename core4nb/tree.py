@@ -164,17 +164,24 @@ def enqueue(job: type[Core4Job] | Callable, /, *args: Any, url: str | None = Non
     (the embedded one, with local workers, when ``url`` and ``CORE4NB_URL``
     are unset) that lives until the interpreter exits.
     """
+    options = {k: kwargs.pop(k) for k in JOB_OPTIONS if k in kwargs}
+    executor = default_executor(url)
+    view = executor.options(**options) if options else executor
+    return JobHandle(view.submit(job, *args, **kwargs), executor.url)
+
+
+def default_executor(url: str | None = None) -> Core4Executor:
+    """A live executor of this process on ``url`` (default: ``CORE4NB_URL`` or the embedded queue), else
+    one made for it (with local workers for the embedded queue) that lives until the interpreter exits."""
     from core4nb.executor import Core4Executor
     from core4nb.executor.executor import find_live_executor
     from core4nb.queue import default_url
 
     target = url or default_url()
-    options = {k: kwargs.pop(k) for k in JOB_OPTIONS if k in kwargs}
     executor = find_live_executor(target)
     if executor is None:
         with _default_lock:  # two threads must not both start local workers for one queue
             executor = _defaults.get(target)
             if executor is None or executor.is_shutdown:
                 executor = _defaults[target] = Core4Executor(url)
-    view = executor.options(**options) if options else executor
-    return JobHandle(view.submit(job, *args, **kwargs), target)
+    return executor

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ["primes", "overhead", "latency", "startup", "scaling", "queue", "data", "retention"]
+WORKLOADS = ["primes", "overhead", "latency", "startup", "scaling", "queue", "data", "retention", "sklearn"]
 
 
 BACKENDS = ["serial", "process", "core4nb"]
@@ -135,12 +135,23 @@ def test_data_workloads_moved_arrays_correctly(tiny: tuple[dict[str, Any], Path]
     assert rows["broadcast:core4nb-share"]["correct"] is True
 
 
+def test_sklearn_workload_matches_loky(tiny: tuple[dict[str, Any], Path]) -> None:
+    data, _ = tiny
+    rows = results(data, "sklearn")
+    assert data["workloads"]["sklearn"]["params"]["candidates"] == 4
+    for tool in ["loky", "core4nb"]:
+        assert rows[tool]["status"] == "ok" and rows[tool]["correct"] is True, rows[tool].get("reason")
+        assert 0 < rows[tool]["min_s"] <= rows[tool]["median_s"] and rows[tool]["startup_s"] > 0
+    assert rows["core4nb"]["scores"] == rows["loky"]["scores"]
+    assert {r["status"] for r in rows.values()} <= {"ok", "skipped"}, rows  # Dask and Ray: run when installed
+
+
 def test_report_and_plots(tiny: tuple[dict[str, Any], Path]) -> None:
     _, out = tiny
     text = (out / "RESULTS.md").read_text()
     for heading in ["## Targets for core4nb", *(f"## {w}" for w in WORKLOADS)]:
         assert heading in text
-    for name in ["primes_speedup", "overhead", "latency", "startup", "scaling", "data"]:
+    for name in ["primes_speedup", "overhead", "latency", "startup", "scaling", "data", "sklearn"]:
         png = out / "plots" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert f"plots/{name}.png" in text

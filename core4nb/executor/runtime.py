@@ -93,15 +93,19 @@ class Runtime:
         now = time.time()
         return [w for w in self.store.workers() if w.state == "running" and now - w.heartbeat < DEFAULT_LEASE_SECONDS]
 
-    def slots(self) -> int:
-        """Worker slots serving this queue: live nodes' slots, else this machine's cores."""
-        if self.is_shutdown:  # the store may be closed; the submit that follows raises anyway
-            return os.cpu_count() or 1
+    def live_slots(self) -> int:
+        """Worker slots of the live nodes serving this queue (the local node from its start); 0 when none."""
         live = self._live_nodes()
         total = sum(w.slots for w in live)
         if self.local is not None and self.local.name not in {w.name for w in live}:
             total += self.local.processes  # started, not registered yet
-        return total or os.cpu_count() or 1
+        return total
+
+    def slots(self) -> int:
+        """Worker slots serving this queue: live nodes' slots, else this machine's cores."""
+        if self.is_shutdown:  # the store may be closed; the submit that follows raises anyway
+            return os.cpu_count() or 1
+        return self.live_slots() or os.cpu_count() or 1
 
     def shutdown(self, wait: bool, cancel_futures: bool) -> None:
         with self._lock:
