@@ -43,8 +43,8 @@ from typing import Any, ClassVar, Protocol
 
 import cloudpickle
 
-from core4nb import shipping
-from core4nb.buffers import DigestMemo, blob_threshold, digest, out_of_band_bytes
+from core4nb import buffers, shipping
+from core4nb.buffers import DigestMemo, blob_threshold, out_of_band_bytes
 from core4nb.errors import (
     BlobMissing,
     EnvironmentMismatch,
@@ -177,7 +177,7 @@ def _header_digest(view: memoryview, memo: DigestMemo | None) -> str:
         found = handle.memo.known(view)
         if found is not None:
             return found
-    return memo.digest_of(view) if memo is not None else digest(view)
+    return memo.digest_of(view) if memo is not None else buffers.digest(view)
 
 
 def _mac(key: bytes, signed: bytes, body: memoryview | bytes) -> bytes:

@@ -23,7 +23,7 @@ from sklearn.model_selection import GridSearchCV, cross_val_score
 
 import core4nb
 import core4nb.joblib
-from core4nb import Core4Executor, PayloadError, Queue, State, serialize
+from core4nb import Core4Executor, PayloadError, Queue, State, buffers
 from core4nb.errors import NoWorkers
 from core4nb.queue import RemoteTraceback, outcome
 from tests.nodes import start_node, stop_node, wait_for
@@ -239,8 +239,8 @@ def test_unknown_options_are_refused():
 def test_a_grid_search_hashes_and_stores_x_once(queue_url, data, monkeypatch):
     monkeypatch.setenv("CORE4NB_BLOB_THRESHOLD", THRESHOLD)
     hashed = []
-    real_digest = serialize.digest
-    monkeypatch.setattr(serialize, "digest", lambda view: hashed.append(view.nbytes) or real_digest(view))
+    real_digest = buffers.digest
+    monkeypatch.setattr(buffers, "digest", lambda view: hashed.append(view.nbytes) or real_digest(view))
     X, y = data
     with Core4Executor(queue_url, workers=2) as executor, joblib.parallel_config(backend="core4nb", url=queue_url):
         search = GridSearchCV(RandomForestClassifier(n_estimators=3, random_state=0), {"max_depth": [2, 3, 4]},
@@ -250,7 +250,7 @@ def test_a_grid_search_hashes_and_stores_x_once(queue_url, data, monkeypatch):
         assert hashed == [X.nbytes]  # once for the call, though every batch names it
         with Queue(queue_url) as queue:
             assert {b.digest: b.size for b in queue.store.blobs.listing()} == {
-                serialize.digest(memoryview(X).cast("B")): X.nbytes}
+                buffers.digest(memoryview(X).cast("B")): X.nbytes}
     assert search.best_params_ in [{"max_depth": d} for d in (2, 3, 4)]
 
 

@@ -320,7 +320,7 @@ class WorkerNode:
             elif message[0] == "done" and slot.job is not None:
                 job = slot.release()
                 write = outcomes.for_outcome(job, message[1], self.key_id, self.name)
-                if write.state is State.PENDING:  # handed back: this node's key cannot verify it
+                if write.state is State.PENDING:  # handed back: this node cannot verify or load it
                     self._unverifiable.add(job.id)
                 self._owe(write)
         if slot.is_dead:

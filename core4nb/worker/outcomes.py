@@ -39,11 +39,15 @@ def for_outcome(job: Job, outcome: Outcome, key_id: str = "", node: str = "") ->
     fail the write.
 
     A payload the node's key (of ``key_id``) cannot verify goes back to the queue, no attempt spent,
-    unless the job was signed under that very key id: then its bytes were changed, and it errs."""
+    unless the job was signed under that very key id: then its bytes were changed, and it errs. So does
+    one the node cannot load because its packages differ from the notebook's (EnvironmentMismatch)."""
     now = time.time()
     if outcome.kind == "rejected" and outcome.error.type == "SignatureError" and job.key_id != key_id:
         return hand_back(job, f"node {node} (key id {key_id}) cannot verify its signature (key id "
                          f"{job.key_id or 'not recorded'}): left for a node with the notebook's key", HAND_BACK_DELAY)
+    if outcome.kind == "rejected" and outcome.error.type == "EnvironmentMismatch":  # another node may have them
+        return hand_back(job, safe_text(f"node {node} cannot load it: {outcome.error.message}")[:500],
+                         HAND_BACK_DELAY)
     error = outcome.error and JobError(*(safe_text(t) for t in (outcome.error.type, outcome.error.message,
                                                                 outcome.error.traceback)), outcome.error.exit_code)
     outcome = dataclasses.replace(outcome, output=safe_text(outcome.output), message=safe_text(outcome.message),
