@@ -303,3 +303,32 @@ def test_restart_of_a_job_whose_blob_was_swept_says_so(queue):
     queue.store.blobs.delete(list(stored(queue)))
     with pytest.raises(BlobMissing, match="no longer"):
         queue.restart(job_id)
+
+
+# -- hand-edited GridFS files (MongoDB) ------------------------------------------------------------------------
+
+def test_hand_edited_gridfs_files_are_set_aside_not_run(mongo_url, tmp_path):
+    """A frame file with chunkSize 0 and a blob chunk whose data is an integer: each job ends in error with
+    MalformedJob, nothing of it runs, and the node goes on with the good job."""
+    with Queue(mongo_url) as queue:
+        bucket = queue.store.blobs.bucket
+        marker = tmp_path / "ran.txt"
+        framed = queue.enqueue(len, "x" * (9 * MB))  # a frame over 8 MB: a GridFS file of its own
+        fake = f"{framed}.payload.forged"
+        bucket.files().insert_one({"_id": fake, "filename": fake, "length": 9 * MB, "chunkSize": 0,
+                                   "metadata": {"job_id": framed}})
+        RawQueue(mongo_url).change(framed, {"payload_ref": fake})
+        blobbed = queue.enqueue(datafuncs.ran, str(marker), np.ones(MB // 4))
+        [digest] = stored(queue)
+        meta = bucket.files().find_one({"metadata.digest": digest})
+        bucket.delete([meta["_id"]])
+        bucket.files().insert_one({**meta, "_id": f"{digest}.forged"})
+        bucket._database()[f"{bucket.name}.chunks"].insert_one({"files_id": f"{digest}.forged", "n": 0, "data": 5})
+        good = queue.enqueue(datafuncs.total, np.ones(4))
+        run_burst(mongo_url, processes=1)
+        first, second = queue.get(framed), queue.get(blobbed)
+        assert (first.state, first.error.type) == (State.ERROR, "MalformedJob")
+        assert "damaged description (chunkSize 0" in first.error.message
+        assert (second.state, second.error.type) == (State.ERROR, "MalformedJob")
+        assert "holds no bytes" in second.error.message and not marker.exists()
+        assert queue.result(good) == 4.0
