@@ -196,7 +196,8 @@ def _measure(tool: str, workload: str, p: dict[str, Any], repeat: int, scratch: 
             got = [float(g.sum()) for g in got]
             held, sent = max(held, tasks * n * 8), sent + tasks * n * 8
         else:
-            big = np.arange(broadcast_mb * MB // 8, dtype=np.float64) + rep
+            big = np.arange(broadcast_mb * MB // 8, dtype=np.float64)
+            big += rep  # in place: the client holds one array, not a temporary beside it
             held, sent = max(held, big.nbytes), sent + big.nbytes
             expect = [slice_sum(big, i, tasks) for i in range(tasks)]
             start = time.perf_counter()
@@ -210,6 +211,7 @@ def _measure(tool: str, workload: str, p: dict[str, Any], repeat: int, scratch: 
             else:  # the closure a notebook cell makes
                 got = many(lambda i, big=big: slice_sum(big, i, tasks), range(tasks))
         times.append(time.perf_counter() - start)
+        big = arrays = handle = None  # this repeat's data goes before the next one's is made
         # to the last bits: a float sum depends on the array's alignment (SIMD), which transport may change
         correct &= len(got) == len(expect) and all(
             math.isclose(g, e, rel_tol=1e-12) for g, e in zip(got, expect, strict=False))

@@ -61,6 +61,10 @@ class SQLiteHousekeeping:
         waiting = self._read(sql.WAITING, (time.time() - older_than,))[0][0]
         return base.StoreUsage(self._disk_size(), waiting)
 
+    def _due(self, interval: float) -> bool:
+        last = self.get_setting("housekeeping_at")
+        return last is None or time.time() - float(last) >= interval
+
     def get_setting(self, name: str) -> str | None:
         rows = self._read("SELECT value FROM setting WHERE name = ?", (name,))
         return rows[0][0] if rows else None
@@ -70,6 +74,8 @@ class SQLiteHousekeeping:
             conn.execute("INSERT OR REPLACE INTO setting (name, value) VALUES (?, ?)", (name, value))
 
     def housekeeping_turn(self, worker: str, interval: float) -> bool:
+        if not self._due(interval):  # a read first: 32 nodes starting at once must not queue on the lock
+            return False
         with self._tx() as conn:  # under the write lock: one node's turn
             row = conn.execute("SELECT value FROM setting WHERE name = 'housekeeping_at'").fetchone()
             now = time.time()
