@@ -212,7 +212,10 @@ def dumps(obj: Any, *, key: bytes | None = None, job_id: str, kind: Kind, what: 
     value = out_of_band_bytes(obj, threshold, 3)
     if kind is Kind.CALL:  # code travels with calls; results come back by the modules the call brought
         for module in shipping.new_local_modules():
-            cloudpickle.register_pickle_by_value(module)
+            try:
+                cloudpickle.register_pickle_by_value(module)
+            except ValueError:  # listed in sys.modules under another name than its own: leave it by reference
+                continue
             _auto_shipped.add(module.__name__)
     try:
         body = _pickle(value, out_of_band)

@@ -77,17 +77,28 @@ def _version(distribution: str) -> str | None:
         return None
 
 
+_imported: tuple[int, list[tuple[bytes, str, str]]] = (-1, [])  # (len(sys.modules), installed packages)
+
+
+def _installed_imported() -> list[tuple[bytes, str, str]]:
+    """(name as bytes, name, version) of the installed top-level packages imported here (kept while
+    nothing new is imported: this runs for every payload)."""
+    global _imported
+    if _imported[0] != len(sys.modules):
+        found = []
+        for name in [n for n in list(sys.modules) if "." not in n and n not in _NEVER]:
+            dists = _distributions().get(name)
+            version = _version(dists[0]) if dists else None
+            if version:
+                found.append((name.encode(), name, version))
+        _imported = (len(sys.modules), found)
+    return _imported[1]
+
+
 def referenced_versions(body: bytes) -> dict[str, str]:
     """``{top-level package: version}`` for the installed packages imported here whose names the pickle
     mentions (a pickle names every module it needs by its dotted name)."""
-    found = {}
-    for name in [n for n in list(sys.modules) if "." not in n]:
-        dists = _distributions().get(name)
-        if dists and name not in _NEVER and name.encode() in body:
-            version = _version(dists[0])
-            if version:
-                found[name] = version
-    return found
+    return {name: version for raw, name, version in _installed_imported() if raw in body}
 
 
 def environment_differences(recorded: dict[str, str]) -> list[str]:
