@@ -40,6 +40,11 @@ def _hidden(base_temp: Path) -> list[str]:
     return ["/tmp" if not str(ROOT).startswith("/tmp/") else str(base_temp), str(Path.home())]
 
 
+def private_dir(base_temp: Path) -> Path:
+    """A folder both sides have at the same path, empty and private on the node's side."""
+    return Path(_hidden(base_temp)[0])
+
+
 def _kept(hidden: list[str]) -> list[str]:
     """What must stay visible inside a hidden folder: the interpreter's installation and this checkout
     (the venv with core4nb: the "installed" code every node has)."""

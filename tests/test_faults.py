@@ -243,8 +243,9 @@ def test_store_outage_mid_run_loses_nothing(outage, tmp_path, caplog):
     if is_sqlite(url):  # writers waited out the lock (no job finished while it was held)
         assert outages == recoveries == [0, 0]
         assert frozen[0][0] == frozen[0][1] < n
-    else:  # each node logged the outage once when it began and once when it ended, not per retry
-        assert outages == recoveries == [1, 1], logs
+    else:  # a node logs the outage once when it began and once when it ended, never per retry; one whose
+        # calls all fell in the last 5 s of the outage waited them out in server selection and saw none
+        assert outages == recoveries and set(outages) <= {0, 1} and sum(outages) >= 1, logs
         assert sum("is unavailable" in r.getMessage() for r in caplog.records if r.name == "core4nb.queue") == 1
     for text in logs:
         assert "Traceback" not in text, text

@@ -17,7 +17,7 @@ import pytest
 from core4nb import Queue, State
 from core4nb.serialize import load_key
 from tests import jobfuncs
-from tests.isolated import start_isolated_node, why_not
+from tests.isolated import private_dir, start_isolated_node, why_not
 from tests.nodes import node_log, stop_node, wait_for
 
 pytestmark = pytest.mark.skipif(why_not() is not None, reason=why_not() or "")
@@ -97,7 +97,8 @@ def test_code_and_data_travel_to_a_node_that_shares_no_files(mongo_url, tmp_path
 
 def test_kill_and_a_lost_node_across_machines(mongo_url, tmp_path, key, base_temp, monkeypatch):
     monkeypatch.setenv("CORE4NB_KEY", key)
-    marker = f"/tmp/core4nb-isolated-{os.getpid()}-{time.monotonic_ns()}.txt"  # in the node's private /tmp
+    # a path the node writes into its own private tmpfs: it must never appear on this side
+    marker = str(private_dir(base_temp) / f"core4nb-isolated-{os.getpid()}-{time.monotonic_ns()}.txt")
     with Queue(mongo_url) as queue:
         slow = queue.enqueue(jobfuncs.record, marker, "slow", 60.0)
         lost = queue.enqueue(jobfuncs.record, marker, "lost", 3.0, attempts=2, error_time=0.1)
@@ -116,7 +117,7 @@ def test_kill_and_a_lost_node_across_machines(mongo_url, tmp_path, key, base_tem
             stop_node(rescuer)
         job = queue.get(lost)
         assert (job.state, job.trial, queue.result(lost)) == (State.COMPLETE, 2, "lost")
-        assert not os.path.exists(marker)  # written on the node's /tmp, which is not this one
+        assert not os.path.exists(marker)  # written on the node's side only
 
 
 def test_a_node_cannot_serve_an_embedded_queue_it_cannot_see(sqlite_url, key, base_temp):
