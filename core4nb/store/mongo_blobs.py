@@ -162,7 +162,6 @@ class GridFSBlobs:
 
     def __init__(self, bucket: Bucket, cache: FileBlobs, cache_bytes: int) -> None:
         self.bucket, self.cache, self.cache_bytes = bucket, cache, cache_bytes
-        self.downloads = 0  # blobs this process fetched from GridFS (tests and logs count them)
 
     def _stored(self, digests: Iterable[str]) -> set[str]:
         # metadata.digest, not filename: nx-27017 answers a $in on a GridFS filename with nothing.
@@ -202,7 +201,6 @@ class GridFSBlobs:
                                   "(by hand, or by `core4nb gc` while no job referred to it); resubmit the job")
             started = time.monotonic()
             self.cache.write_stream(digest, self.bucket.read(meta, f"blob {digest[:16]}…"))
-            self.downloads += 1
             log.info("blob %s… (%.1f MB) fetched from GridFS into %s in %.2f s", digest[:16],
                      meta.get("length", 0) / 2**20, self.cache.root, time.monotonic() - started)
         self._evict()
