@@ -102,7 +102,8 @@ def _loky(_ctx: Context, workers: int) -> Session:
     return Session(loky.ProcessPoolExecutor(max_workers=workers))
 
 
-def _dask(_ctx: Context, workers: int) -> Session:
+def dask_client(workers: int) -> tuple[Any, Callable[[], None]]:
+    """A Dask client on a local cluster of ``workers`` one-thread processes, and what closes both."""
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=workers, processes=True, threads_per_worker=1, host="127.0.0.1",
@@ -113,6 +114,11 @@ def _dask(_ctx: Context, workers: int) -> Session:
         client.close()
         cluster.close()
 
+    return client, close
+
+
+def _dask(_ctx: Context, workers: int) -> Session:
+    client, close = dask_client(workers)
     # pure=False: identical calls are separate tasks, as in every other tool
     return Session(client.get_executor(pure=False), close)
 

@@ -99,18 +99,9 @@ def _open(tool: str, scratch: Path):
         par = Parallel(n_jobs=WORKERS)  # default: auto-memmapping of arrays over 1 MB
         return (lambda fn, *its: par(delayed(fn)(*args) for args in zip(*its, strict=True))), None, lambda: None, None
     if tool == "dask":
-        import logging
+        from benchmarks.backends import dask_client
 
-        from distributed import Client, LocalCluster
-
-        cluster = LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, silence_logs=logging.ERROR)
-        client = Client(cluster)
-
-        def close() -> None:
-            client.close()
-            cluster.close()
-
+        client, close = dask_client(WORKERS)
         return ((lambda fn, *its: client.gather(client.map(fn, *its, pure=False))),
                 (lambda value: client.scatter(value, broadcast=True)), close, None)
     if tool == "ray":

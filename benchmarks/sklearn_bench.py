@@ -57,19 +57,12 @@ def _open(tool: str, scratch: Path) -> tuple[dict[str, Any], Any]:
     if tool == "loky":
         config, close = {"backend": "loky"}, lambda: None
     elif tool == "dask":
-        import logging
-
         import dask
-        from distributed import Client, LocalCluster
+
+        from benchmarks.backends import dask_client
 
         dask.config.set({"temporary-directory": str(scratch)})  # its scratch space goes with ours
-        cluster = LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, silence_logs=logging.ERROR)
-        client = Client(cluster)
-
-        def close() -> None:
-            client.close()
-            cluster.close()
+        _client, close = dask_client(WORKERS)  # the default client, which joblib's dask backend finds
 
         config = {"backend": "dask"}
     elif tool == "ray":
