@@ -196,6 +196,29 @@ def test_a_changed_result_blob_is_refused_in_the_notebook(queue):
         queue.result(job_id)
 
 
+def test_a_blob_is_hashed_once_per_machine_and_again_once_changed(tmp_path, monkeypatch):
+    from core4nb.store.blobfiles import FileBlobs
+
+    data = np.arange(MB // 8, dtype=np.float64)
+    name = buffers.digest(memoryview(data).cast("B"))
+    FileBlobs(tmp_path).put({name: memoryview(data).cast("B")})
+    hashed = []
+    real_digest = buffers.digest
+    monkeypatch.setattr(buffers, "digest", lambda view: hashed.append(1) or real_digest(view))
+    reader = FileBlobs(tmp_path)  # another process's view of the same folder
+    assert bytes(reader.open(name, data.nbytes)) == data.tobytes() and hashed == []  # the writer sealed it
+    reader.touch(name)  # the cache's LRU moves the times: the seal goes with them
+    assert bytes(FileBlobs(tmp_path).open(name, data.nbytes)) == data.tobytes() and hashed == []
+    path = reader.path(name)
+    path.chmod(0o600)
+    with open(path, "r+b") as handle:  # same size, same inode, other bytes
+        handle.seek(8)
+        handle.write(b"\xff")
+    with pytest.raises(SignatureError, match=name[:16]):
+        FileBlobs(tmp_path).open(name, data.nbytes)
+    assert hashed == [1]
+
+
 def test_a_missing_blob_fails_the_job_naming_digest_and_job(queue, tmp_path):
     marker = tmp_path / "ran.txt"
     job_id = queue.enqueue(datafuncs.ran, str(marker), np.ones(MB // 4))

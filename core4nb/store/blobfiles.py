@@ -6,14 +6,16 @@ file and a rename (a reader never sees half a blob), mode 0400 in 0700 directori
 the file read-only, so a large array argument arrives as an array over the page cache: no copy, and
 32 processes reading one broadcast array share its pages.
 
-A file is checked against its digest once per process (and again whenever the file is replaced or
-written to): a warm worker child pays for the hash of a broadcast value once, not once per job. Every
-open maps the file anew; the mapping lives as long as the values over it.
+A file is checked against its digest once per machine: whoever wrote or checked it leaves a seal
+beside it (``.<digest>.seal``: the file's inode, size and change time), and a reader whose file still
+matches its seal skips the hash. Writing to or replacing the file changes its change time (``ctime``,
+which no user can set back), so a changed blob is hashed again and refused. A broadcast value read by
+every worker child is hashed by none of them: the client hashed it to name it. Every open maps the
+file anew; the mapping lives as long as the values over it.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import mmap
@@ -28,8 +30,6 @@ from pathlib import Path
 from core4nb import buffers
 from core4nb.errors import BlobMissing, PayloadError, SignatureError
 
-#: Blob files a process remembers as checked against their digests.
-VERIFIED_KEPT = 4096
 #: New blobs of a put adding up to this many bytes are written by several threads.
 PARALLEL_WRITES_FROM = 16 * 1024 * 1024
 _WRITE_STEP = 16 * 1024 * 1024
@@ -49,14 +49,34 @@ class FileBlobs:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        # digest → identity of the file whose bytes were checked (a replaced file is checked again)
-        self._verified: collections.OrderedDict[str, tuple] = collections.OrderedDict()
-        self._lock = threading.Lock()  # a poller thread and the caller both read results
 
     def path(self, digest: str) -> Path:
         if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
             raise SignatureError(f"{digest!r} is not a blob digest; refusing to read it")
         return self.root / digest[:2] / digest
+
+    def _seal_path(self, digest: str) -> Path:
+        return self.root / digest[:2] / f".{digest}.seal"
+
+    @staticmethod
+    def _identity(info: os.stat_result) -> str:
+        # Not the mtime: the cache's LRU sets it. Any write or replacement moves the ctime or the inode.
+        return f"{info.st_dev} {info.st_ino} {info.st_size} {info.st_ctime_ns}"
+
+    def _sealed(self, digest: str, info: os.stat_result) -> bool:
+        try:
+            return self._seal_path(digest).read_text() == self._identity(info)
+        except (OSError, UnicodeDecodeError):
+            return False
+
+    def _seal(self, digest: str, info: os.stat_result | None = None) -> None:
+        """Record that the file's bytes (as ``info`` describes it) match its digest (best effort: without
+        a seal, readers hash)."""
+        seal = self._seal_path(digest)
+        temp = seal.with_name(f"{seal.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with contextlib.suppress(OSError):
+            temp.write_text(self._identity(info or self.path(digest).stat()))
+            os.replace(temp, seal)
 
     def has(self, digest: str) -> bool:
         return self.path(digest).is_file()
@@ -99,6 +119,7 @@ class FileBlobs:
                 raise SignatureError(f"blob {name[:16]}… arrived with other bytes (digest {hasher.hexdigest()[:16]}…):"
                                      " it was changed in the store; refusing it")
             os.replace(temp, target)
+            self._seal(name)  # the bytes just written are the ones hashed (by the pickler, or above)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 temp.unlink()
@@ -118,37 +139,35 @@ class FileBlobs:
             BlobMissing: no such blob here.
             SignatureError: its size or bytes do not match the digest.
         """
-        path = self.path(digest)
         try:
-            info = path.stat()
+            handle = open(self.path(digest), "rb")  # noqa: SIM115 (closed below; the mapping outlives it)
         except FileNotFoundError:
             raise BlobMissing(f"blob {digest} ({size:,} bytes) is missing from {self.root}: it was deleted "
                               "(by hand, or by `core4nb gc` while no job referred to it); resubmit the job") from None
-        if info.st_size != size:
-            raise SignatureError(f"blob {digest[:16]}… is {info.st_size:,} bytes, not {size:,}: it was changed; "
-                                 "refusing it")
-        if size == 0:
-            return memoryview(b"")
-        identity = (info.st_ino, info.st_dev, info.st_size, info.st_mtime_ns)
-        with open(path, "rb") as handle:
+        with handle:
+            info = os.fstat(handle.fileno())  # of the file mapped, not of one that replaced it since
+            if info.st_size != size:
+                raise SignatureError(f"blob {digest[:16]}… is {info.st_size:,} bytes, not {size:,}: it was changed; "
+                                     "refusing it")
+            if size == 0:
+                return memoryview(b"")
             mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        with self._lock:
-            checked = self._verified.get(digest) == identity
-        if not checked:
+        if not self._sealed(digest, info):
             if buffers.digest(mapping) != digest:
                 raise SignatureError(f"blob {digest[:16]}… does not match its digest: its bytes were changed in the "
                                      "store; refusing to unpickle it")
-            with self._lock:
-                self._verified[digest] = identity
-                while len(self._verified) > VERIFIED_KEPT:
-                    self._verified.popitem(last=False)
+            self._seal(digest, info)
         # No mapping is kept here: it lives as long as the values over it, and its pages stay in the page cache.
         return memoryview(mapping)
 
     def touch(self, digest: str) -> None:
         """Mark a blob as used now (the local cache evicts the least recently used)."""
+        path = self.path(digest)
         with contextlib.suppress(OSError):
-            os.utime(self.path(digest))
+            sealed = self._sealed(digest, path.stat())
+            os.utime(path)  # moves the ctime too: a sealed file is sealed anew
+            if sealed:
+                self._seal(digest)
 
     def listing(self) -> Iterator[BlobFile]:
         """Every stored blob (temporary files of writes in progress are not listed)."""
@@ -171,8 +190,8 @@ class FileBlobs:
             with contextlib.suppress(FileNotFoundError):
                 freed += path.stat().st_size
                 path.unlink()
-            with self._lock:
-                self._verified.pop(name, None)
+            with contextlib.suppress(FileNotFoundError):
+                self._seal_path(name).unlink()
         return freed
 
     def total_size(self) -> int:
