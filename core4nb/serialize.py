@@ -219,6 +219,8 @@ def dumps(obj: Any, *, key: bytes | None = None, job_id: str, kind: Kind, what: 
             _auto_shipped.add(module.__name__)
     try:
         body = _pickle(value, out_of_band)
+    except PayloadError:
+        raise
     except Exception as exc:
         raise PayloadError(f"cannot serialize {what}: {type(exc).__name__}: {exc}") from exc
     fields = {"fp": fingerprint(), "job": job_id, "kind": str(kind), "blobs": listed}
@@ -257,6 +259,8 @@ def _pickle(value: Any, buffer_callback: Any) -> bytes:
     once more with them by reference, as before shipping existed (nodes that can import them run it)."""
     try:
         return _cloudpickle(value, buffer_callback)
+    except PayloadError:  # a blob could not be stored (disk full): pickling by reference would not help
+        raise
     except Exception:
         names = [name for name in sorted(_auto_shipped) if name in sys.modules]
         if not names:

@@ -196,6 +196,17 @@ def test_a_changed_result_blob_is_refused_in_the_notebook(queue):
         queue.result(job_id)
 
 
+def test_a_blob_stored_while_hashed_is_named_by_its_bytes(tmp_path):
+    from core4nb.store.blobfiles import FileBlobs
+
+    data = memoryview(os.urandom(9 * MB + 7))  # several pieces, the last one short
+    blobs = FileBlobs(tmp_path)
+    name = blobs.put_hashing(data)
+    assert name == buffers.digest(data) and bytes(blobs.open(name, data.nbytes)) == bytes(data)
+    assert blobs.put_hashing(data) == name and [b.digest for b in blobs.listing()] == [name]
+    assert sorted(p.name for p in tmp_path.rglob("*.tmp")) == []
+
+
 def test_a_blob_is_hashed_once_per_machine_and_again_once_changed(tmp_path, monkeypatch):
     from core4nb.store.blobfiles import FileBlobs
 

@@ -122,7 +122,8 @@ class Core4Executor(cf.Executor):
             PayloadError: ``fn`` or an argument cannot be pickled (named); nothing is enqueued.
         """
         self._runtime.check_open()
-        job = make_job(fn, args, kwargs, key=self._runtime.key, **self._options)
+        memo = serialize.DigestMemo(self._runtime.store.blobs.put_hashing)  # large arguments stored as they are hashed
+        job = make_job(fn, args, kwargs, key=self._runtime.key, memo=memo, **self._options)
         return self._runtime.insert_and_track([job], [job])[0]
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None, chunksize: int | None = None,

@@ -84,7 +84,8 @@ class _MapRun:
         """Insert these chunk jobs (and the root when ``last``) and track them: in one insert, or, when
         they carry large data, in groups of about :data:`STREAM_BYTES`, so that workers start on the
         first chunks while later ones are still pickled and stored."""
-        memo = DigestMemo()  # one submission: a value in every chunk (the function's closure) is hashed once
+        # One submission: a value in every chunk (the function's closure) is hashed once, and stored as it is hashed.
+        memo = DigestMemo(self.runtime.store.blobs.put_hashing)
         group = [self.root_job(self.submitted + len(chunks))] if last and (self.submitted or chunks) else []
         size, inserted = 0, False
         try:

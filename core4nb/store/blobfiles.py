@@ -22,10 +22,11 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from core4nb import buffers
 from core4nb.errors import BlobMissing, PayloadError, SignatureError
@@ -33,6 +34,14 @@ from core4nb.errors import BlobMissing, PayloadError, SignatureError
 #: New blobs of a put adding up to this many bytes are written by several threads.
 PARALLEL_WRITES_FROM = 16 * 1024 * 1024
 _WRITE_STEP = 16 * 1024 * 1024
+#: Hashing and copying overlap in pieces this large (small enough to stay in the CPU's cache between them).
+_OVERLAP_STEP = 4 * 1024 * 1024
+
+
+def _write_all(handle: BinaryIO, data: memoryview) -> None:
+    view = data.cast("B")
+    for start in range(0, view.nbytes, _WRITE_STEP):  # no temporary copy of a large buffer
+        handle.write(view[start : start + _WRITE_STEP])
 
 
 @dataclass(frozen=True)
@@ -91,46 +100,75 @@ class FileBlobs:
         if len(new) > 1 and sum(d.nbytes for d in new.values()) >= PARALLEL_WRITES_FROM:
             # Copying into the page cache is CPU work and write() releases the GIL: use the cores.
             with ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="core4nb-blobs") as pool:
-                list(pool.map(lambda item: self._write(item[0], [item[1]]), new.items()))
+                list(pool.map(lambda item: self._write(*item), new.items()))
         else:
             for name, data in new.items():
-                self._write(name, [data])
+                self._write(name, data)
         return sum(d.nbytes for d in new.values())
 
     def write_stream(self, name: str, parts: Iterable[bytes]) -> None:
         """Store a blob that arrives in parts (a download), checking it against its digest."""
-        self._write(name, parts, check=True)
-
-    def _write(self, name: str, parts: Iterable[memoryview | bytes], check: bool = False) -> None:
-        target = self.path(name)
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temp = target.parent / f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
-        hasher = buffers.hasher() if check else None
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-            with open(fd, "wb", closefd=True) as handle:
-                for part in parts:
-                    if hasher is not None:
-                        hasher.update(part)
-                    view = memoryview(part).cast("B")
-                    for start in range(0, view.nbytes, _WRITE_STEP):  # no temporary copy of a large buffer
-                        handle.write(view[start : start + _WRITE_STEP])
-            if hasher is not None and hasher.hexdigest() != name:
+        hasher = buffers.hasher()
+        with self._new_file(name) as (handle, commit):
+            for part in parts:
+                hasher.update(part)
+                _write_all(handle, memoryview(part))
+            if hasher.hexdigest() != name:
                 raise SignatureError(f"blob {name[:16]}… arrived with other bytes (digest {hasher.hexdigest()[:16]}…):"
                                      " it was changed in the store; refusing it")
+            commit(name)
+
+    def put_hashing(self, data: memoryview) -> str:
+        """Store a blob whose digest is not known yet and return it: the bytes are hashed in this thread
+        while another thread copies them into the file, one pass over memory instead of a hash and then
+        a copy (a third less time for a 100 MB array here). A blob stored already is written in vain."""
+        data = data.cast("B")
+        hasher = buffers.hasher(threads=1)
+        with self._new_file(None) as (handle, commit):
+            pieces = [data[start : start + _OVERLAP_STEP] for start in range(0, data.nbytes, _OVERLAP_STEP)]
+            if len(pieces) == 1:
+                hasher.update(data)
+                _write_all(handle, data)
+            else:
+                with ThreadPoolExecutor(1, thread_name_prefix="core4nb-blob-copy") as copier:
+                    for piece in pieces:
+                        copied = copier.submit(_write_all, handle, piece)  # write() releases the GIL
+                        hasher.update(piece)
+                        copied.result()
+            name = hasher.hexdigest()
+            commit(name)
+        return name
+
+    def _write(self, name: str, data: memoryview) -> None:
+        with self._new_file(name) as (handle, commit):
+            _write_all(handle, data)
+            commit(name)  # the bytes just written are the ones the pickler hashed
+
+    @contextlib.contextmanager
+    def _new_file(self, name: str | None) -> Iterator[tuple[BinaryIO, Callable[[str], None]]]:
+        """A temporary file for a new blob, and ``commit(digest)`` that moves it into place and seals it.
+        On any error the temporary file goes and the error names the blob; nothing half-written stays."""
+        folder = self.root / name[:2] if name else self.root
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temp = folder / f".{name or 'new'}.{os.getpid()}.{threading.get_ident()}.{time.monotonic_ns()}.tmp"
+
+        def commit(digest: str) -> None:
+            target = self.path(digest)
+            target.parent.mkdir(mode=0o700, exist_ok=True)
             os.replace(temp, target)
-            self._seal(name)  # the bytes just written are the ones hashed (by the pickler, or above)
+            self._seal(digest)
+
+        try:
+            with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400), "wb") as handle:
+                yield handle, commit
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                temp.unlink()
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-            raise PayloadError(f"cannot store blob {name[:16]}… in {self.root}: "
+            raise PayloadError(f"cannot store blob {(name or 'data')[:16]}… in {self.root}: "
                                f"{'the disk is full' if full else exc.strerror}; nothing was stored: free space "
                                "or move the queue (CORE4NB_HOME / the queue URL)") from None
-        except BaseException:
-            with contextlib.suppress(OSError):
+        finally:
+            with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
-            raise
 
     def open(self, digest: str, size: int) -> memoryview:
         """The blob's bytes, mapped read-only and checked against the digest.

@@ -32,6 +32,7 @@ import gridfs
 from pymongo import ASCENDING
 from pymongo.database import Database
 
+from core4nb import buffers
 from core4nb.errors import BlobMissing, ConfigError, MalformedJob
 from core4nb.job import new_token
 from core4nb.store.blobfiles import BlobFile, FileBlobs
@@ -176,6 +177,12 @@ class GridFSBlobs:
         for name in missing:
             self.bucket.upload(f"{name}.{new_token()}", name, blobs[name], {"digest": name, "stored_at": time.time()})
         return sum(blobs[name].nbytes for name in missing)
+
+    def put_hashing(self, data: memoryview) -> str:
+        """Upload a blob whose digest is not known yet (unless GridFS has it); returns the digest."""
+        name = buffers.digest(data)
+        self.put({name: data})
+        return name
 
     def missing(self, digests: Iterable[str]) -> set[str]:
         digests = set(digests)

@@ -275,7 +275,8 @@ def run_job(job: Job, store: LazyStore, key: bytes, conn: Connection) -> Outcome
 
 def _store_frame(value: object, job: Job, store: LazyStore, key: bytes, kind: serialize.Kind, what: str) -> bytes:
     """Pickle a result or exception for ``job``: its blobs go to the store now, the frame to the node."""
-    packed = serialize.dumps(value, key=key, job_id=job.id, kind=kind, what=what)
+    memo = serialize.DigestMemo(lambda view: store.get().blobs.put_hashing(view))  # stored as they are hashed
+    packed = serialize.dumps(value, key=key, job_id=job.id, kind=kind, what=what, memo=memo)
     if packed.blobs:
         store.get().blobs.put(packed.blobs)
     return packed.frame
