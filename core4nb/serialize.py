@@ -36,6 +36,7 @@ import struct
 import sys
 import types
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -154,9 +155,9 @@ class Shared:
     so passing the handle costs a lookup, not a hash or a copy. Jobs see the value as it was then.
     """
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: Any, store: Callable[[memoryview], str] | None = None) -> None:
         self.value = value
-        self.memo = DigestMemo()
+        self.memo = DigestMemo(store)  # with the store's put_hashing: stored while hashed
         self.packed = dumps(value, key=b"-", job_id="share", kind=Kind.RESULT, what="the shared value", memo=self.memo)
         _shared.add(self)
 

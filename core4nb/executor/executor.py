@@ -159,8 +159,7 @@ class Core4Executor(cf.Executor):
         (``remove`` of the tree deletes them) and, unnamed, until ``core4nb gc`` sweeps them; while
         the handle lives in this process, a swept blob is stored again when a job needs it.
         """
-        handle = serialize.Shared(value)
-        self._runtime.store.blobs.put(handle.packed.blobs)
+        handle = serialize.Shared(value, self._runtime.store.blobs.put_hashing)  # stored as they are hashed
         return handle
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
