@@ -214,11 +214,11 @@ class Core4Magics(Magics):
         return Queue(self.url)
 
     def _line_status(self) -> None:
-        with self._queue() as queue:
+        with report.open_existing(self.url) as queue:
             print(report.status_text(queue))
 
     def _line_jobs(self, state: str | None = None) -> None:
-        with self._queue() as queue:
+        with report.open_existing(self.url) as queue:
             try:
                 jobs = queue.jobs(state=state, limit=None)
             except ValueError:
