@@ -3,7 +3,7 @@
     core4nb worker [URL] [--processes N] [--name NAME] [--burst]
     core4nb status [URL]
     core4nb jobs [URL] [--state S] [--tree ID] [--limit N] [--json]
-    core4nb runs [URL] [--limit N]                (one line per job tree)
+    core4nb runs [URL] [--limit N] [--json]       (one line per job tree)
     core4nb kill ID [--url URL]     core4nb restart ID [--url URL]     core4nb remove ID [--url URL]
     core4nb gc [URL] [--older-than 1h] [--dry-run]     core4nb prune [URL] [--older-than 7d] [--dry-run]
     core4nb retention [URL] [AGE|never]
@@ -51,8 +51,7 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--tree", metavar="ID", help="only the jobs of the tree with this root id")
         if name != "status":
             cmd.add_argument("--limit", type=_positive, default=50, help="at most this many (newest last)")
-        if name != "runs":
-            cmd.add_argument("--json", action="store_true", help="machine-readable output")
+        cmd.add_argument("--json", action="store_true", help="machine-readable output")
 
     for name, text in (("kill", "kill a job and its subtree"), ("restart", "enqueue a finished job again"),
                        ("remove", "delete a job and its subtree"), ("output", "what a job printed (its last trial)")):
@@ -152,7 +151,8 @@ def _jobs(args: argparse.Namespace) -> int:
 
 def _runs(args: argparse.Namespace) -> int:
     with report.open_existing(args.url) as queue:
-        print(report.runs_text(queue.store.find(), args.limit))
+        trees = report.runs(queue.store.find(), args.limit)
+    print(json.dumps([vars(run) for run in trees], indent=2) if args.json else report.runs_text(trees))
 
 
 def _kill(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import math
 import time
@@ -71,6 +72,7 @@ _QUIET_MODULES = ("builtins.", "core4nb.cells.", "__main__.")
 
 
 def readable_name(name: str) -> str:
+    """A job name without the module prefixes of :data:`_QUIET_MODULES` (``map:`` and the like kept)."""
     kind, sep, target = name.rpartition(":")
     for module in _QUIET_MODULES:
         if target.startswith(module):
@@ -101,18 +103,40 @@ def age(seconds: float) -> str:
     return f"{max(seconds, 0):.0f}s"
 
 
-def runs_text(jobs: list[Job], limit: int) -> str:
-    """One line per job tree (the newest ``limit``): root id and name, jobs per state, age, first error."""
+@dataclasses.dataclass
+class Run:
+    """One job tree as ``core4nb runs`` lists it."""
+
+    root_id: str
+    name: str
+    enqueued_at: float
+    counts: dict[str, int]  # the states that occur, in State order
+    first_error: str  # of the job that failed first ("" when none did)
+
+
+def runs(jobs: list[Job], limit: int) -> list[Run]:
+    """The newest ``limit`` trees among ``jobs`` (oldest first), each with its jobs per state and first error."""
     trees: dict[str, list[Job]] = {}
-    for job in jobs:  # oldest first: a tree's first error is its earliest
+    for job in jobs:
         trees.setdefault(job.root_id, []).append(job)
-    now = time.time()
-    lines = [f"{'ROOT':<24} {'NAME':<28} {'AGE':>4}  {'JOBS':<34} FIRST ERROR"]
-    for root_id, members in list(trees.items())[-limit:] if limit else []:
+    out = []
+    for root_id, members in trees.items():
         root = next((j for j in members if j.id == root_id), members[0])
         states = collections.Counter(j.state for j in members)
-        counts = " ".join(f"{state} {states[state]}" for state in State if states[state])
-        error = next((first_error(j) for j in members if j.error is not None), "")
-        lines.append(f"{root_id:<24} {cut(readable_name(root.name), 28)} {age(now - root.enqueued_at):>4}  "
-                     f"{cut(counts, 34)} {cut(error, 60)}".rstrip())
+        # The chunk that failed, not the map root that failed because of it (it finishes later).
+        failed = min((j for j in members if j.error is not None), key=lambda j: j.finished_at or math.inf, default=None)
+        out.append(Run(root_id, readable_name(root.name), root.enqueued_at,
+                       {str(state): states[state] for state in State if states[state]},
+                       first_error(failed) if failed else ""))
+    out.sort(key=lambda run: run.enqueued_at)
+    return out[-limit:]
+
+
+def runs_text(trees: list[Run]) -> str:
+    now = time.time()
+    lines = [f"{'ROOT':<24} {'NAME':<28} {'AGE':>4}  {'JOBS':<34} FIRST ERROR"]
+    for run in trees:
+        counts = " ".join(f"{state} {count}" for state, count in run.counts.items())
+        lines.append(f"{run.root_id:<24} {cut(run.name, 28)} {age(now - run.enqueued_at):>4}  {cut(counts, 34)} "
+                     f"{cut(run.first_error, 60)}".rstrip())
     return "\n".join(lines)

@@ -209,12 +209,31 @@ def test_runs_list_one_line_per_tree_with_counts_age_and_first_error(queue):
     assert (name, rest) == ("tests.jobfuncs.fail", ["error", "1", "ValueError:", "the", "input", "was", "bad"])
     (newest,) = core4nb("runs", queue.url, "--limit", "1").stdout.splitlines()[1:]
     assert newest.split()[0] == lines[-1].split()[0] == failed
+    listed = json.loads(core4nb("runs", queue.url, "--json").stdout)
+    assert [(r["root_id"], r["name"], r["counts"], r["first_error"]) for r in listed] == [
+        (map_root, "map:tests.jobfuncs.square", {"complete": 4}, ""),
+        (failed, "tests.jobfuncs.fail", {"error": 1}, "ValueError: the input was bad")]
 
 
 def test_long_names_are_cut_from_the_right(queue):
     job_id = queue.enqueue(jobfuncs.add, 1, 2, name="a.very.long.module.path.with.a.function_name_at_the_end")
     row = core4nb("jobs", queue.url).stdout.splitlines()[1]
     assert row.split()[:4] == [job_id, "pending", "0", "a.very.long.module.path.wit…"]
+
+
+def test_a_failed_maps_first_error_is_its_chunks_not_the_roots(queue):
+    from core4nb import Core4Executor
+
+    with Core4Executor(queue.url) as ex:
+        failing = ex.map(jobfuncs.fail, ["chunk trouble"])
+        start_node(queue.url, "node", processes=1, burst=True).wait(120)
+        with pytest.raises(ValueError, match="chunk trouble"):
+            list(failing)
+    root, (chunk,) = queue.get(failing.job_id), queue.store.find(parent_id=failing.job_id)
+    assert root.finished_at > chunk.finished_at and root.error.summary() != chunk.error.summary()
+    (run,) = json.loads(core4nb("runs", queue.url, "--json").stdout)
+    assert (run["counts"], run["first_error"]) == ({"error": 2}, chunk.error.summary().splitlines()[0])
+    assert "chunk trouble" in run["first_error"]
 
 
 def test_unknown_tree_is_an_error(queue):

@@ -10,9 +10,10 @@ import json
 import os
 
 import nbformat
+import psutil
 from nbclient import NotebookClient
 
-from tests.nodes import ROOT
+from tests.nodes import ROOT, wait_for
 
 NODES = """
 import json, psutil, time
@@ -41,13 +42,28 @@ CELLS = [
 ]
 
 
-def test_one_kernel_shares_one_local_node(tmp_path, monkeypatch):
+def run_notebook(cells: list[str], tmp_path, monkeypatch) -> str:
+    """Run ``cells`` in a fresh kernel (shut down at the end); what the last cell printed."""
     monkeypatch.setenv("CORE4NB_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter"))  # no user kernelspec shadows this Python
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     NotebookClient(notebook, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(tmp_path)}}
                    ).execute()
-    printed = notebook.cells[-1].outputs[-1]["text"]
+    return notebook.cells[-1].outputs[-1]["text"]
+
+
+def test_one_kernel_shares_one_local_node(tmp_path, monkeypatch):
+    printed = run_notebook(CELLS, tmp_path, monkeypatch)
     assert json.loads(printed) == {"core4": sum(range(1000)), "submit": 3, "enqueue": 7, "shared": 1,
                                    "asked_otherwise": 3, "magics_still_use_it": 1, "after_last_user": 0}
+
+
+def test_the_shared_node_stops_when_the_kernel_exits(tmp_path, monkeypatch):
+    printed = run_notebook([CELLS[0], CELLS[1], "from core4nb import Core4Executor\nex = Core4Executor()\n"
+                            "(node,) = [p.pid for p in psutil.Process().children() if 'worker' in p.cmdline()]\n"
+                            "print(json.dumps({'node': node, 'nodes': nodes()}))"], tmp_path, monkeypatch)
+    shown = json.loads(printed)
+    assert shown["nodes"] == 1
+    wait_for(lambda: not psutil.pid_exists(shown["node"]) or psutil.Process(shown["node"]).status() == "zombie",
+             timeout=60, what="the kernel's node to stop after the kernel exited")
