@@ -18,7 +18,13 @@ from tests.nodes import ROOT, wait_for
 NODES = """
 import json, psutil, time
 def nodes():
-    return sum(1 for p in psutil.Process().children(recursive=True) if p.cmdline()[1:4] == ["-m", "core4nb", "worker"])
+    found = 0
+    for p in psutil.Process().children(recursive=True):
+        try:
+            found += p.cmdline()[1:4] == ["-m", "core4nb", "worker"]
+        except psutil.Error:  # exited (a zombie) while we looked: not a running node
+            pass
+    return found
 def nodes_once_settled(expected, timeout=60):
     deadline = time.monotonic() + timeout  # unload shuts down without waiting: the node drains, then exits
     while nodes() != expected and time.monotonic() < deadline:

@@ -14,6 +14,7 @@ counts its users and stops when the last one releases it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
@@ -38,12 +39,13 @@ KILL_AFTER = 10.0
 QUICK_DEATH = 5.0
 MAX_QUICK_DEATHS = 3
 
-_serial = itertools.count(1)
+_serials: collections.defaultdict[str, itertools.count] = collections.defaultdict(lambda: itertools.count(1))
 
 
-def node_name() -> str:
-    """``local-HOST-PID``, with a serial suffix for a second executor in the same process."""
-    n = next(_serial)
+def node_name(url: str) -> str:
+    """``local-HOST-PID``, with a serial suffix for a second node of this process on the same queue
+    (a node's name is its ``sys.worker`` document's key there; on another queue the plain name is free)."""
+    n = next(_serials[url])
     base = f"local-{socket.gethostname()}-{os.getpid()}"
     return base if n == 1 else f"{base}-{n}"
 
@@ -82,7 +84,7 @@ class LocalWorkers:
     def __init__(self, url: str, processes: int, *, env: dict[str, str] | None = None) -> None:
         self.url = url
         self.processes = processes
-        self.name = node_name()
+        self.name = node_name(url)
         self.quick_deaths = 0
         self.users = 1  # executors sharing this node (acquire/release)
         self._stopping = False
