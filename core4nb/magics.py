@@ -26,8 +26,9 @@ from core4nb.queue import Queue
 from core4nb.store import redact_url
 
 DEFAULT_OUT = "_core4"
-LINE_USAGE = {"status": "status", "jobs": "jobs [STATE]", "attach": "attach ID", "kill": "kill ID",
+LINE_USAGE = {"status": "status", "runs": "runs", "jobs": "jobs [STATE]", "attach": "attach ID", "kill": "kill ID",
               "connect": "connect URL"}
+RUNS_SHOWN = 20
 LINE_COMMANDS = tuple(LINE_USAGE)
 
 
@@ -134,7 +135,7 @@ class Core4Magics(Magics):
         runs the body with ``numbers`` bound to each chunk; the value of its last
         expression, per chunk and in order, lands in ``--out``. Ctrl-C kills the tree.
 
-        Line: ``%core4 status`` | ``jobs [STATE]`` | ``attach ID`` | ``kill ID`` | ``connect URL``.
+        Line: ``%core4 status`` | ``runs`` | ``jobs [STATE]`` | ``attach ID`` | ``kill ID`` | ``connect URL``.
         """
         if cell is None:
             return self._line(line)
@@ -230,6 +231,10 @@ class Core4Magics(Magics):
     def _line_status(self) -> None:
         with report.open_existing(self.url) as queue:
             print(report.status_text(queue))
+
+    def _line_runs(self) -> None:
+        with report.open_existing(self.url) as queue:
+            print(report.runs_text(report.runs(queue.store.find(), RUNS_SHOWN)))
 
     def _line_jobs(self, state: str | None = None) -> None:
         with report.open_existing(self.url) as queue:
