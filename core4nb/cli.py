@@ -48,9 +48,9 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("url", nargs="?", help="queue URL")
         if name == "jobs":
             cmd.add_argument("--state", choices=[str(s) for s in State])
-            cmd.add_argument("--tree", metavar="ID", help="only the jobs of the tree with this root id")
+            cmd.add_argument("--tree", metavar="ID", help="only the jobs of the tree this job is in (e.g. a runs root)")
         if name != "status":
-            cmd.add_argument("--limit", type=_positive, default=50, help="at most this many (newest last)")
+            cmd.add_argument("--limit", type=_positive, default=50, metavar="N", help="at most this many (newest last)")
         cmd.add_argument("--json", action="store_true", help="machine-readable output")
 
     for name, text in (("kill", "kill a job and its subtree"), ("restart", "enqueue a finished job again"),
