@@ -12,9 +12,19 @@ import ast
 import builtins
 import itertools
 import math
+import statistics
 import types
 from collections.abc import Iterable
 from typing import Any
+
+from core4nb.executor.chunks import CHUNKS_PER_SLOT
+from core4nb.job import Job
+
+#: More chunks when the data is large: no chunk should carry more bytes than this (Dask's partitions
+#: are ~100 MB for the same reason: each is pickled, stored and held in one worker at once).
+CHUNK_BYTES = 64 * 2**20
+#: A chunk shorter than this is mostly overhead; joblib's auto batching aims for batches at least this long.
+MIN_CHUNK_SECONDS = 0.2
 
 
 class CellRunner:
@@ -85,3 +95,38 @@ def _bounds(size: int, chunks: int) -> list[tuple[int, int]]:
     step = size / chunks
     edges = [math.floor(i * step) for i in range(chunks)] + [size]
     return [(lo, hi) for lo, hi in itertools.pairwise(edges) if hi > lo] or [(0, 0)]
+
+
+def default_chunks(data: Any, slots: int) -> int:
+    """How many chunks ``%%core4`` makes without ``--chunks``: a few per live worker slot (one slow chunk
+    is made up by the others), more when the data is large; :func:`split` never makes more than items."""
+    nbytes = getattr(data, "nbytes", None)
+    if nbytes is None and hasattr(data, "memory_usage"):  # pandas
+        nbytes = int(data.memory_usage(index=False).sum()) if hasattr(data, "columns") else data.memory_usage()
+    return max(CHUNKS_PER_SLOT * max(1, slots), math.ceil((nbytes or 0) / CHUNK_BYTES))
+
+
+def chunk_advice(chunks: list[Job], slots: int) -> str | None:
+    """One line when per-chunk overhead dominated a finished run, naming the ``--chunks`` that fixes it.
+
+    Measured on the run's own jobs: each chunk held a slot for ``span × busy slots / chunks``; what of
+    that its median run did not use is the overhead (claim, payload, result, bookkeeping). When the
+    median chunk ran for less than that, fewer, longer chunks are faster. None when all is well.
+    """
+    done = [j for j in chunks if j.runtime is not None and j.started_at and j.finished_at]
+    if len(done) < 2:
+        return None
+    span = max(j.finished_at for j in done) - min(j.started_at for j in done)
+    median = statistics.median(j.runtime for j in done)
+    overhead = span * min(slots, len(done)) / len(done) - median
+    if median >= overhead:
+        return None
+    work = median * len(done)  # not the sum: a child's first chunk also pays for its imports
+    better = max(1, min(len(done) - 1, int(work / max(MIN_CHUNK_SECONDS, 10 * overhead))))
+    fix = f"use --chunks {better}" + (" or run the cell without %%core4" if better == 1 else "")
+    return (f"core4: overhead dominated this run: the median of its {len(done)} chunks ran {_ms(median)}, and each "
+            f"chunk cost {_ms(overhead)} more to schedule and collect; {fix}")
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"

@@ -2,7 +2,8 @@
 
     core4nb worker [URL] [--processes N] [--name NAME] [--burst]
     core4nb status [URL]
-    core4nb jobs [URL] [--state S] [--limit N] [--json]
+    core4nb jobs [URL] [--state S] [--tree ID] [--limit N] [--json]
+    core4nb runs [URL] [--limit N] [--json]       (one line per job tree)
     core4nb kill ID [--url URL]     core4nb restart ID [--url URL]     core4nb remove ID [--url URL]
     core4nb gc [URL] [--older-than 1h] [--dry-run]     core4nb prune [URL] [--older-than 7d] [--dry-run]
     core4nb retention [URL] [AGE|never]
@@ -41,12 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--watch-pid", type=int, help=argparse.SUPPRESS)
     worker.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
-    for name, text in (("status", "worker nodes and job counts"), ("jobs", "list jobs")):
+    for name, text in (("status", "worker nodes and job counts"), ("jobs", "list jobs"),
+                       ("runs", "list job trees: one line per run, its jobs per state and first error")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("url", nargs="?", help="queue URL")
         if name == "jobs":
             cmd.add_argument("--state", choices=[str(s) for s in State])
-            cmd.add_argument("--limit", type=int, default=50, help="at most this many (newest last)")
+            cmd.add_argument("--tree", metavar="ID", help="only the jobs of the tree this job is in (e.g. a runs root)")
+        if name != "status":
+            cmd.add_argument("--limit", type=_positive, default=50, metavar="N", help="at most this many (newest last)")
         cmd.add_argument("--json", action="store_true", help="machine-readable output")
 
     for name, text in (("kill", "kill a job and its subtree"), ("restart", "enqueue a finished job again"),
@@ -88,6 +92,16 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not an age: use e.g. 90s, 30m, 2h or 7d") from None
 
 
+def _positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number, e.g. 50")
+    return number
+
+
 def _age_or_never(text: str) -> float:
     return math.inf if text == "never" else _duration(text)
 
@@ -121,15 +135,24 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    with Queue(args.url or default_url()) as queue:
+    with report.open_existing(args.url) as queue:
         print(report.status_json(queue) if args.json else report.status_text(queue))
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    with Queue(args.url or default_url()) as queue:
-        jobs = queue.jobs(state=args.state)[-args.limit :]
+    with report.open_existing(args.url) as queue:
+        # Any job of the tree names it; an unknown id is an error, not an empty list.
+        root_id = queue.store.get(args.tree, blobs=False).root_id if args.tree else None
+        states = [State(args.state)] if args.state else None
+        jobs = queue.store.find(states=states, root_id=root_id)[-args.limit :]
         print(json.dumps([job.to_dict() for job in jobs], indent=2, default=str) if args.json
               else report.jobs_text(jobs))
+
+
+def _runs(args: argparse.Namespace) -> int:
+    with report.open_existing(args.url) as queue:
+        trees = report.runs(queue.store.find(), args.limit)
+    print(json.dumps([vars(run) for run in trees], indent=2) if args.json else report.runs_text(trees))
 
 
 def _kill(args: argparse.Namespace) -> int:
@@ -148,7 +171,7 @@ def _remove(args: argparse.Namespace) -> int:
 
 
 def _output(args: argparse.Namespace) -> int:
-    with Queue(args.url or default_url()) as queue:
+    with report.open_existing(args.url) as queue:
         print(queue.output(args.job_id), end="")
 
 
@@ -182,6 +205,6 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(end=args.end, workers=args.workers)
 
 
-COMMANDS = {"worker": _worker, "status": _status, "jobs": _jobs, "kill": _kill, "restart": _restart,
+COMMANDS = {"worker": _worker, "status": _status, "jobs": _jobs, "runs": _runs, "kill": _kill, "restart": _restart,
             "remove": _remove, "output": _output, "gc": _gc, "prune": _prune,
             "retention": _retention, "demo": _demo}

@@ -11,6 +11,7 @@ import difflib
 import functools
 import inspect
 import shlex
+import sys
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -18,17 +19,17 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from core4nb import report
-from core4nb.cells import CellRunner, split
+from core4nb.cells import CellRunner, chunk_advice, default_chunks, split
 from core4nb.errors import Core4Error
 from core4nb.executor import Core4Executor
 from core4nb.queue import Queue
 from core4nb.store import redact_url
 
 DEFAULT_OUT = "_core4"
-LINE_USAGE = {"status": "status", "jobs": "jobs [STATE]", "attach": "attach ID", "kill": "kill ID",
+LINE_USAGE = {"status": "status", "runs": "runs", "jobs": "jobs [STATE]", "attach": "attach ID", "kill": "kill ID",
               "connect": "connect URL"}
+RUNS_SHOWN = 20
 LINE_COMMANDS = tuple(LINE_USAGE)
-DEFAULT_CHUNKS = 64
 
 
 class CellRun:
@@ -72,7 +73,8 @@ def _cell_arguments(func):
     decorators = [
         magic_arguments(),
         argument("--over", metavar="NAME", help="notebook iterable to split (range, list, numpy, pandas rows)"),
-        argument("--chunks", type=int, metavar="N", help=f"number of chunks (default: {DEFAULT_CHUNKS})"),
+        argument("--chunks", type=int, metavar="N",
+                 help="number of chunks (default: 4 per worker slot, more for large data)"),
         argument("--out", metavar="NAME", default=DEFAULT_OUT,
                  help=f"notebook variable for the chunk values in order (default: {DEFAULT_OUT})"),
         argument("--reduce", metavar="FUNC", help="notebook function applied to the list of values, e.g. sum"),
@@ -106,6 +108,7 @@ class Core4Magics(Magics):
         self.url: str | None = None  # set by %core4 connect
         self._executors: dict[tuple[str | None, int | None], Core4Executor] = {}
         self._panels: list = []  # live progress views, stopped on unload
+        self._advised: set[str] = set()  # cell bodies told once that their chunks are too short
 
     def executor(self, url: str | None = None, workers: int | None = None) -> Core4Executor:
         """The session's executor for this URL and worker count (made once, reused)."""
@@ -132,7 +135,7 @@ class Core4Magics(Magics):
         runs the body with ``numbers`` bound to each chunk; the value of its last
         expression, per chunk and in order, lands in ``--out``. Ctrl-C kills the tree.
 
-        Line: ``%core4 status`` | ``jobs [STATE]`` | ``attach ID`` | ``kill ID`` | ``connect URL``.
+        Line: ``%core4 status`` | ``runs`` | ``jobs [STATE]`` | ``attach ID`` | ``kill ID`` | ``connect URL``.
         """
         if cell is None:
             return self._line(line)
@@ -165,7 +168,8 @@ class Core4Magics(Magics):
             raise UsageError(f"the cell body is not valid Python: {exc}") from None
         executor = self.executor(args.url, args.workers)
         options = {k: v for k, v in (("priority", args.priority), ("max_parallel", args.max_parallel)) if v}
-        chunks = split(ns[args.over], args.chunks or DEFAULT_CHUNKS)
+        slots = executor._runtime.slots()
+        chunks = split(ns[args.over], args.chunks or default_chunks(ns[args.over], slots))
         results = executor.options(**options).map(runner, chunks, chunksize=1)
         from core4nb.widgets import progress
 
@@ -181,7 +185,18 @@ class Core4Magics(Magics):
             killed = run.kill()
             print(f"interrupted: killed the cell's job tree {run.job_id} ({killed} jobs)")
             raise
+        self._advise(run, cell, slots)
         return None
+
+    def _advise(self, run: CellRun, cell: str, slots: int) -> None:
+        """Say once per cell body when its chunks were mostly overhead, and which --chunks fixes it."""
+        if cell in self._advised or not run.job_id:
+            return
+        chunks = [j for j in run._executor.store.find(root_id=run.job_id) if j.id != run.job_id]
+        advice = chunk_advice(chunks, slots)
+        if advice:
+            self._advised.add(cell)
+            print(advice, file=sys.stderr)
 
     def _lookup_reduce(self, name: str | None):
         if name is None:
@@ -214,11 +229,15 @@ class Core4Magics(Magics):
         return Queue(self.url)
 
     def _line_status(self) -> None:
-        with self._queue() as queue:
+        with report.open_existing(self.url) as queue:
             print(report.status_text(queue))
 
+    def _line_runs(self) -> None:
+        with report.open_existing(self.url) as queue:
+            print(report.runs_text(report.runs(queue.store.find(), RUNS_SHOWN)))
+
     def _line_jobs(self, state: str | None = None) -> None:
-        with self._queue() as queue:
+        with report.open_existing(self.url) as queue:
             try:
                 jobs = queue.jobs(state=state, limit=None)
             except ValueError:

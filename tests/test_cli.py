@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import socket
 import subprocess
 import sys
 
 import pytest
 
 from core4nb import Queue, State
+from core4nb.report import cut
+from core4nb.serialize import key_id, load_key
 from tests import jobfuncs
-from tests.nodes import ROOT, start_node
+from tests.nodes import ROOT, start_node, stop_node, wait_for
 
 
 def core4nb(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -114,3 +118,126 @@ def test_demo_counts_primes_both_ways(tmp_path):
     assert "serial Python" in lines[1] and "3,245 primes" in lines[1]
     assert "core4nb, 2 workers" in lines[2] and "3,245 primes" in lines[2]
     assert lines[3].startswith("speed-up over serial: ") and lines[3].endswith("x on 2 workers")
+
+
+def test_status_shows_each_nodes_python_and_key_id(queue):
+    node = start_node(queue.url, "node-py", processes=1)
+    try:
+        wait_for(lambda: queue.store.workers(), what="the node to register")
+        done = core4nb("status", queue.url)
+        (listed,) = json.loads(core4nb("status", queue.url, "--json").stdout)["nodes"]
+    finally:
+        stop_node(node)
+    assert done.returncode == 0, done.stderr
+    header, row = done.stdout.splitlines()[2:4]
+    assert header.split() == ["NAME", "HOST", "SLOTS", "BUSY", "HEARTBEAT", "PYTHON", "KEY", "ID", "STATE"]
+    assert row.split()[:3] == ["node-py", cut(socket.gethostname(), 16).strip(), "1"]
+    assert row.split()[-3:] == [platform.python_version(), key_id(load_key()), "running"]
+    assert (listed["python"], listed["key_id"]) == (platform.python_version(), key_id(load_key()))
+
+
+@pytest.mark.parametrize("command", ["status", "jobs", "runs"])
+def test_a_missing_embedded_queue_is_an_error_and_nothing_is_created(tmp_path, command):
+    missing = tmp_path / "no" / "such" / "dir" / "q.db"
+    done = core4nb(command, f"sqlite://{missing}")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (f"core4nb: error: no queue at {missing}: the file does not exist; check the URL (the "
+                           "first Core4Executor, enqueue or `core4nb worker` on a URL creates its queue)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_mongodb_queue_is_an_error_and_nothing_is_created(mongo_url):
+    done = core4nb("status", mongo_url)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.startswith("core4nb: error: no queue at mongodb://") and done.stderr.count("\n") == 1
+    assert "has no collection 'sys_queue'" in done.stderr
+    import pymongo
+
+    from core4nb.store.mongo_connect import parse_url
+
+    driver_url, database, _, _ = parse_url(mongo_url)
+    client = pymongo.MongoClient(driver_url)
+    try:
+        assert client[database].list_collection_names() == []
+    finally:
+        client.close()
+
+
+def finished_runs(url: str) -> tuple[str, str]:
+    """The root ids of a map of 5 squares in chunks of 2 and of a failing job, run by a burst node."""
+    from core4nb import Core4Executor
+
+    with Core4Executor(url) as ex:  # with a URL: no local node, the burst node below does the work
+        squares = ex.map(jobfuncs.square, range(5), chunksize=2)
+        failing = ex.submit(jobfuncs.fail, "the input was bad\nsecond line")
+        start_node(url, "node", processes=1, burst=True).wait(120)
+        assert list(squares) == [0, 1, 4, 9, 16]
+        assert isinstance(failing.exception(timeout=60), Exception)
+        return squares.job_id, failing.job_id
+
+
+def test_jobs_show_readable_names_chunks_and_the_first_error_line(queue):
+    map_root, _ = finished_runs(queue.url)
+    done = core4nb("jobs", queue.url)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split(None, 3) for line in done.stdout.splitlines()[1:]]
+    assert [row[3].split() for row in rows] == [
+        ["map:tests.jobfuncs.square", "total=3"],
+        ["tests.jobfuncs.square", "#0-1", "0,", "1"],
+        ["tests.jobfuncs.square", "#2-3", "2,", "3"],
+        ["tests.jobfuncs.square", "#4", "4"],
+        ["tests.jobfuncs.fail", "'the", "input", "was", "bad\\nsecond", "line'", "ValueError:", "the", "input",
+         "was", "bad"],
+    ]
+    assert done.stdout.splitlines()[0].split() == ["ID", "STATE", "TRIAL", "NAME", "ARGS", "ERROR"]
+    tree = core4nb("jobs", queue.url, "--tree", map_root).stdout.splitlines()[1:]
+    assert sorted(line.split()[0] for line in tree) == sorted(j.id for j in queue.store.find(root_id=map_root))
+    one_chunk = tree[0].split()[0]
+    assert core4nb("jobs", queue.url, "--tree", one_chunk).stdout.splitlines()[1:] == tree  # any job names its tree
+
+
+def test_runs_list_one_line_per_tree_with_counts_age_and_first_error(queue):
+    map_root, failed = finished_runs(queue.url)
+    done = core4nb("runs", queue.url)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["ROOT", "NAME", "AGE", "JOBS", "FIRST", "ERROR"]
+    by_root = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert set(by_root) == {map_root, failed}
+    name, age, *rest = by_root[map_root]
+    assert (name, rest) == ("map:tests.jobfuncs.square", ["complete", "4"]) and age.endswith("s")
+    name, age, *rest = by_root[failed]
+    assert (name, rest) == ("tests.jobfuncs.fail", ["error", "1", "ValueError:", "the", "input", "was", "bad"])
+    (newest,) = core4nb("runs", queue.url, "--limit", "1").stdout.splitlines()[1:]
+    assert newest.split()[0] == lines[-1].split()[0] == failed
+    listed = json.loads(core4nb("runs", queue.url, "--json").stdout)
+    assert [(r["root_id"], r["name"], r["counts"], r["first_error"]) for r in listed] == [
+        (map_root, "map:tests.jobfuncs.square", {"complete": 4}, ""),
+        (failed, "tests.jobfuncs.fail", {"error": 1}, "ValueError: the input was bad")]
+
+
+def test_long_names_are_cut_from_the_right(queue):
+    job_id = queue.enqueue(jobfuncs.add, 1, 2, name="a.very.long.module.path.with.a.function_name_at_the_end")
+    row = core4nb("jobs", queue.url).stdout.splitlines()[1]
+    assert row.split()[:4] == [job_id, "pending", "0", "a.very.long.module.path.wit…"]
+
+
+def test_a_failed_maps_first_error_is_its_chunks_not_the_roots(queue):
+    from core4nb import Core4Executor
+
+    with Core4Executor(queue.url) as ex:
+        failing = ex.map(jobfuncs.fail, ["chunk trouble"])
+        start_node(queue.url, "node", processes=1, burst=True).wait(120)
+        with pytest.raises(ValueError, match="chunk trouble"):
+            list(failing)
+    root, (chunk,) = queue.get(failing.job_id), queue.store.find(parent_id=failing.job_id)
+    assert root.finished_at > chunk.finished_at and root.error.summary() != chunk.error.summary()
+    (run,) = json.loads(core4nb("runs", queue.url, "--json").stdout)
+    assert (run["counts"], run["first_error"]) == ({"error": 2}, chunk.error.summary().splitlines()[0])
+    assert "chunk trouble" in run["first_error"]
+
+
+def test_unknown_tree_is_an_error(queue):
+    done = core4nb("jobs", queue.url, "--tree", "0" * 24)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"core4nb: error: no job with id {'0' * 24}") and done.stderr.count("\n") == 1

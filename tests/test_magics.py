@@ -196,3 +196,16 @@ def test_a_mistyped_option_is_refused_with_the_right_one(shell):
     with pytest.raises(UsageError, match=r"unrecognized arguments: --chunk 8; did you mean --chunks\?"):
         cell(shell, "--chunk 8 --over numbers --out counts")
     assert "counts" not in shell.user_ns
+
+
+def test_line_magic_runs_lists_the_cells_tree(shell, capsys):
+    cell(shell, "--chunks 3 --over numbers --out counts")
+    with Queue() as queue:  # the chunks are done; the map's root completes within its defer time
+        wait_for(lambda: queue.counts()[State.COMPLETE] == 4, what="the root to complete")
+        run_id = queue.jobs()[0].root_id
+    capsys.readouterr()
+    shell.run_line_magic("core4", "runs")
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["ROOT", "NAME", "AGE", "JOBS", "FIRST", "ERROR"]
+    assert row.split()[:2] == [run_id, "map:cell_over_numbers"]
+    assert row.split()[3:] == ["complete", "4"]

@@ -31,7 +31,7 @@ def mode(path) -> str:
 
 def test_queue_directories_and_files_are_private(tmp_path):
     home = tmp_path / "home" / ".core4nb"
-    out = cli("status", env={"CORE4NB_HOME": str(home)})  # the embedded default, made from nothing
+    out = cli("worker", "--burst", env={"CORE4NB_HOME": str(home)})  # the embedded default, made from nothing
     assert out.returncode == 0, out.stderr
     assert [mode(home.parent), mode(home), mode(home / "queue.db")] == ["700", "700", "600"]
     url = f"sqlite://{tmp_path / 'a' / 'b' / 'queue.db'}"

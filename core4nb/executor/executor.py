@@ -13,7 +13,6 @@ thread and the local worker node.
 
 from __future__ import annotations
 
-import os
 import weakref
 from collections.abc import Callable, Iterable
 from concurrent import futures as cf
@@ -21,7 +20,7 @@ from typing import Any
 
 from core4nb import serialize
 from core4nb.executor.futures import Core4Future
-from core4nb.executor.local import LocalWorkers
+from core4nb.executor.local import LocalWorkers, acquire_node
 from core4nb.executor.runtime import Runtime
 from core4nb.queue import JOB_OPTIONS, default_url, make_job
 from core4nb.store import Store, open_store, redact_url
@@ -50,8 +49,12 @@ class Core4Executor(cf.Executor):
         url: the queue URL. None and no ``CORE4NB_URL``: the embedded SQLite
             queue in ``$CORE4NB_HOME`` served by local workers that start and
             stop with this executor.
-        workers: local worker processes to start (embedded default: one per
-            core; with a URL: none, the cluster's nodes do the work).
+        workers: local worker processes (embedded default: the process's running
+            local node for this queue, else one per core; with a URL: none, the
+            cluster's nodes do the work). A number other than the running node's
+            starts a node of this executor's own.
+        share_workers: False: start a local node of this executor's own even if
+            one of this process already serves the queue.
         **job_defaults: job options (``priority``, ``max_parallel``, ``attempts``,
             ``defer_time``, ``defer_max``, ``error_time``, ``wall_time``) for every job.
 
@@ -60,18 +63,17 @@ class Core4Executor(cf.Executor):
         ValueError: ``workers`` < 1 for the embedded default.
     """
 
-    def __init__(self, url: str | None = None, *, workers: int | None = None, **job_defaults: Any) -> None:
+    def __init__(self, url: str | None = None, *, workers: int | None = None, share_workers: bool = True,
+                 **job_defaults: Any) -> None:
         check_options(job_defaults)
         embedded = url is None and env_url() is None
         if workers is not None and (workers < 0 or (embedded and workers < 1)):
             raise ValueError("workers must be greater than 0")
         url = url or default_url()
-        if embedded:
-            workers = workers or os.cpu_count() or 1
         store = open_store(url)
         try:
             key = serialize.load_key()  # a bad key file fails here, not in the poller thread
-            local = LocalWorkers(url, workers) if workers else None
+            local = acquire_node(url, workers, share=share_workers) if embedded or workers else None
         except BaseException:
             store.close()
             raise

@@ -5,10 +5,16 @@ one ``sys.worker`` document, one forkserver. The node gets the notebook's
 ``sys.path`` so functions importable by module in the notebook import in the
 workers too, and ``--watch-pid`` so it stops when the notebook dies without
 shutting the executor down (a kernel killed with SIGKILL).
+
+One process shares one node per queue URL (:func:`acquire_node`): ``%%core4``,
+``Core4Executor()`` and ``enqueue`` in one kernel would otherwise each start
+one, and three nodes of N children on N cores only fight over them. The node
+counts its users and stops when the last one releases it.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
@@ -19,6 +25,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 
 from core4nb.store import URL_ENV, redact_url
@@ -32,12 +39,13 @@ KILL_AFTER = 10.0
 QUICK_DEATH = 5.0
 MAX_QUICK_DEATHS = 3
 
-_serial = itertools.count(1)
+_serials: collections.defaultdict[str, itertools.count] = collections.defaultdict(lambda: itertools.count(1))
 
 
-def node_name() -> str:
-    """``local-HOST-PID``, with a serial suffix for a second executor in the same process."""
-    n = next(_serial)
+def node_name(url: str) -> str:
+    """``local-HOST-PID``, with a serial suffix for a second node of this process on the same queue
+    (a node's name is its ``sys.worker`` document's key there; on another queue the plain name is free)."""
+    n = next(_serials[url])
     base = f"local-{socket.gethostname()}-{os.getpid()}"
     return base if n == 1 else f"{base}-{n}"
 
@@ -76,9 +84,11 @@ class LocalWorkers:
     def __init__(self, url: str, processes: int, *, env: dict[str, str] | None = None) -> None:
         self.url = url
         self.processes = processes
-        self.name = node_name()
+        self.name = node_name(url)
         self.quick_deaths = 0
+        self.users = 1  # executors sharing this node (acquire/release)
         self._stopping = False
+        self._check_lock = threading.Lock()  # each sharing executor's poller calls check()
         # The URL goes through the environment: argv is visible to every user in `ps`, and a URL may hold
         # a password or a token.
         full_env = {**os.environ, "PYTHONPATH": worker_pythonpath(), **(env or {}), URL_ENV: url}
@@ -108,6 +118,10 @@ class LocalWorkers:
         Called by the poller while futures wait, so a crashed node does not leave
         them hanging. Returns None while all is well, else the error for the futures.
         """
+        with self._check_lock:
+            return self._check()
+
+    def _check(self) -> str | None:
         if self._stopping or self.is_alive():
             return None
         code = self.process.returncode
@@ -120,6 +134,16 @@ class LocalWorkers:
                     self.name, self.pid, code)
         self._start()
         return None
+
+    def release(self) -> None:
+        """One user less; the last one stops the node."""
+        with _pools_lock:
+            self.users -= 1
+            last = self.users <= 0
+            if last and _pools.get(self.url) is self:
+                del _pools[self.url]
+        if last:
+            self.stop()
 
     def stop(self) -> int | None:
         """SIGTERM (the node hands running jobs back and exits), SIGKILL if it does not.
@@ -139,3 +163,27 @@ class LocalWorkers:
                     self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+_pools_lock = threading.Lock()
+_pools: dict[str, LocalWorkers] = {}
+
+
+def acquire_node(url: str, processes: int | None, *, share: bool = True) -> LocalWorkers:
+    """This process's local node on ``url``, started if there is none; release it when done.
+
+    Args:
+        url: the queue URL.
+        processes: None takes the running node whatever its size (else one per core);
+            a number takes the running node only if it has that many processes.
+        share: False starts a node of the caller's own, which no later caller gets.
+    """
+    with _pools_lock:
+        running = _pools.get(url) if share else None
+        if running is not None and running.users > 0 and processes in (None, running.processes):
+            running.users += 1
+            return running
+        node = LocalWorkers(url, processes or os.cpu_count() or 1)
+        if share and running is None:  # a node of another size stays separate, and unshared
+            _pools[url] = node
+        return node

@@ -27,8 +27,9 @@ from core4nb.executor.chunks import (
     growing_chunks,
     run_chunk,
 )
-from core4nb.job import Job
+from core4nb.job import Job, safe_text
 from core4nb.queue import RemoteTraceback, describe, make_job
+from core4nb.serialize import summarize_args
 
 if TYPE_CHECKING:
     from core4nb.executor.futures import Core4Future
@@ -61,6 +62,10 @@ class _MapRun:
                            key=self.runtime.key, job_id=self.ids.next(), memo=memo, **self.options)
         except PayloadError:
             raise self._diagnose(chunk) from None
+        # Listings show the chunk's place and items, not run_chunk's own arguments (the function, a flag).
+        last = self.offset + len(chunk) - 1
+        place = f"#{self.offset}" if last == self.offset else f"#{self.offset}-{last}"
+        job.args_summary = safe_text(f"{place} {summarize_args(tuple(chunk), {})}")
         self.offset += len(chunk)
         self.submitted += 1
         return job

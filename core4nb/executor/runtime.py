@@ -34,7 +34,7 @@ def _close(poller: Poller, local: LocalWorkers | None, store: Store) -> None:
     """Finalizer: must not refer to the runtime, or the runtime would never be collected."""
     poller.stop()
     if local is not None:
-        local.stop()
+        local.release()  # stops the node if no other executor of this process shares it
     store.close()
 
 

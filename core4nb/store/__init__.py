@@ -16,8 +16,8 @@ URL_ENV = "CORE4NB_URL"
 __all__ = ["DEFAULT_LEASE_SECONDS", "URL_ENV", "Claimant", "Store", "WorkerInfo", "open_store", "redact_url"]
 
 
-def open_store(url: str) -> Store:
-    """Open the store a URL names.
+def open_store(url: str, *, read_only: bool = False) -> Store:
+    """Open the store a URL names; ``read_only``: an existing queue, to look at (``core4nb status``).
 
     ``sqlite://PATH`` (``sqlite:///home/me/q.db`` is the absolute path ``/home/me/q.db``, ``sqlite://~/q.db``
     one in the home directory)
@@ -25,7 +25,7 @@ def open_store(url: str) -> Store:
 
     Raises:
         ConfigError: the URL is malformed or names an unknown scheme.
-        StoreUnavailable: the database cannot be reached or opened.
+        StoreUnavailable: the database cannot be reached or opened; read-only, there is no queue at the URL.
     """
     if not isinstance(url, str) or "://" not in url:
         raise ConfigError(
@@ -36,11 +36,11 @@ def open_store(url: str) -> Store:
     if scheme == "sqlite":
         from core4nb.store.sqlite import SQLiteStore
 
-        return SQLiteStore(url)
+        return SQLiteStore(url, read_only=read_only)
     if scheme in ("mongodb", "mongodb+srv"):
         from core4nb.store.mongo import MongoStore
 
-        return MongoStore(url)
+        return MongoStore(url, read_only=read_only)
     raise ConfigError(
         f"queue URL {redact_url(url)!r} has unknown scheme {scheme!r}: use sqlite:///path or mongodb://host/dbname"
     )

@@ -43,6 +43,7 @@ class WorkerInfo:
     running: list[str] = field(default_factory=list)
     state: str = "running"  # running | draining | stopped
     key_id: str = ""  # of the node's cluster key: it claims only jobs signed with it
+    python: str = ""  # the node's Python version: payloads pickled by another version may not load
 
 
 @dataclass
@@ -325,7 +326,8 @@ def not_found(job_id: str, url: str, pruned: tuple[float, float | None] | None) 
     return JobNotFound(f"job {job_id} was pruned from queue {redact_url(url)} on {when}{done}: finished trees are "
                        "kept for the queue's retention (`core4nb retention`); pin one with keep=True")
 _WORKER_TYPES: dict[str, Any] = {"name": str, "host": str, "pid": int, "slots": int, "heartbeat": (int, float),
-                                 "started_at": (int, float), "running": list, "state": str, "key_id": str}
+                                 "started_at": (int, float), "running": list, "state": str, "key_id": str,
+                                 "python": str}
 _WORKER_REQUIRED = ("name", "host", "pid", "slots")
 
 

@@ -56,7 +56,7 @@ class MongoStore(MongoHousekeeping, Store):
     """The queue in one MongoDB database; see the module docstring for the layout."""
 
     @guarded
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
         self.url = url
         self._driver_url, self.database, self.prefix, options = parse_url(url)
         self.collections = {kind: self.prefix + kind for kind in ("queue", "worker", "blobs", "setting", "pruned")}
@@ -71,7 +71,10 @@ class MongoStore(MongoHousekeeping, Store):
         self.blobs = GridFSBlobs(bucket, FileBlobs(cache_dir(redact_url(url))), cache_limit())
         try:
             self._client.admin.command("ping")  # fail here, not at the first claim
-            self._col("queue").create_indexes(claims.INDEXES)  # one round trip; a no-op once they exist
+            if read_only:
+                self._check_exists()
+            else:
+                self._col("queue").create_indexes(claims.INDEXES)  # one round trip; a no-op once they exist
         except (PyMongoError, Core4Error):
             self.close()  # stop the client's monitor threads, or they retry the server forever
             raise
@@ -80,6 +83,13 @@ class MongoStore(MongoHousekeeping, Store):
             raise StoreUnavailable(f"MongoDB for queue {redact_url(url)} failed the connection handshake "
                                    f"({type(exc).__name__}: {exc}); check the user and password in the URL and "
                                    "that the server speaks the MongoDB protocol") from None
+
+    def _check_exists(self) -> None:
+        """A reader creates nothing: a database without this queue's collection is an error."""
+        if self.collections["queue"] not in self._col("queue").database.list_collection_names():
+            raise StoreUnavailable(f"no queue at {redact_url(self.url)}: database {self.database!r} has no collection "
+                                   f"{self.collections['queue']!r}; check the URL (the first Core4Executor, enqueue "
+                                   "or `core4nb worker` on a URL creates its queue)")
 
     def _connect(self) -> None:
         self._client = MongoClient(self._driver_url, **self._options)

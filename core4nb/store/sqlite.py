@@ -77,14 +77,16 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
 class SQLiteStore(SQLiteHousekeeping, Store):
     """The queue in one SQLite file: ``SQLiteStore("sqlite:///path/to/queue.db")``."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
         self.url = url
         scheme, _, raw = url.partition("://")
         if scheme.lower() != "sqlite" or not raw or raw.startswith(":memory:") or "?" in raw:
             raise ConfigError(f"queue URL {redact_url(url)!r} does not name a file: use sqlite:///path/to/queue.db "
                               "(three slashes for an absolute path; worker processes must share the file)")
         self.path = Path(raw).expanduser()
-        self.read_only = sqlite_file.check_path(self.path)
+        if read_only:
+            sqlite_file.check_existing(self.path)
+        self.read_only = read_only or sqlite_file.check_path(self.path)
         self._bells = bell.bell_dir(self.path)
         self.blobs = FileBlobs(self.path.with_name(self.path.name + "-blobs"))
         self._pid = os.getpid()
@@ -97,9 +99,9 @@ class SQLiteStore(SQLiteHousekeeping, Store):
         if current:  # a read first: a reader never waits for another's write lock
             return
         if self.read_only:
-            raise StoreUnavailable(f"queue file {self.path} is read-only for this user and has no current core4nb "
-                                   "schema (empty, or written by an earlier version): open it once where it is "
-                                   "writable, to upgrade it")
+            raise StoreUnavailable(f"queue file {self.path} is opened read-only and has no current core4nb schema "
+                                   "(empty, or written by an earlier version): open it once with write access "
+                                   "(e.g. Core4Executor or `core4nb worker` on it), to upgrade it")
         with self._tx() as conn:  # IF NOT EXISTS makes it idempotent, the lock serial
             sqlite_file.create_schema(conn)
         self._convert_to_incremental_vacuum()

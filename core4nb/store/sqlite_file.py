@@ -48,6 +48,18 @@ def check_path(path: Path) -> bool:
     return not writable
 
 
+def check_existing(path: Path) -> None:
+    """For a reader (``core4nb status``, ``jobs``): the queue file must be there; nothing is created."""
+    for part in (path.parent, path, Path(f"{path}-wal"), Path(f"{path}-shm")):  # a queue in /tmp: say so first
+        _check_owner_and_mode(part)
+    if not path.is_file():
+        where = "is a directory" if path.is_dir() else "does not exist"
+        raise StoreUnavailable(f"no queue at {path}: the file {where}; check the URL (the first Core4Executor, "
+                               "enqueue or `core4nb worker` on a URL creates its queue)")
+    if not os.access(path, os.R_OK):
+        raise StoreUnavailable(f"queue file {path} is not readable by this user; {FIX}")
+
+
 def _check_owner_and_mode(part: Path) -> None:
     """Refuse a queue file or directory another user owns or may write; warn when others may read it."""
     try:

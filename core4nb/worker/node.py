@@ -37,6 +37,7 @@ import contextlib
 import logging
 import math
 import os
+import platform
 import select
 import signal
 import socket
@@ -398,7 +399,8 @@ class WorkerNode:
         self.store.save_worker(WorkerInfo(
             name=self.name, host=self.claimant.node, pid=self.claimant.pid, slots=self.processes,
             heartbeat=time.time(), running=[s.job.id for s in self._busy()],
-            state="draining" if self._drain_deadline is not None else "running", key_id=self.key_id))
+            state="draining" if self._drain_deadline is not None else "running", key_id=self.key_id,
+            python=platform.python_version()))
 
     def _flush_progress(self, busy: list[Slot]) -> None:
         tokens = {s.job.id: s.job.lease.token for s in busy}
