@@ -193,7 +193,7 @@ def dumps(obj: Any, *, key: bytes | None = None, job_id: str, kind: Kind, what: 
     """Pickle ``obj`` (large buffers out of band) into a frame signed for ``job_id`` and ``kind``.
 
     Raises:
-        PayloadError: naming ``what`` when ``obj`` cannot be pickled.
+        UnpicklableError: naming ``what`` when ``obj`` cannot be pickled (also a pickle.PicklingError).
     """
     threshold = blob_threshold() if threshold is None else threshold
     blobs: dict[str, memoryview] = {}
