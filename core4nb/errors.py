@@ -5,6 +5,8 @@ Every message says what happened, the likely cause and the fix, on one line.
 
 from __future__ import annotations
 
+import pickle
+
 
 class Core4Error(Exception):
     """Root of every error core4nb raises on purpose."""
@@ -35,6 +37,11 @@ class IllegalTransition(Core4Error):
 
 class PayloadError(Core4Error):
     """A function, argument or result cannot be serialized or safely deserialized."""
+
+
+class UnpicklableError(PayloadError, pickle.PicklingError):
+    """A function, argument or result cannot be pickled; also a ``pickle.PicklingError``, so the
+    ``except PicklingError`` clauses written for ProcessPoolExecutor catch it."""
 
 
 class SignatureError(PayloadError):

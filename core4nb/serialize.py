@@ -28,6 +28,7 @@ import hmac
 import importlib
 import io
 import json
+import linecache
 import os
 import pickle
 import secrets
@@ -53,6 +54,7 @@ from core4nb.errors import (
     KeyFileError,
     PayloadError,
     SignatureError,
+    UnpicklableError,
 )
 
 MAGIC = b"C4N2"
@@ -192,7 +194,7 @@ def dumps(obj: Any, *, key: bytes | None = None, job_id: str, kind: Kind, what: 
     """Pickle ``obj`` (large buffers out of band) into a frame signed for ``job_id`` and ``kind``.
 
     Raises:
-        PayloadError: naming ``what`` when ``obj`` cannot be pickled.
+        UnpicklableError: naming ``what`` when ``obj`` cannot be pickled (also a pickle.PicklingError).
     """
     threshold = blob_threshold() if threshold is None else threshold
     blobs: dict[str, memoryview] = {}
@@ -223,7 +225,7 @@ def dumps(obj: Any, *, key: bytes | None = None, job_id: str, kind: Kind, what: 
     except PayloadError:
         raise
     except Exception as exc:
-        raise PayloadError(f"cannot serialize {what}: {type(exc).__name__}: {exc}") from exc
+        raise UnpicklableError(f"cannot serialize {what}: {type(exc).__name__}: {exc}") from exc
     fields = {"fp": fingerprint(), "job": job_id, "kind": str(kind), "blobs": listed}
     if kind is Kind.CALL:
         fields["env"] = shipping.referenced_versions(body)
@@ -237,11 +239,37 @@ _auto_shipped: set[str] = set()  # local modules registered by value automatical
 
 
 def _code_keeping_its_file(code: types.CodeType) -> tuple:
-    """cloudpickle's reduction of a by-value function's code, but with its real file name: cloudpickle
-    writes ``<dynamic-code>`` (for deterministic pickles, which nothing here needs), and a remote
-    traceback would then hide which of the user's files and lines raised."""
-    constructor, args = cloudpickle.cloudpickle._code_reduce(code)
-    return constructor, tuple(code.co_filename if arg == "<dynamic-code>" else arg for arg in args)
+    """cloudpickle's reduction of a by-value function's code, but with its real file name and its source
+    lines: cloudpickle writes ``<dynamic-code>`` (for deterministic pickles, which nothing here needs),
+    and a notebook cell's "file" exists only in its kernel's linecache, so a remote traceback would
+    otherwise hide which of the user's lines raised."""
+    _, args = cloudpickle.cloudpickle._code_reduce(code)
+    args = tuple(code.co_filename if arg == "<dynamic-code>" else arg for arg in args)
+    return _code_with_source, (args, code.co_filename, _source_lines(code))
+
+
+def _source_lines(code: types.CodeType) -> dict[int, str]:
+    """The lines of ``code`` (from its first line to its last) as this process's linecache has them."""
+    lines = linecache.getlines(code.co_filename)
+    numbers = [number for _, _, number in code.co_lines() if number]
+    if not lines or not numbers:
+        return {}
+    last = min(max(numbers), len(lines))
+    return {number: lines[number - 1] for number in range(code.co_firstlineno, last + 1)}
+
+
+_remote_sources: dict[str, dict[int, str]] = {}  # file → the lines payloads brought of it
+
+
+def _code_with_source(args: tuple, filename: str, lines: dict[int, str]) -> types.CodeType:
+    """Unpickling a by-value function's code: its lines go into linecache where its file is not here."""
+    if lines and not os.path.exists(filename):
+        known = _remote_sources.setdefault(filename, {})
+        known.update(lines)
+        text = [known.get(number, "\n") for number in range(1, max(known) + 1)]
+        # mtime None: linecache.checkcache leaves the entry alone (there is no file to compare with)
+        linecache.cache[filename] = (sum(map(len, text)), None, text, filename)
+    return types.CodeType(*args)
 
 
 class _Pickler(cloudpickle.Pickler):
@@ -381,7 +409,7 @@ def dumps_call(fn: Any, args: tuple, kwargs: dict, *, key: bytes | None = None, 
         return dumps((fn, args, kwargs), key=key, job_id=job_id, kind=Kind.CALL, what="call", memo=memo)
     except PayloadError as exc:
         culprit = _find_unpicklable(fn, args, kwargs)
-        raise PayloadError(f"cannot send {culprit} to a worker: {exc.__cause__}") from exc.__cause__
+        raise UnpicklableError(f"cannot send {culprit} to a worker: {exc.__cause__}") from exc.__cause__
 
 
 def _find_unpicklable(fn: Any, args: tuple, kwargs: dict) -> str:

@@ -7,15 +7,22 @@ Every executor is shut down inside its test and checked for leftover processes.
 
 from __future__ import annotations
 
+import gc
 import json
+import linecache
+import multiprocessing
 import os
+import pickle
+import re
 import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import weakref
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, as_completed, wait
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED
 from pathlib import Path
 
 import psutil
@@ -61,6 +68,33 @@ def fail_at_seven(x: int) -> int:
 def sleep_return(seconds: float, value: object) -> object:
     time.sleep(seconds)
     return value
+
+
+class Dropped:
+    """A map result the test drops: it must be freed then."""
+
+
+def make_dropped(_: object) -> Dropped:
+    return Dropped()
+
+
+class ExitWhenPickled:
+    def __reduce__(self):
+        sys.exit(3)
+
+
+class ExitWhenUnpickled:
+    def __reduce__(self):
+        return sys.exit, (4,)
+
+
+class RefusesPickle:
+    def __reduce__(self):
+        raise pickle.PicklingError("refuses")
+
+
+def make(cls: type) -> object:
+    return cls()
 
 
 # -- fixtures --------------------------------------------------------------------------------------
@@ -511,3 +545,100 @@ def test_future_and_map_keep_what_the_jobs_printed(ex):
     results = ex.map(chatty, ["a", "bb"], ["x", "y"], chunksize=1, timeout=60)
     assert list(results) == [1, 2]
     assert results.outputs == ["a\nx\n", "bb\ny\n"]
+
+
+# -- CPython's own concurrent.futures tests found these (tests/test_stdlib_futures.py) ----------------
+def test_map_frees_each_result_once_the_caller_drops_it(ex):
+    seen = 0
+    for value in ex.map(make_dropped, range(6), chunksize=3):  # three values per chunk job
+        ref = weakref.ref(value)
+        del value
+        gc.collect()
+        assert ref() is None
+        seen += 1
+    assert seen == 6
+
+
+def test_system_exit_while_pickling_a_result_or_unpickling_a_payload_reaches_result(ex):
+    assert ex.submit(square, 2).result(timeout=60) == 4  # both children started
+    children = {p.pid for p in process_tree(ex.local_workers.pid)}
+    pickled = ex.submit(make, ExitWhenPickled)
+    with pytest.raises(SystemExit) as raised:
+        pickled.result(timeout=60)
+    assert raised.value.code == 3
+    unpickled = ex.submit(id, ExitWhenUnpickled())
+    with pytest.raises(SystemExit) as raised:
+        unpickled.result(timeout=60)
+    assert raised.value.code == 4
+    assert [ex.store.get(f.job_id).error.type for f in (pickled, unpickled)] == ["SystemExit", "SystemExit"]
+    assert {p.pid for p in process_tree(ex.local_workers.pid)} == children  # no child died of it
+    assert ex.submit(square, 5).result(timeout=60) == 25
+
+
+def test_remote_traceback_shows_the_line_of_a_function_whose_file_only_the_notebook_has(ex):
+    source = "def cell_fn(x):\n    raise ValueError(x)  # the user's own line\n"
+    filename = f"/nonexistent-{os.getpid()}/ipykernel_1/3021.py"  # as IPython names a cell: no such file
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    try:
+        namespace = {"__name__": "__main__"}  # travels by value, like a notebook's function
+        exec(compile(source, filename, "exec"), namespace)
+        with pytest.raises(ValueError, match=r"^boom$") as raised:
+            ex.submit(namespace["cell_fn"], "boom").result(timeout=60)
+    finally:
+        del linecache.cache[filename]
+    assert (f'File "{filename}", line 2, in cell_fn\n    raise ValueError(x)  # the user\'s own line\n'
+            in raised.value.__cause__.tb)
+
+
+def test_unpicklable_arguments_and_results_are_pickling_errors(ex):
+    with pytest.raises(pickle.PicklingError, match=r"^cannot send argument 0 \(a RefusesPickle\) to a worker: "
+                                                   r"refuses$") as raised:
+        ex.submit(id, RefusesPickle())
+    assert isinstance(raised.value, PayloadError)
+    with pytest.raises(pickle.PicklingError, match=r"^cannot send element 1 of the map \(a RefusesPickle\)"):
+        ex.map(id, [1, RefusesPickle()])
+    with pytest.raises(pickle.PicklingError, match=r"^cannot serialize the job's result \(a tests.test_executor."
+                                                   r"RefusesPickle\): PicklingError: refuses$"):
+        ex.submit(make, RefusesPickle).result(timeout=60)
+
+
+def test_max_workers_is_the_worker_count(home):
+    with Core4Executor(max_workers=1) as executor:
+        assert executor.local_workers.processes == 1
+        assert executor.submit(square, 4).result(timeout=60) == 16
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=r"^max_workers must be greater than 0$"):
+            Core4Executor(max_workers=bad)
+    with pytest.raises(TypeError, match=r"^Core4Executor\(4\): the first argument is the queue URL; give the "
+                                        r"worker count as max_workers=4$"):
+        Core4Executor(4)
+    with pytest.raises(TypeError, match=r"^give the worker count once: workers= or max_workers=, not both$"):
+        Core4Executor(workers=1, max_workers=1)
+    with pytest.raises(ValueError, match=r"^Core4Executor takes no mp_context: worker nodes start their own"):
+        Core4Executor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+
+
+def test_future_and_executor_reprs_have_the_stock_shape(ex):
+    future = ex.submit(square, 3)
+    assert future.result(timeout=60) == 9
+    assert re.fullmatch(rf"<Core4Future at 0x[0-9a-f]+ state=finished returned int job={future.job_id}>",
+                        repr(future)), repr(future)
+    assert re.fullmatch(r"<Core4Executor at 0x[0-9a-f]+ url=sqlite:///\S+/queue\.db max_workers=2 state=running>",
+                        repr(ex)), repr(ex)
+
+
+def test_cancel_goes_through_cancelled_then_notifies_waiters(ex, tmp_path):
+    gate = release(tmp_path)
+    running = [ex.submit(wait_for_file, gate, i) for i in range(2)]  # both slots busy
+    wait_running(*running)
+    pending = ex.submit(add, 1, 2)
+    states = []
+    pending.add_done_callback(lambda f: states.append(f._state))
+    assert pending.cancel() is True
+    assert states == [CANCELLED]  # done callbacks run in CANCELLED, as Future.cancel() runs them
+    # The job is killed in the store, so the executor has acknowledged it (set_running_or_notify_cancel):
+    assert pending._state == CANCELLED_AND_NOTIFIED
+    assert wait([pending], timeout=0).done == {pending}
+    assert ex.store.get(pending.job_id).state == State.KILLED
+    Path(gate).touch()
+    assert [f.result(timeout=60) for f in running] == [0, 1]

@@ -494,7 +494,7 @@ def test_unpicklable_result_fails_the_job_naming_its_type(queue):
     job_id = queue.enqueue(faultfuncs.unpicklable_result)
     start_node(queue.url, "node", processes=1, burst=True).wait(60)
     job = queue.get(job_id)
-    assert (job.state, job.error.type) == (State.ERROR, "PayloadError")
+    assert (job.state, job.error.type) == (State.ERROR, "UnpicklableError")  # a PayloadError and a PicklingError
     assert "cannot serialize the job's result (a _thread.lock)" in job.error.message
     with pytest.raises(PayloadError, match=r"_thread\.lock"):
         queue.result(job_id)

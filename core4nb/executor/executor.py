@@ -53,19 +53,34 @@ class Core4Executor(cf.Executor):
             local node for this queue, else one per core; with a URL: none, the
             cluster's nodes do the work). A number other than the running node's
             starts a node of this executor's own.
+        max_workers: the same as ``workers`` (the name ``concurrent.futures`` users type); > 0.
         share_workers: False: start a local node of this executor's own even if
             one of this process already serves the queue.
+        mp_context: accepted for ProcessPoolExecutor compatibility, as None only: worker nodes
+            start their own processes.
         **job_defaults: job options (``priority``, ``max_parallel``, ``attempts``,
             ``defer_time``, ``defer_max``, ``error_time``, ``wall_time``) for every job.
 
     Raises:
-        TypeError: an unknown job option.
-        ValueError: ``workers`` < 1 for the embedded default.
+        TypeError: an unknown job option, a URL that is not a string, both ``workers`` and ``max_workers``.
+        ValueError: ``workers`` < 1 for the embedded default, ``max_workers`` < 1, an ``mp_context``.
     """
 
-    def __init__(self, url: str | None = None, *, workers: int | None = None, share_workers: bool = True,
-                 **job_defaults: Any) -> None:
+    def __init__(self, url: str | None = None, *, workers: int | None = None, max_workers: int | None = None,
+                 share_workers: bool = True, mp_context: None = None, **job_defaults: Any) -> None:
         check_options(job_defaults)
+        if url is not None and not isinstance(url, str):
+            raise TypeError(f"Core4Executor({url!r}): the first argument is the queue URL; "
+                            f"give the worker count as max_workers={url!r}")
+        if mp_context is not None:
+            raise ValueError("Core4Executor takes no mp_context: worker nodes start their own processes "
+                             "(drop the argument)")
+        if max_workers is not None:
+            if workers is not None:
+                raise TypeError("give the worker count once: workers= or max_workers=, not both")
+            if max_workers <= 0:
+                raise ValueError("max_workers must be greater than 0")
+            workers = max_workers
         embedded = url is None and env_url() is None
         if workers is not None and (workers < 0 or (embedded and workers < 1)):
             raise ValueError("workers must be greater than 0")
@@ -180,6 +195,7 @@ class Core4Executor(cf.Executor):
         return self._runtime.attach(job_id)
 
     def __repr__(self) -> str:
-        local = f" local_workers={self.local_workers.processes}" if self.local_workers else ""
-        state = "shut down" if self.is_shutdown else "running"
-        return f"<Core4Executor {redact_url(self.url)}{local} {state}>"
+        """The shape of a future's repr: ``<Core4Executor at 0x… url=… max_workers=2 state=running>``."""
+        local = f" max_workers={self.local_workers.processes}" if self.local_workers else ""
+        state = "shutdown" if self.is_shutdown else "running"
+        return f"<{type(self).__name__} at {id(self):#x} url={redact_url(self.url)}{local} state={state}>"

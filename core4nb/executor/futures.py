@@ -107,4 +107,5 @@ class Core4Future(Future):
                 self.set_running_or_notify_cancel()
 
     def __repr__(self) -> str:
-        return super().__repr__().replace(" at ", f" job={self.job_id} at ", 1)
+        """The stock shape (``<Core4Future at 0x… state=finished returned int>``) and the job's id."""
+        return f"{super().__repr__()[:-1]} job={self.job_id}>"

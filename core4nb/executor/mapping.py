@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from core4nb.buffers import DigestMemo
-from core4nb.errors import PayloadError
+from core4nb.errors import PayloadError, UnpicklableError
 from core4nb.executor.chunks import (
     ChunkError,
     MapRoot,
@@ -77,7 +77,7 @@ class _MapRun:
         except PayloadError as exc:
             return exc
         culprit = first_unpicklable(chunk, self.offset) or f"a chunk of {len(chunk)} items"
-        return PayloadError(f"cannot send {culprit} to a worker: it cannot be pickled")
+        return UnpicklableError(f"cannot send {culprit} to a worker: it cannot be pickled")
 
     def root_job(self, total: int) -> Job:
         priority = (self.options.get("priority") or 0) - 1  # chunks are claimed before their root
@@ -183,7 +183,11 @@ def _results(run: _MapRun, chunks: Iterator[list] | None, end_time: float | None
             future = futures.popleft()
             values, error = _chunk_result(future, end_time)
             run.outputs.append(future.output)
-            yield from values
+            del future  # it holds the values too
+            # Popped, not iterated: a value the caller dropped must be freed now, as in ProcessPoolExecutor.
+            values.reverse()
+            while values:
+                yield values.pop()
             if error is not None:
                 raise error
     finally:

@@ -249,8 +249,9 @@ def run_job(job: Job, store: LazyStore, key: bytes, conn: Connection) -> Outcome
                                            blobs=blobs, what=f"payload of job {job.id} ({job.name})")
     except PayloadError as exc:  # unsigned, tampered, foreign or a blob missing: never unpickled
         return Outcome("rejected", elapsed(), error=JobError(type(exc).__name__, str(exc)))
-    except Exception as exc:  # signed but cannot load here (missing module…)
-        return Outcome("rejected", elapsed(), error=_job_error(exc))
+    except BaseException as exc:  # signed but cannot load here (a missing module), or its unpickling raised
+        # (a __reduce__ calling sys.exit): the child lives on and result() raises what was raised
+        return Outcome("rejected", elapsed(), result=_exception_frame(exc, job, store, key), error=_job_error(exc))
 
     ctx = JobContext(job, store.url, lambda value, message: conn.send(("progress", value, message)), store.get)
     token, printed = activate(ctx), OutputTail()
@@ -271,6 +272,9 @@ def run_job(job: Job, store: LazyStore, key: bytes, conn: Connection) -> Outcome
         return Outcome("complete", elapsed(), result=frame, output=printed.text())
     except PayloadError as exc:
         return Outcome("failed", elapsed(), error=JobError(type(exc).__name__, str(exc)), output=printed.text())
+    except BaseException as exc:  # the result's __reduce__ raised SystemExit or the like: as if the job had
+        return Outcome("failed", elapsed(), result=_exception_frame(exc, job, store, key), error=_job_error(exc),
+                       output=printed.text())
 
 
 def _store_frame(value: object, job: Job, store: LazyStore, key: bytes, kind: serialize.Kind, what: str) -> bytes:
