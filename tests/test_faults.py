@@ -37,7 +37,7 @@ from core4nb.serialize import key_file_path
 from core4nb.store import Claimant
 from core4nb.store.decode import MALFORMED_NAME
 from tests import faultfuncs, jobfuncs
-from tests.nodes import ROOT, node_log, start_node, stop_node, wait_for
+from tests.nodes import PATIENCE, ROOT, node_log, start_node, stop_node, wait_for
 from tests.servers import WireServer, free_port
 
 pytestmark = pytest.mark.faults
@@ -64,7 +64,7 @@ def no_process_left(wire_server: WireServer, monkeypatch: pytest.MonkeyPatch):
     run = secrets.token_hex(6)
     monkeypatch.setenv(RUN_ENV, run)
     yield
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + PATIENCE
     while (left := _marked(run)) and time.monotonic() < deadline:
         time.sleep(0.1)
     for proc in left:
@@ -83,7 +83,7 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = PATIENCE) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "core4nb", *args], capture_output=True, text=True, timeout=timeout,
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 
@@ -167,7 +167,7 @@ def test_paused_node_cannot_overwrite_the_rescuers_result(queue, tmp_path):
         os.kill(paused.pid, signal.SIGCONT)  # wakes up holding an outcome under a stale lease token
         paused_log = wait_for(lambda: "outcome is discarded" in (text := node_log(paused)) and text,
                               what="the paused node to try its stale write")
-        assert queue.result(job_id, timeout=30) == "rescuer"
+        assert queue.result(job_id, timeout=PATIENCE) == "rescuer"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(paused.pid, signal.SIGCONT)
@@ -417,8 +417,8 @@ def test_malformed_documents_are_set_aside_never_run(queue, raw, tmp_path):
         values = {f: v for f, v in corruption if v is not MISSING}
         raw.change(job.id, {**values, "query_at": time.time()}, unset=tuple(f for f, v in corruption if v is MISSING))
         sentinel = queue.enqueue(jobfuncs.add, 2, 3)
-        assert queue.result(sentinel, timeout=30) == 5
-        wait_for(lambda: raw.read(job.id)["state"] != "pending", timeout=30, what="the claim of the bad document")
+        assert queue.result(sentinel, timeout=PATIENCE) == 5
+        wait_for(lambda: raw.read(job.id)["state"] != "pending", what="the claim of the bad document")
         doc = raw.read(job.id)
         assert doc["state"] == "error" and doc["error"]["type"] == "MalformedJob", (corruption, doc)
         message = doc["error"]["message"]
@@ -559,7 +559,7 @@ def test_key_file_readable_by_others_stops_the_node(queue, tmp_path):
     key = key_file_path()
     key.chmod(0o644)
     node = start_node(queue.url, "careless", processes=1)
-    assert node.wait(30) == 1
+    assert node.wait(PATIENCE) == 1
     text = node_log(node)
     assert f"key file {key} is accessible by other users (mode 644)" in text and f"chmod 600 {key}" in text
     assert "Traceback" not in text

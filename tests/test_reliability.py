@@ -52,7 +52,7 @@ def test_a_poison_job_ends_in_error_naming_every_node_it_killed(queue, tmp_path)
     try:
         wait_for(lambda: all(node.poll() is not None for node in nodes), timeout=90, what="both nodes to die")
         until = queue.get(job_id).lease.until  # nobody is left to reap the second death: the test does
-        wait_for(lambda: queue.store.reap() or queue.get(job_id).state != State.RUNNING, timeout=30,
+        wait_for(lambda: queue.store.reap() or queue.get(job_id).state != State.RUNNING,
                  what=f"the lease (until {until}) to expire and be reaped")
     finally:
         for node in nodes:
@@ -229,7 +229,7 @@ def test_status_and_jobs_work_while_another_process_holds_the_write_lock(sqlite_
     locker = sqlite3.connect(sqlite_url.partition("://")[2], isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")
     try:
-        status, jobs = cli("status", sqlite_url, timeout=20), cli("jobs", sqlite_url, "--json", timeout=20)
+        status, jobs = cli("status", sqlite_url), cli("jobs", sqlite_url, "--json")
     finally:
         locker.execute("ROLLBACK")
         locker.close()

@@ -127,10 +127,10 @@ def test_kill_and_remove_end_on_a_job_that_is_its_own_parent(queue, raw):
     loop, pair = queue.enqueue(jobfuncs.add, 2, 2), queue.enqueue(jobfuncs.add, 3, 3)
     raw.change(loop, {"parent_id": loop, "root_id": root})  # its own parent, inside root's tree
     raw.change(pair, {"parent_id": loop, "root_id": root})
-    killed = cli("kill", loop, "--url", queue.url, timeout=30)
+    killed = cli("kill", loop, "--url", queue.url)
     assert (killed.returncode, killed.stdout) == (0, "kill requested for 2 job(s)\n"), killed.stderr
     assert [queue.get(i).state for i in (root, loop, pair)] == [State.PENDING, State.KILLED, State.KILLED]
-    removed = cli("remove", loop, "--url", queue.url, timeout=30)
+    removed = cli("remove", loop, "--url", queue.url)
     assert (removed.returncode, removed.stdout) == (0, "removed 2 job(s)\n"), removed.stderr
     assert [j.id for j in queue.jobs()] == [root]
 
