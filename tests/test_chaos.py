@@ -92,7 +92,7 @@ def test_nodes_sigkilled_at_random_lose_no_job_and_no_result(queue_url, tmp_path
         adds = [ex.submit(jobfuncs.add, i, i) for i in range(SUBMITS)]
         defers = [ex.options(defer_time=0.2).submit(jobfuncs.defer_once, i) for i in range(10)]
         flaky = [ex.options(attempts=2).submit(raise_first, i) for i in range(10)]
-        squares = ex.map(jobfuncs.square, range(ITEMS), [SECONDS] * ITEMS, chunksize=1, timeout=10 * PATIENCE)
+        squares = ex.map(jobfuncs.square, range(ITEMS), [SECONDS] * ITEMS, chunksize=1, timeout=4 * PATIENCE)
         killer.start()
         try:
             assert list(squares) == [i * i for i in range(ITEMS)], f"seed {seed}"
