@@ -108,7 +108,8 @@ def test_nodes_sigkilled_at_random_lose_no_job_and_no_result(queue_url, tmp_path
         jobs = queue.store.find()
         counts = queue.counts()
     print(f"chaos: {len(jobs)} jobs in {elapsed:.1f} s, {len(killer.killed)} nodes SIGKILLed, "
-          f"{sum(bool(job.lost_on) for job in jobs)} jobs rerun after their node died")
+          f"{sum(bool(job.lost_on) for job in jobs)} jobs rerun after their node died, "
+          f"at most {max(len(lost_workers(job.lost_on)) for job in jobs)} times")
     ids = {f.job_id for f in [*adds, *defers, *flaky]}
     assert len(jobs) == SUBMITS + 20 + ITEMS + 1 and ids <= {job.id for job in jobs}, f"seed {seed}"  # +1: map root
     assert counts[State.COMPLETE] == len(jobs), f"seed {seed}: {counts}"
