@@ -140,7 +140,7 @@ def test_memory_blowup_fails_only_its_job(queue):
     hog = queue.enqueue(jobfuncs.crash, "memory", priority=1)
     good = [queue.enqueue(jobfuncs.add, i, 1) for i in range(4)]
     node = start_node(queue.url, "capped", processes=1, burst=True, extra=("--memory-limit", "300"))
-    assert node.wait(60) == 0
+    assert node.wait(PATIENCE) == 0
     job = queue.get(hog)
     assert (job.state, job.error.type, job.attempts_left) == (State.ERROR, "MemoryError", 0)
     assert [queue.result(i) for i in good] == [1, 2, 3, 4]
@@ -223,13 +223,13 @@ def test_store_outage_mid_run_loses_nothing(outage, tmp_path, caplog):
         ids = [queue.enqueue(jobfuncs.record, log, i, 0.1) for i in range(n)]
         nodes = [start_node(url, f"node-{name}", processes=2, lease=30) for name in "ab"]
         try:
-            wait_for(lambda: queue.counts()[State.COMPLETE] >= 6, timeout=60, what="a run in progress")
+            wait_for(lambda: queue.counts()[State.COMPLETE] >= 6, what="a run in progress")
             before = queue.counts()[State.COMPLETE]
             frozen = []
             interrupter = threading.Thread(target=lambda: frozen.append(interrupt()))
             interrupter.start()
             # This client waits through the outage: Queue.wait retries with backoff.
-            assert [queue.result(i, timeout=120) for i in ids] == list(range(n))
+            assert [queue.result(i, timeout=2 * PATIENCE) for i in ids] == list(range(n))
             interrupter.join()
             assert [node.poll() for node in nodes] == [None, None]  # both nodes survived it
         finally:
@@ -285,7 +285,7 @@ def test_killed_client_then_attach_gets_every_result(queue_url, tmp_path):
         with Queue(queue_url) as queue:
             assert queue.counts(root_id)[State.COMPLETE] < n // 2 + 1  # killed mid-map: chunks were still open
         attached = subprocess.run([sys.executable, "-c", ATTACH, queue_url, root_id], cwd=ROOT, capture_output=True,
-                                  text=True, timeout=180, env=env)
+                                  text=True, timeout=3 * PATIENCE, env=env)
         assert attached.returncode == 0, attached.stderr
         assert json.loads(attached.stdout) == list(range(n))
     finally:
@@ -331,7 +331,7 @@ def test_load_every_result_checked_and_rss_bounded(queue_url):
         sampler = threading.Thread(target=_rss_sampler, args=(nodes, samples, stop))
         sampler.start()
         try:
-            codes = [node.wait(240) for node in nodes]
+            codes = [node.wait(4 * PATIENCE) for node in nodes]
         finally:
             stop.set()
             sampler.join()
@@ -465,7 +465,7 @@ def test_unclaimable_malformed_documents_are_listed_never_run(queue, raw, tmp_pa
         ids.append(job.id)
     good = queue.enqueue(jobfuncs.add, 1, 1)
     node = start_node(queue.url, "lister", processes=1, burst=True)
-    assert node.wait(60) == 0 and queue.result(good) == 2
+    assert node.wait(PATIENCE) == 0 and queue.result(good) == 2
     listed = {job.id: job for job in queue.jobs()}
     assert [listed[i].name for i in ids] == [MALFORMED_NAME, MALFORMED_NAME]
     expected = ["'state'", "'query_at'" if sqlite else "'state'"]
@@ -492,7 +492,7 @@ def test_unpicklable_argument_is_refused_before_anything_is_stored(queue):
 
 def test_unpicklable_result_fails_the_job_naming_its_type(queue):
     job_id = queue.enqueue(faultfuncs.unpicklable_result)
-    start_node(queue.url, "node", processes=1, burst=True).wait(60)
+    start_node(queue.url, "node", processes=1, burst=True).wait(PATIENCE)
     job = queue.get(job_id)
     assert (job.state, job.error.type) == (State.ERROR, "PayloadError")
     assert "cannot serialize the job's result (a _thread.lock)" in job.error.message
@@ -508,7 +508,7 @@ def test_200_mb_argument_arrives_whole(queue, raw):
     del data
     assert len(raw.read(job_id)["payload"]) < 4096
     assert [b.size for b in queue.store.blobs.listing()] == [200 * 2**20]
-    assert start_node(queue.url, "node", processes=1, burst=True).wait(180) == 0
+    assert start_node(queue.url, "node", processes=1, burst=True).wait(3 * PATIENCE) == 0
     assert queue.result(job_id) == expected
 
 
@@ -527,7 +527,7 @@ def test_tampered_payload_is_never_unpickled(queue, raw, tmp_path):
     job_id = queue.enqueue(jobfuncs.touch, str(side_a))
     payload = raw.read(job_id)["payload"]
     raw.change(job_id, {"payload": payload.replace(b"side-A", b"side-B")})
-    assert start_node(queue.url, "node", processes=1, burst=True).wait(60) == 0
+    assert start_node(queue.url, "node", processes=1, burst=True).wait(PATIENCE) == 0
     job = queue.get(job_id)
     assert (job.state, job.error.type) == (State.ERROR, "SignatureError")
     assert "bytes were changed" in job.error.message
@@ -538,7 +538,7 @@ def test_tampered_result_is_never_unpickled(queue, raw, tmp_path):
     """The result unpickles by creating side-A.txt; its stored bytes are changed to side-B.txt."""
     side_a, side_b = tmp_path / "side-A.txt", tmp_path / "side-B.txt"
     job_id = queue.enqueue(faultfuncs.make_trap, str(side_a))
-    assert start_node(queue.url, "node", processes=1, burst=True).wait(60) == 0
+    assert start_node(queue.url, "node", processes=1, burst=True).wait(PATIENCE) == 0
     result = raw.read(job_id)["result"]
     raw.change(job_id, {"result": result.replace(b"side-A", b"side-B")})
     with pytest.raises(SignatureError, match="bytes were changed"):
@@ -567,7 +567,7 @@ def test_key_file_readable_by_others_stops_the_node(queue, tmp_path):
     assert (job.state, job.trial, queue.store.workers()) == (State.PENDING, 0, [])
     assert not marker.exists()
     key.chmod(0o600)
-    assert start_node(queue.url, "careful", processes=1, burst=True).wait(60) == 0
+    assert start_node(queue.url, "careful", processes=1, burst=True).wait(PATIENCE) == 0
     assert queue.get(job_id).state == State.COMPLETE and marker.exists()
 
 
