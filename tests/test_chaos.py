@@ -72,7 +72,8 @@ class Killer(threading.Thread):
     def stop(self) -> list[str]:
         """Stop killing, stop every node; return what each logged."""
         self.done.set()
-        self.join()
+        if self.ident is not None:  # started
+            self.join()
         return [stop_node(node) for node in self.nodes]
 
 
@@ -81,29 +82,25 @@ def lost_workers(lost_on: str) -> list[str]:
     return [entry.split()[1] for entry in lost_on.split(", ") if entry]
 
 
-def test_nodes_sigkilled_at_random_lose_no_job_and_no_result(queue_url, tmp_path):
+def test_nodes_sigkilled_at_random_lose_no_job_and_no_result(queue_url):
     seed = int(os.environ.get("CORE4NB_CHAOS_SEED") or random.SystemRandom().randrange(2**32))
     print(f"chaos seed {seed} (replay its choices with CORE4NB_CHAOS_SEED={seed})")
-    rng = random.Random(seed)
-    killer = Killer(queue_url, rng)
+    killer = Killer(queue_url, random.Random(seed))
     started = time.monotonic()
-    ex = Core4Executor(queue_url, error_time=0.1)
     try:
-        adds = [ex.submit(jobfuncs.add, i, i) for i in range(SUBMITS)]
-        defers = [ex.options(defer_time=0.2).submit(jobfuncs.defer_once, i) for i in range(10)]
-        flaky = [ex.options(attempts=2).submit(raise_first, i) for i in range(10)]
-        squares = ex.map(jobfuncs.square, range(ITEMS), [SECONDS] * ITEMS, chunksize=1, timeout=4 * PATIENCE)
-        killer.start()
-        try:
+        with Core4Executor(queue_url, error_time=0.1) as ex:
+            adds = [ex.submit(jobfuncs.add, i, i) for i in range(SUBMITS)]
+            defers = [ex.options(defer_time=0.2).submit(jobfuncs.defer_once, i) for i in range(10)]
+            flaky = [ex.options(attempts=2).submit(raise_first, i) for i in range(10)]
+            squares = ex.map(jobfuncs.square, range(ITEMS), [SECONDS] * ITEMS, chunksize=1, timeout=4 * PATIENCE)
+            killer.start()
             assert list(squares) == [i * i for i in range(ITEMS)], f"seed {seed}"
             assert [f.result(timeout=PATIENCE) for f in adds] == [2 * i for i in range(SUBMITS)], f"seed {seed}"
             assert [f.result(timeout=PATIENCE) for f in defers] == [10 * i for i in range(10)], f"seed {seed}"
             assert [f.result(timeout=PATIENCE) for f in flaky] == [1000 + i for i in range(10)], f"seed {seed}"
-        finally:
-            logs = killer.stop()
-        elapsed = time.monotonic() - started
+            elapsed = time.monotonic() - started
     finally:
-        ex.shutdown()
+        logs = killer.stop()
     with Queue(queue_url) as queue:
         jobs = queue.store.find()
         counts = queue.counts()
@@ -133,4 +130,4 @@ def test_nodes_sigkilled_at_random_lose_no_job_and_no_result(queue_url, tmp_path
             assert job.trial in {1 + len(lost), 2 + len(lost)} and job.trial >= 2, f"seed {seed}: {job}"
         elif kind == "add" or job.parent_id:  # a plain submit or one item of the map
             assert job.trial == 1 + len(lost), f"seed {seed}: {job}"
-    assert all("Traceback" not in text for text in logs), f"seed {seed}"
+    assert not [text for text in logs if "Traceback" in text][:1], f"seed {seed}"
