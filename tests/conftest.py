@@ -3,12 +3,19 @@
 ``queue_url`` is parametrized over the embedded SQLite store and the MongoDB
 store (the ``nx-27017`` wire-protocol server started here, or a real MongoDB
 when ``CORE4NB_TEST_MONGO_URL`` is set). Every test gets its own database.
+
+``CORE4NB_TEST_LOAD=N`` runs the whole session on a busy machine: N CPU-bound processes
+(``cores``: one per core) spin from the first test to the last, so timing assumptions fail here
+rather than on a newcomer's loaded laptop.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +26,38 @@ from tests.servers import WireServer
 
 REAL_MONGO_URL = os.environ.get("CORE4NB_TEST_MONGO_URL")
 BACKENDS = ["sqlite", "mongo-wire"] + (["mongo-real"] if REAL_MONGO_URL else [])
+
+
+def load_processes() -> int:
+    """How many CPU-bound processes ``CORE4NB_TEST_LOAD`` asks for (0: a quiet run)."""
+    value = os.environ.get("CORE4NB_TEST_LOAD", "").strip().lower()
+    if value in ("", "0"):
+        return 0
+    if value == "cores":
+        return os.cpu_count() or 1
+    if not value.isdigit():
+        raise pytest.UsageError(f"CORE4NB_TEST_LOAD={value!r}: use a number of CPU-bound processes, or 'cores'")
+    return int(value)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    load_processes()  # a bad value is one usage error before any test, not an error in each
+
+
+def pytest_report_header() -> str | None:
+    count = load_processes()
+    return f"under load: {count} CPU-bound processes (CORE4NB_TEST_LOAD)" if count else None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _machine_load() -> Iterator[None]:
+    """The ``CORE4NB_TEST_LOAD`` burners, started before the first test and stopped by pid after the last."""
+    spin = "import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass"  # ends if pytest is killed
+    burners = [subprocess.Popen([sys.executable, "-c", spin], start_new_session=True) for _ in range(load_processes())]
+    yield
+    for burner in burners:
+        os.kill(burner.pid, signal.SIGKILL)
+        burner.wait()
 
 
 @pytest.fixture(autouse=True)

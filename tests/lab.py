@@ -17,6 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.nodes import PATIENCE
 from tests.servers import free_port
 
 
@@ -72,7 +73,7 @@ class LabServer:
         if self.proc and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(20)
+                self.proc.wait(PATIENCE)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()

@@ -11,6 +11,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Seconds a test waits for something that takes a second or two on a quiet machine. Generous: a loaded
+#: 2-core machine is many times slower, and a deadline only bounds a test that fails anyway.
+#: ``CORE4NB_TEST_PATIENCE`` multiplies it (and every deadline derived from it) for slower machines.
+PATIENCE = 60.0 * float(os.environ.get("CORE4NB_TEST_PATIENCE", "1"))
 
 
 def start_node(url: str, name: str, *, processes: int = 2, lease: float = 30.0, burst: bool = False,
@@ -35,7 +39,7 @@ def node_log(proc: subprocess.Popen) -> str:
     return Path(proc.log_path).read_text(errors="backslashreplace")  # a job may print undecodable bytes
 
 
-def stop_node(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30.0) -> str:
+def stop_node(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = PATIENCE) -> str:
     """Stop a node by pid and return what it logged."""
     if proc.poll() is None:
         os.kill(proc.pid, sig)
@@ -47,7 +51,7 @@ def stop_node(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float 
     return node_log(proc)
 
 
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
+def wait_for(predicate, timeout: float = PATIENCE, interval: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

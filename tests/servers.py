@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.nodes import PATIENCE
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -51,7 +53,7 @@ class WireServer:
         self._wait_ready()
         return self
 
-    def _wait_ready(self, timeout: float = 20.0) -> None:
+    def _wait_ready(self, timeout: float = PATIENCE) -> None:
         import pymongo
 
         deadline = time.monotonic() + timeout
@@ -71,7 +73,7 @@ class WireServer:
         if self.proc and self.proc.poll() is None:
             os.kill(self.proc.pid, sig)
             try:
-                self.proc.wait(10)
+                self.proc.wait(PATIENCE)
             except subprocess.TimeoutExpired:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()

@@ -8,7 +8,7 @@ import sys
 
 from core4nb.job import Job, State
 from core4nb.store import Claimant, open_store
-from tests.nodes import ROOT
+from tests.nodes import PATIENCE, ROOT
 
 
 def test_insert_rings_work_and_finish_rings_done(queue_url):
@@ -17,10 +17,10 @@ def test_insert_rings_work_and_finish_rings_done(queue_url):
         try:
             assert not work.wait(0) and not done.wait(0)
             store.insert([Job(name="a", payload=b"x")])
-            assert work.wait(1) and not done.wait(0)
+            assert work.wait(PATIENCE) and not done.wait(0)
             job = store.claim(Claimant("w", "n", 1))
             assert store.finish(job.id, job.lease.token, State.COMPLETE)
-            assert done.wait(1)
+            assert done.wait(PATIENCE)
             assert not work.wait(0)  # a finished job without max_parallel frees nothing to claim
         finally:
             work.close()
@@ -35,7 +35,7 @@ def test_another_process_rings_this_one(queue_url):
             code = ("from core4nb.store import open_store; from core4nb.job import Job; "
                     f"open_store({queue_url!r}).insert([Job(name='b', payload=b'y')])")
             subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
-            assert work.wait(5)
+            assert work.wait(PATIENCE)
         finally:
             work.close()
 
@@ -70,6 +70,6 @@ def test_a_killed_pending_job_rings_done(queue_url):
             store.insert([job])
             assert not done.wait(0)
             assert store.request_kill(job.id) == 1
-            assert done.wait(1)
+            assert done.wait(PATIENCE)
         finally:
             done.close()

@@ -15,14 +15,19 @@ from typing import Any
 
 import pytest
 
+from tests.nodes import PATIENCE
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = ["primes", "overhead", "latency", "startup", "scaling", "queue", "data", "retention", "sklearn"]
 
 
 BACKENDS = ["serial", "process", "core4nb"]
+# The tiny run of every workload took over 280 s on a loaded 2-core machine: beyond pytest's 300 s per test.
+pytestmark = pytest.mark.timeout(9 * PATIENCE)
 
 
-def run_benchmarks(tmp: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 280) -> dict[str, Any]:
+def run_benchmarks(tmp: Path, *args: str, env: dict[str, str] | None = None,
+                   timeout: float = 8 * PATIENCE) -> dict[str, Any]:
     """Run the CLI in a fresh interpreter (it sets up its own environment); return its JSON."""
     scratch = tmp / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ from core4nb.context import current_job
 from core4nb.executor.futures import Progress
 from core4nb.queue import RemoteTraceback, outcome
 from tests.jobfuncs import add, fail
-from tests.nodes import start_node, wait_for
+from tests.nodes import PATIENCE, start_node, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,7 +110,7 @@ def _is_gone(proc: psutil.Process) -> bool:
         return True
 
 
-def assert_all_gone(procs: list[psutil.Process], timeout: float = 15.0) -> None:
+def assert_all_gone(procs: list[psutil.Process], timeout: float = PATIENCE) -> None:
     """No process of the local node's tree outlives the executor (the leak check)."""
     deadline = time.monotonic() + timeout
     while (alive := [p for p in procs if not _is_gone(p)]) and time.monotonic() < deadline:

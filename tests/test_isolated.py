@@ -18,7 +18,7 @@ from core4nb import Queue, State
 from core4nb.serialize import load_key
 from tests import jobfuncs
 from tests.isolated import private_dir, start_isolated_node, why_not
-from tests.nodes import node_log, stop_node, wait_for
+from tests.nodes import PATIENCE, node_log, stop_node, wait_for
 
 pytestmark = pytest.mark.skipif(why_not() is not None, reason=why_not() or "")
 
@@ -106,9 +106,9 @@ def test_kill_and_a_lost_node_across_machines(mongo_url, tmp_path, key, base_tem
         wait_for(lambda: queue.get(slow).state == State.RUNNING and queue.get(lost).state == State.RUNNING,
                  timeout=60, what="both jobs running on the isolated node")
         queue.kill(slow)
-        wait_for(lambda: queue.get(slow).state == State.KILLED, timeout=30, what="the kill")
+        wait_for(lambda: queue.get(slow).state == State.KILLED, what="the kill")
         os.killpg(first.pid, signal.SIGKILL)  # the machine dies mid-job
-        first.wait(30)
+        first.wait(PATIENCE)
         time.sleep(0.5)
         rescuer = start_isolated_node(mongo_url, "rescuer", key, base_temp, burst=False, lease=1.5)
         try:  # it reaps the dead node's job once its lease expires, and runs it again

@@ -12,7 +12,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 from core4nb import Queue, State
-from tests.nodes import wait_for
+from tests.nodes import PATIENCE, wait_for
 
 SETUP = """
 import math
@@ -159,7 +159,7 @@ def test_ctrl_c_kills_the_tree(shell):
         assert len(children) == 6
         # pending chunks are killed at once, running ones by their node within a second or two
         wait_for(lambda: all(c.state == State.KILLED for c in queue.store.find(parent_id=roots[0].id)),
-                 timeout=15, what="every chunk killed")
+                 what="every chunk killed")
     assert "never" not in shell.user_ns
 
 
@@ -168,7 +168,7 @@ def test_unload_stops_local_workers(shell):
     workers = shell._core4nb_magics.executor().local_workers
     pid = workers.pid
     shell.run_line_magic("unload_ext", "core4nb")
-    psutil.Process(pid).wait(15) if psutil.pid_exists(pid) else None
+    psutil.Process(pid).wait(PATIENCE) if psutil.pid_exists(pid) else None
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     shell.run_line_magic("load_ext", "core4nb")  # the fixture unloads again
 

@@ -21,7 +21,7 @@ from core4nb import Queue, State, serialize
 from core4nb.queue import make_job
 from core4nb.serialize import key_file_path
 from tests import faultfuncs, jobfuncs
-from tests.nodes import start_node, stop_node, wait_for
+from tests.nodes import PATIENCE, start_node, stop_node, wait_for
 from tests.test_faults import cli, is_sqlite, no_process_left, outage, queue, raw  # noqa: F401 - fixtures, found by name
 
 # -- 1. lost-node retries have their own budget --------------------------------------------------
@@ -33,7 +33,7 @@ def test_a_job_whose_node_died_reruns_without_spending_an_attempt(queue, tmp_pat
     job_id = queue.enqueue(faultfuncs.kill_my_node, trials, 1, error_time=0.1)
     nodes = [start_node(queue.url, name, processes=1, lease=1.0) for name in ("node-a", "node-b")]
     try:
-        survivor = queue.result(job_id, timeout=90)
+        survivor = queue.result(job_id, timeout=2 * PATIENCE)
     finally:
         codes = [node.poll() for node in nodes]
         for node in nodes:
@@ -50,9 +50,9 @@ def test_a_poison_job_ends_in_error_naming_every_node_it_killed(queue, tmp_path)
     job_id = queue.enqueue(faultfuncs.kill_my_node, trials, attempts=5, lost_retries=1, error_time=0.1)
     nodes = [start_node(queue.url, name, processes=1, lease=1.0) for name in ("node-a", "node-b")]
     try:
-        wait_for(lambda: all(node.poll() is not None for node in nodes), timeout=90, what="both nodes to die")
+        wait_for(lambda: all(node.poll() is not None for node in nodes), timeout=2 * PATIENCE, what="both nodes to die")
         until = queue.get(job_id).lease.until  # nobody is left to reap the second death: the test does
-        wait_for(lambda: queue.store.reap() or queue.get(job_id).state != State.RUNNING, timeout=30,
+        wait_for(lambda: queue.store.reap() or queue.get(job_id).state != State.RUNNING,
                  what=f"the lease (until {until}) to expire and be reaped")
     finally:
         for node in nodes:
@@ -82,9 +82,9 @@ def test_undecodable_output_progress_and_errors_never_crash_a_node(queue):
     good = [queue.enqueue(jobfuncs.add, i, 1) for i in range(6)]
     nodes = [start_node(queue.url, name, processes=1, lease=2.0) for name in ("node-a", "node-b")]
     try:
-        assert [queue.result(i, timeout=90) for i in good] == [1, 2, 3, 4, 5, 6]
+        assert [queue.result(i, timeout=2 * PATIENCE) for i in good] == [1, 2, 3, 4, 5, 6]
         for job_id in bad.values():
-            queue.wait(job_id, timeout=90)
+            queue.wait(job_id, timeout=2 * PATIENCE)
         assert [node.poll() for node in nodes] == [None, None]
     finally:
         logs = [stop_node(node) for node in nodes]
@@ -118,17 +118,17 @@ def test_a_node_with_another_key_leaves_the_queue_alone(queue, raw, tmp_path):
     good = [queue.enqueue(jobfuncs.add, i, 1) for i in range(4)]
     key_id = queue.get(good[0]).key_id
     assert len(key_id) == 16 and key_id not in key_file_path().read_text()
-    assert start_node(queue.url, "burst-wrong", processes=1, burst=True, env=WRONG_KEY).wait(60) == 0
+    assert start_node(queue.url, "burst-wrong", processes=1, burst=True, env=WRONG_KEY).wait(PATIENCE) == 0
     wrong = start_node(queue.url, "wrong", processes=1, env=WRONG_KEY)
     try:
-        status = wait_for(lambda: "node wrong" in (out := cli("status", queue.url).stdout) and out, timeout=60,
+        status = wait_for(lambda: "node wrong" in (out := cli("status", queue.url).stdout) and out,
                           what="status to name the wrong node")
         unknown = queue.enqueue(jobfuncs.add, 10, 1)
         if is_sqlite(queue.url):
             raw.change(unknown, {"key_id": ""})
         else:  # as a document written before key ids
             raw.change(unknown, {}, unset=("key_id",))
-        handed = wait_for(lambda: (job := queue.get(unknown)).progress_message and job, timeout=60,
+        handed = wait_for(lambda: (job := queue.get(unknown)).progress_message and job,
                           what="the wrong node to hand the job without a key id back")
         assert [queue.get(i).trial for i in good] == [0, 0, 0, 0]
     finally:
@@ -140,9 +140,9 @@ def test_a_node_with_another_key_leaves_the_queue_alone(queue, raw, tmp_path):
            f"(key ids {key_id}): give it the notebook's key" in status
     assert "Traceback" not in wrong_log
     # A burst node with the wrong key hands that job back too, and then has nothing left to wait for.
-    assert start_node(queue.url, "burst-wrong-2", processes=1, burst=True, env=WRONG_KEY).wait(60) == 0
+    assert start_node(queue.url, "burst-wrong-2", processes=1, burst=True, env=WRONG_KEY).wait(PATIENCE) == 0
     assert queue.get(unknown).progress_message.startswith("node burst-wrong-2 (key id ")
-    assert start_node(queue.url, "right", processes=1, burst=True).wait(60) == 0
+    assert start_node(queue.url, "right", processes=1, burst=True).wait(PATIENCE) == 0
     assert [queue.result(i) for i in [*good, unknown]] == [1, 2, 3, 4, 11]
     assert [queue.get(i).trial for i in good] == [1, 1, 1, 1]
 
@@ -180,19 +180,19 @@ def test_clock_skew_does_not_reap_healthy_jobs_and_dead_nodes_are_still_recovere
     nodes = {"west": far_node(queue.url, "west", -40), "east": far_node(queue.url, "east", 40),
              "local": start_node(queue.url, "local", processes=1, lease=1.5)}
     try:
-        wait_for(lambda: len(queue.store.workers()) == 3, timeout=60, what="three nodes")
+        wait_for(lambda: len(queue.store.workers()) == 3, what="three nodes")
         ids = [due_job(queue, log, i, 3.0) for i in range(6)]  # each longer than two leases
-        assert sorted(queue.result(i, timeout=120) for i in ids) == list(range(6))
+        assert sorted(queue.result(i, timeout=2 * PATIENCE) for i in ids) == list(range(6))
         assert [queue.get(i).trial for i in ids] == [1] * 6  # none was reaped
         assert {worker for _, worker, *_ in jobfuncs.read_records(log)} == {"west", "east", "local"}
         for name in ("west", "local"):
             stop_node(nodes.pop(name))
         # A dead node's job is recovered by a node on another host, whose clock says its lease has 40 s to go.
         victim = due_job(queue, log, "victim", 2.0)
-        wait_for(lambda: queue.get(victim).state == State.RUNNING, timeout=60, what="east's claim")
+        wait_for(lambda: queue.get(victim).state == State.RUNNING, what="east's claim")
         stop_node(nodes.pop("east"), signal.SIGKILL)
         nodes["rescuer"] = start_node(queue.url, "rescuer", processes=1, lease=1.5)
-        assert queue.result(victim, timeout=60) == "victim"
+        assert queue.result(victim, timeout=PATIENCE) == "victim"
     finally:
         logs = [stop_node(node) for node in nodes.values()]
     job = queue.get(victim)
@@ -213,9 +213,9 @@ def test_an_outage_longer_than_the_lease_reaps_no_live_job(outage, tmp_path):
         ids = [q.enqueue(jobfuncs.record, log, i, 9.0) for i in range(4)]
         nodes = [start_node(url, f"node-{name}", processes=2, lease=2.0) for name in "ab"]
         try:
-            wait_for(lambda: q.counts()[State.RUNNING] == 4, timeout=60, what="every job running")
+            wait_for(lambda: q.counts()[State.RUNNING] == 4, what="every job running")
             interrupt()
-            assert sorted(q.result(i, timeout=120) for i in ids) == [0, 1, 2, 3]
+            assert sorted(q.result(i, timeout=2 * PATIENCE) for i in ids) == [0, 1, 2, 3]
         finally:
             logs = [stop_node(node) for node in nodes]
         assert [q.get(i).trial for i in ids] == [1, 1, 1, 1]
@@ -229,7 +229,7 @@ def test_status_and_jobs_work_while_another_process_holds_the_write_lock(sqlite_
     locker = sqlite3.connect(sqlite_url.partition("://")[2], isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")
     try:
-        status, jobs = cli("status", sqlite_url, timeout=20), cli("jobs", sqlite_url, "--json", timeout=20)
+        status, jobs = cli("status", sqlite_url), cli("jobs", sqlite_url, "--json")
     finally:
         locker.execute("ROLLBACK")
         locker.close()
@@ -258,7 +258,7 @@ def test_status_and_jobs_read_a_read_only_queue_file(read_only_mount):
     url = f"sqlite://{directory / 'queue.db'}"
     with Queue(url) as q:
         done, waiting = q.enqueue(jobfuncs.add, 1, 2), q.enqueue(jobfuncs.add, 3, 4, priority=-1)
-        assert start_node(url, "node", processes=1, burst=True).wait(60) == 0
+        assert start_node(url, "node", processes=1, burst=True).wait(PATIENCE) == 0
         q.restart(done)  # one more waiting job
     make_read_only()
     status, jobs = cli("status", url), cli("jobs", url, "--json")
@@ -290,13 +290,13 @@ def test_a_full_disk_errs_the_outcome_that_does_not_fit_and_stops_no_heartbeat(s
         long = q.enqueue(jobfuncs.record, log, "long", 8.0, priority=1)  # outlives 4 leases meanwhile
         full = start_node(url, "full", processes=2, lease=2.0)
         try:
-            wait_for(lambda: q.counts()[State.RUNNING] == 2, timeout=60, what="both jobs running on node 'full'")
+            wait_for(lambda: q.counts()[State.RUNNING] == 2, what="both jobs running on node 'full'")
             reaper = start_node(url, "reaper", processes=1, lease=2.0)  # would reap them if heartbeats stopped
             try:
                 small = [q.enqueue(jobfuncs.add, i, 1) for i in range(3)]
-                assert [q.result(i, timeout=60) for i in small] == [1, 2, 3]
-                assert q.result(long, timeout=60) == "long"
-                job = q.wait(big, timeout=60)
+                assert [q.result(i, timeout=PATIENCE) for i in small] == [1, 2, 3]
+                assert q.result(long, timeout=PATIENCE) == "long"
+                job = q.wait(big, timeout=PATIENCE)
                 assert [full.poll(), reaper.poll()] == [None, None]
             finally:
                 logs = [stop_node(reaper), stop_node(full)]

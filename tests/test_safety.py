@@ -19,7 +19,7 @@ import pytest
 from core4nb import Core4Executor, Queue, State
 from core4nb.store import Claimant, bell, redact_url
 from tests import jobfuncs
-from tests.nodes import start_node, stop_node, wait_for
+from tests.nodes import PATIENCE, start_node, stop_node, wait_for
 from tests.servers import free_port
 from tests.test_faults import cli, is_sqlite, no_process_left, queue, raw  # noqa: F401 - fixtures, found by name
 
@@ -91,7 +91,7 @@ def test_a_squatted_doorbell_directory_never_breaks_enqueue(queue_url, tmp_path,
             bells.chmod(0o777)
         assert q.store.listen("work") is None  # not trusted: listeners poll
         job_id = q.enqueue(jobfuncs.add, 1, 2)  # rings, and must not raise after committing
-        assert start_node(queue_url, "poller", processes=1, burst=True).wait(60) == 0
+        assert start_node(queue_url, "poller", processes=1, burst=True).wait(PATIENCE) == 0
         assert q.result(job_id) == 3
     if squat == "directory open to all":
         assert list(bells.iterdir()) == []  # nothing of ours was put there
@@ -109,7 +109,7 @@ def test_url_option_values_are_redacted_everywhere(wire_server, tmp_path):
     assert redact_url(url) == shown
     with Core4Executor(url, workers=1) as executor:
         command_lines = [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)]
-        assert executor.submit(jobfuncs.add, 1, 2).result(timeout=60) == 3
+        assert executor.submit(jobfuncs.add, 1, 2).result(timeout=PATIENCE) == 3
     unreachable = url.replace(str(port), str(free_port())) + "&serverSelectionTimeoutMS=300"
     outputs = [cli("status", url), cli("status", url, "--json"), cli("jobs", url, "--json"),
                cli("worker", url, "--burst", "--log-level", "DEBUG"), cli("status", unreachable)]
@@ -127,10 +127,10 @@ def test_kill_and_remove_end_on_a_job_that_is_its_own_parent(queue, raw):
     loop, pair = queue.enqueue(jobfuncs.add, 2, 2), queue.enqueue(jobfuncs.add, 3, 3)
     raw.change(loop, {"parent_id": loop, "root_id": root})  # its own parent, inside root's tree
     raw.change(pair, {"parent_id": loop, "root_id": root})
-    killed = cli("kill", loop, "--url", queue.url, timeout=30)
+    killed = cli("kill", loop, "--url", queue.url)
     assert (killed.returncode, killed.stdout) == (0, "kill requested for 2 job(s)\n"), killed.stderr
     assert [queue.get(i).state for i in (root, loop, pair)] == [State.PENDING, State.KILLED, State.KILLED]
-    removed = cli("remove", loop, "--url", queue.url, timeout=30)
+    removed = cli("remove", loop, "--url", queue.url)
     assert (removed.returncode, removed.stdout) == (0, "removed 2 job(s)\n"), removed.stderr
     assert [j.id for j in queue.jobs()] == [root]
 
@@ -145,7 +145,7 @@ def test_a_malformed_worker_document_breaks_neither_status_nor_map(queue, raw):
                              {"_id": "bad-pid", "name": "bad-pid", "host": "h", "pid": "x", "slots": 2}])
     node = start_node(queue.url, "good", processes=1)
     try:
-        wait_for(lambda: "good" in [w.name for w in queue.store.workers()], timeout=60, what="the node's document")
+        wait_for(lambda: "good" in [w.name for w in queue.store.workers()], what="the node's document")
         status, as_json = cli("status", queue.url), cli("status", queue.url, "--json")
         with Core4Executor(queue.url) as executor:
             assert list(executor.map(jobfuncs.add, [1, 2, 3], [1, 1, 1])) == [2, 3, 4]
@@ -207,7 +207,7 @@ def test_a_job_name_that_is_not_a_string_never_breaks_the_claim_walk(queue, raw)
     sentinel = queue.enqueue(jobfuncs.add, 2, 3)
     node = start_node(queue.url, "walker", processes=1)
     try:
-        assert queue.result(sentinel, timeout=60) == 5
+        assert queue.result(sentinel, timeout=PATIENCE) == 5
         assert node.poll() is None
     finally:
         text = stop_node(node)

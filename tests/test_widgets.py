@@ -26,7 +26,7 @@ from core4nb.store import Claimant, open_store
 from core4nb.tree import JobHandle
 from core4nb.widgets import MAX_FAILURES, MAX_RUNNING, TextProgress, TreePanel, resolve_target, take_snapshot
 from tests import jobfuncs
-from tests.nodes import start_node, stop_node
+from tests.nodes import PATIENCE, start_node, stop_node
 
 TRACEBACK = ('Traceback (most recent call last):\n  File "<cell>", line 2, in <module>\n'
              "ZeroDivisionError: division by zero\n")
@@ -344,7 +344,7 @@ def test_poller_stops_once_the_tree_is_final(store, sqlite_url):
     for job in store.find(root_id=root.id, states=[State.RUNNING]):
         assert store.finish(job.id, job.lease.token, State.COMPLETE)
     finish_root(store, root)
-    snap = panel.wait(timeout=10)
+    snap = panel.wait(timeout=PATIENCE)
     assert snap.is_final and not panel.poller.is_alive and not panel.is_polling
     assert (panel.bar.value, panel.bar.max, panel.bar.bar_style) == (5.0, 5.0, "success")
     assert panel.poller._store is None  # its own store, closed with the thread

@@ -16,7 +16,7 @@ import pytest
 from core4nb import Queue, State
 from core4nb.errors import JobFailed
 from tests import jobfuncs
-from tests.nodes import start_node, stop_node, wait_for
+from tests.nodes import PATIENCE, start_node, stop_node, wait_for
 
 
 @pytest.fixture
@@ -125,9 +125,9 @@ def test_kill_reaches_a_running_job_and_the_node_carries_on(queue, tmp_path):
     try:
         wait_for(lambda: queue.get(victim).state == State.RUNNING, what="claim")
         assert queue.kill(victim) == 1
-        wait_for(lambda: queue.get(victim).state == State.KILLED, timeout=10, what="kill to land")
+        wait_for(lambda: queue.get(victim).state == State.KILLED, what="kill to land")
         after = queue.enqueue(jobfuncs.add, 2, 3)
-        assert queue.result(after, timeout=30) == 5
+        assert queue.result(after, timeout=PATIENCE) == 5
     finally:
         stop_node(node)
     assert not marker.exists()
@@ -234,7 +234,7 @@ def test_children_die_with_their_node(queue):
         lambda: [p for p in psutil.Process(node.pid).children(recursive=True) if "python" in p.name()],
         what="children")
     stop_node(node, signal.SIGKILL)
-    gone, alive = psutil.wait_procs(forkserver_children, timeout=5)
+    gone, alive = psutil.wait_procs(forkserver_children, timeout=PATIENCE)
     assert alive == []
     assert os.path.exists("/proc") and len(gone) == len(forkserver_children)
 

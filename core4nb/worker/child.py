@@ -138,7 +138,11 @@ def child_main(conn: Connection, url: str, key: bytes, node_pid: int, memory_lim
                 job = conn.recv()
             except (EOFError, OSError):
                 return
-            conn.send(("done", run_job(job, store, key, conn)))
+            outcome = run_job(job, store, key, conn)
+            try:
+                conn.send(("done", outcome))
+            except OSError:  # the node died while the job ran (this child is about to die with it)
+                return
     finally:
         store.close()
 
