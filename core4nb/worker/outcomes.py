@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from core4nb import transitions
 from core4nb.errors import PayloadError
 from core4nb.job import Job, JobError, State, safe_text
 from core4nb.worker.child import Outcome, exit_description
@@ -56,14 +57,8 @@ def for_outcome(job: Job, outcome: Outcome, key_id: str = "", node: str = "") ->
         return Write(job, State.COMPLETE, {"result": outcome.result, "runtime": outcome.runtime,
                                            "progress_value": 1.0, "output": outcome.output})
     if outcome.kind == "deferred":
-        since = job.deferred_since or job.started_at or now
-        if job.defer_max is not None and now - since >= job.defer_max:
-            message = f"deferred for {now - since:.0f} s, past defer_max={job.defer_max:g} s: {outcome.message}"
-            return Write(job, State.INACTIVE, {"runtime": outcome.runtime, "output": outcome.output,
-                                               "progress_message": message})
-        return Write(job, State.DEFERRED, {"runtime": outcome.runtime, "query_at": now + job.defer_time,
-                                           "deferred_since": since, "progress_message": outcome.message,
-                                           "output": outcome.output})
+        move = transitions.defer(job, outcome.message, now)
+        return Write(job, move.state, {**move.fields, "runtime": outcome.runtime, "output": outcome.output})
     return failure(job, outcome.error, outcome.result, retry=outcome.kind == "failed", runtime=outcome.runtime,
                    output=outcome.output)
 
@@ -72,17 +67,15 @@ def failure(job: Job, error: JobError, result: bytes | None, *, retry: bool, run
             output: str | None = None) -> Write:
     """Failed (retried after error_time) while ``retry`` and attempts are left, else error.
     ``output``: what the trial printed (None: the child died, its output is not known)."""
-    left = job.attempts_left - 1
-    state = State.FAILED if retry and left > 0 else State.ERROR
-    fields = {"error": error, "result": result, "attempts_left": left, "runtime": runtime,
-              "query_at": time.time() + job.error_time}
-    return Write(job, state, fields if output is None else {**fields, "output": output})
+    move = transitions.retry(job, error, result, time.time(), again=retry)
+    fields = {**move.fields, "runtime": runtime}
+    return Write(job, move.state, fields if output is None else {**fields, "output": output})
 
 
 def hand_back(job: Job, message: str, delay: float = 0.0) -> Write:
     """Back to pending as if never claimed (trial and attempts as they were), claimable after ``delay`` s."""
-    return Write(job, State.PENDING, {"trial": job.trial - 1, "query_at": time.time() + delay,
-                                      "progress_message": message})
+    move = transitions.release(job, message, time.time() + delay)
+    return Write(job, move.state, dict(move.fields))
 
 
 def unstorable(write: Write, exc: Exception, tries: int = 1) -> Write:
