@@ -1,6 +1,6 @@
 """The job document and its state machine. Pure: no I/O, no clock except defaults.
 
-States and transitions are core4os's (see DESIGN.md §3)::
+States and transitions are core4os's::
 
     pending ──► running ──► complete | error | killed        (final)
        │          │  ├────► deferred ──► running | killed

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from core4nb.errors import JobNotFound, MalformedJob, StoreUnavailable
+from core4nb.errors import DuplicateJob, JobNotFound, MalformedJob, StoreUnavailable
 from core4nb.job import Job, Lease, State
 from core4nb.store.decode import decode_job, placeholder_job
 
@@ -324,6 +324,13 @@ def not_found(job_id: str, url: str, pruned: tuple[float, float | None] | None) 
     done = f", {(pruned[0] - pruned[1]) / 86400:.1f} days after it finished" if pruned[1] else ""
     return JobNotFound(f"job {job_id} was pruned from queue {redact_url(url)} on {when}{done}: finished trees are "
                        "kept for the queue's retention (`core4nb retention`); pin one with keep=True")
+
+
+def duplicate_job(jobs: Sequence[Job], url: str) -> DuplicateJob:
+    """The error for an ``insert`` whose batch repeats a job id, or names one the queue has."""
+    ids = [j.id for j in jobs]
+    return DuplicateJob(f"a job id among {ids[:5]}{'…' if len(ids) > 5 else ''} is already in queue "
+                        f"{redact_url(url)} (or repeated); nothing was inserted: give each job a fresh id")
 
 
 _WORKER_TYPES: dict[str, Any] = {"name": str, "host": str, "pid": int, "slots": int, "heartbeat": (int, float),

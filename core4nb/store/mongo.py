@@ -1,8 +1,9 @@
 """The cluster queue in MongoDB: ``MongoStore("mongodb://host:27017/core4?collection_prefix=sys.")``.
 
-Uses only what real MongoDB and the ``nx-27017`` test server both get right
-(notes/mongo-test-server.md): plain CRUD, ``find_one_and_update`` with filter and sort,
-unique indexes, epoch-float times, whole-value ``$set``; no transactions, no lock collection.
+Uses only what real MongoDB and the ``nx-27017`` test server both get right (the contract
+suite, ``tests/test_store_contract.py``, runs on the server): plain CRUD, ``find_one_and_update``
+with filter and sort, unique indexes, epoch-float times, whole-value ``$set``; no transactions,
+no lock collection.
 
 - One flat document per job in ``<prefix>queue``: ``_id`` is the time-sortable job id, the
   lease lives in top-level ``lease_*`` fields so that filters and indexes reach it.
@@ -154,9 +155,7 @@ class MongoStore(MongoHousekeeping, Store):
             self.frames.delete(d[ref] for d in docs for ref in ("payload_ref", "result_ref") if d.get(ref))
             if failed["code"] != 11000:
                 raise
-            ids = [j.id for j in jobs]
-            raise ValueError(f"a job id among {ids[:5]}{'…' if len(ids) > 5 else ''} is already in queue "
-                             f"{redact_url(self.url)} (or repeated); nothing was inserted") from None
+            raise base.duplicate_job(jobs, self.url) from None
         self._recheck_blobs(jobs, blobs)
         bell.ring(self._bells, "work")
 

@@ -1,7 +1,6 @@
 """The embedded queue: one SQLite file shared by the worker processes of one machine.
 
-Why it is built this way (measured in notes/mongo-test-server.md, "The embedded store"; the
-table and its SQL are in :mod:`core4nb.store.sqlite_sql`):
+Why it is built this way (the table and its SQL are in :mod:`core4nb.store.sqlite_sql`):
 
 - WAL journal: readers (status, widgets) never block the writer and vice versa;
   racing writers retry the write lock in short jittered steps (``_begin_immediate``).
@@ -189,9 +188,7 @@ class SQLiteStore(SQLiteHousekeeping, Store):
                 self._check_blobs(jobs, blobs)
                 conn.executemany(sql.INSERT, rows)
         except sqlite3.IntegrityError:
-            ids = [j.id for j in jobs]
-            raise ValueError(f"a job id among {ids[:5]}{'…' if len(ids) > 5 else ''} is already in queue "
-                             f"{redact_url(self.url)} (or repeated); nothing was inserted") from None
+            raise base.duplicate_job(jobs, self.url) from None
         bell.ring(self._bells, "work")
 
     def _check_blobs(self, jobs: Sequence[Job], blobs: dict[str, memoryview]) -> None:

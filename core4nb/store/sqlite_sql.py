@@ -91,11 +91,7 @@ NO_LEASE = dict.fromkeys(("lease_worker", "lease_node", "lease_pid", "lease_toke
 # A claimant of key id K takes jobs of K or of none (written before key ids); a claimant without one (None), any.
 KEY_MATCH = "(:key_id IS NULL OR {q}key_id IN ('', :key_id))"
 
-# The best claimable job: priority, then FIFO, skipping names already at max_parallel. `busy` counts the
-# running jobs per name once per claim (few rows); a per-candidate COUNT(*) made every claim crawl past a long
-# run of blocked jobs (20k blocked ahead: 68 → 300 claims/s). queue_claim carries the filtered columns so that
-# the scan past blocked jobs never touches the table. A trial that is not an integer is left as it is (SQLite
-# would make 'abc' + 1 a valid 1), so that decoding the claimed row sees the malformed value and sets it aside.
+
 def columns(fields: dict[str, Any]) -> dict[str, Any]:
     """Job attribute values → column values."""
     out = dict(fields)
@@ -164,7 +160,7 @@ def claim_params(claimant: Claimant, lease_seconds: float) -> dict[str, Any]:
     """The parameters of :data:`CLAIM`: a fresh lease for ``claimant`` from now."""
     now = time.time()
     lease = lease_for(claimant, new_token(), lease_seconds, now)
-    return {**transition_sql(transitions.claim(lease, now))[2], "now": now, "key_id": claimant.key_id}
+    return {**columns(transitions.claim(lease, now).values()), "now": now, "key_id": claimant.key_id}
 
 
 def claim_rows(conn: sqlite3.Connection, params: dict[str, Any]) -> list[sqlite3.Row]:

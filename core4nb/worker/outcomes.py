@@ -17,7 +17,8 @@ from typing import Any
 from core4nb import transitions
 from core4nb.errors import PayloadError
 from core4nb.job import Job, JobError, State, safe_text
-from core4nb.worker.child import Outcome, exit_description
+from core4nb.worker.child import Outcome, OutcomeKind, exit_description
+from core4nb.worker.slot import StopReason
 
 #: A job handed back because this node cannot verify it waits this long before any node tries again.
 HAND_BACK_DELAY = 5.0
@@ -43,24 +44,25 @@ def for_outcome(job: Job, outcome: Outcome, key_id: str = "", node: str = "") ->
     unless the job was signed under that very key id: then its bytes were changed, and it errs. So does
     one the node cannot load because its packages differ from the notebook's (EnvironmentMismatch)."""
     now = time.time()
-    if outcome.kind == "rejected" and outcome.error.type == "SignatureError" and job.key_id != key_id:
+    if outcome.kind is OutcomeKind.REJECTED and outcome.error.type == "SignatureError" and job.key_id != key_id:
         return hand_back(job, f"node {node} (key id {key_id}) cannot verify its signature (key id "
                          f"{job.key_id or 'not recorded'}): left for a node with the notebook's key", HAND_BACK_DELAY)
-    if outcome.kind == "rejected" and outcome.error.type == "EnvironmentMismatch":  # another node may have them
+    # A node with the notebook's packages may load it:
+    if outcome.kind is OutcomeKind.REJECTED and outcome.error.type == "EnvironmentMismatch":
         return hand_back(job, safe_text(f"node {node} cannot load it: {outcome.error.message}")[:500],
                          HAND_BACK_DELAY)
     error = outcome.error and JobError(*(safe_text(t) for t in (outcome.error.type, outcome.error.message,
                                                                 outcome.error.traceback)), outcome.error.exit_code)
     outcome = dataclasses.replace(outcome, output=safe_text(outcome.output), message=safe_text(outcome.message),
                                   error=error)
-    if outcome.kind == "complete":
+    if outcome.kind is OutcomeKind.COMPLETE:
         return Write(job, State.COMPLETE, {"result": outcome.result, "runtime": outcome.runtime,
                                            "progress_value": 1.0, "output": outcome.output})
-    if outcome.kind == "deferred":
+    if outcome.kind is OutcomeKind.DEFERRED:
         move = transitions.defer(job, outcome.message, now)
         return Write(job, move.state, {**move.fields, "runtime": outcome.runtime, "output": outcome.output})
-    return failure(job, outcome.error, outcome.result, retry=outcome.kind == "failed", runtime=outcome.runtime,
-                   output=outcome.output)
+    return failure(job, outcome.error, outcome.result, retry=outcome.kind is OutcomeKind.FAILED,
+                   runtime=outcome.runtime, output=outcome.output)
 
 
 def failure(job: Job, error: JobError, result: bytes | None, *, retry: bool, runtime: float,
@@ -92,18 +94,18 @@ def unstorable(write: Write, exc: Exception, tries: int = 1) -> Write:
     return failure(job, error, None, retry=False, runtime=runtime)
 
 
-def for_death(job: Job, reason: str | None, exitcode: int | None, runtime: float, node: str) -> Write | None:
+def for_death(job: Job, reason: StopReason | None, exitcode: int | None, runtime: float, node: str) -> Write | None:
     """The write for a job whose child died: why it died (the node's ``stop_reason``) decides.
 
-    None for "lease lost": another node owns the job now, so this one writes nothing.
+    None for a lost lease: another node owns the job now, so this one writes nothing.
     """
-    if reason == "kill":
+    if reason is StopReason.KILL:
         return Write(job, State.KILLED, {"runtime": runtime,
                                          "error": JobError("Killed", f"killed on request on node {node}")})
-    if reason == "wall_time":
+    if reason is StopReason.WALL_TIME:
         return failure(job, JobError("WallTimeExceeded", f"ran longer than wall_time={job.wall_time:g} s on node "
                                      f"{node}; raise wall_time or split the work"), None, retry=True, runtime=runtime)
-    if reason == "drain":
+    if reason is StopReason.DRAIN:
         return hand_back(job, f"handed back by stopping node {node}")
     if reason is None:
         return failure(job, JobError("ChildCrashed", f"the process running this job on node {node} "
