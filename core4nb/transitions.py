@@ -13,23 +13,21 @@ A restart moves no job: it enqueues a new pending copy of a final one (``Queue.r
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from core4nb.job import CLAIMABLE_STATES, OPEN_STATES, SCALAR_FIELDS, Job, JobError, Lease, State, check_transition
 
 RUNNING_ONLY = frozenset({State.RUNNING})
 
 
-@dataclass(frozen=True)
-class Transition:
+class Transition(NamedTuple):
     """One conditional write: a job in one of ``expect`` becomes ``state`` (None: keeps its state)
     with ``fields`` set and each field of ``bump`` counted up by one. ``kill_requested``: the kill
-    flag the job must carry (None: either)."""
+    flag the job must carry (None: either). A tuple: every claim and finish makes one, cheaply."""
 
     expect: frozenset[State]
     state: State | None
-    fields: Mapping[str, Any] = field(default_factory=dict)
+    fields: Mapping[str, Any]
     bump: tuple[str, ...] = ()
     kill_requested: bool | None = None
 

@@ -7,10 +7,11 @@ this module owns what those verbs say to SQLite.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from typing import Any
 
@@ -79,7 +80,8 @@ NO_BLOBS = ", ".join(c for c in COLUMNS if c not in LARGE_FIELDS)
 INSERT = f"INSERT INTO queue ({ALL}) VALUES ({', '.join(':' + c for c in COLUMNS)})"
 
 
-def states_sql(states: Iterable[State]) -> str:
+@functools.cache
+def states_sql(states: frozenset[State]) -> str:
     """The states as an SQL list: ``('deferred', 'failed')``."""
     return "(" + ", ".join(f"'{state}'" for state in sorted(states)) + ")"
 
@@ -107,7 +109,8 @@ def columns(fields: dict[str, Any]) -> dict[str, Any]:
             out[blob] = bytes(out[blob])
     if "lease" in out:
         lease = out.pop("lease")
-        out.update(NO_LEASE if lease is None else {f"lease_{k}": v for k, v in dataclasses.asdict(lease).items()})
+        # vars(), not dataclasses.asdict(): a flat dataclass needs no deep copy, and a claim pays for it
+        out.update(NO_LEASE if lease is None else {f"lease_{k}": v for k, v in vars(lease).items()})
     if "error" in out:
         out["error"] = None if out["error"] is None else json.dumps(dataclasses.asdict(out["error"]))
     return out
