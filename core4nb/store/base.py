@@ -233,8 +233,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def request_kill(self, job_id: str, *, tree: bool = True) -> int:
-        """Kill pending/deferred/failed jobs at once and flag running ones for
-        their node; with ``tree``, the job's whole subtree. Returns how many jobs
+        """Flag every open job with a kill request, and kill the waiting (pending/deferred/failed) ones
+        at once (:func:`~core4nb.transitions.flag_kill`, then :func:`~core4nb.transitions.kill_waiting`);
+        a running one's node kills it. With ``tree``, the job's whole subtree. Returns how many jobs
         were killed or flagged. Raises JobNotFound for an unknown id.
 
         A flagged job is never claimed again, so when it leaves ``running`` for
