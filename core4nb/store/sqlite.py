@@ -275,10 +275,10 @@ class SQLiteStore(SQLiteHousekeeping, Store):
         moved = None  # (new state, max_parallel) of the job, once a move matched
         with self._tx() as conn:
             for move, sets, expect, values in moves:  # the first that matches: see transitions.finish
-                row = conn.execute(f"UPDATE queue SET {sets} WHERE id = :_id AND lease_token = :_token AND {expect} "
-                                   "RETURNING max_parallel", {**values, "_id": job_id, "_token": token}).fetchone()
-                if row is not None:
-                    moved = (move.state, row[0])
+                rows = conn.execute(f"UPDATE queue SET {sets} WHERE id = :_id AND lease_token = :_token AND {expect} "
+                                    "RETURNING max_parallel", {**values, "_id": job_id, "_token": token}).fetchall()
+                if rows:  # fetched whole: a RETURNING statement left unfinished would still be in progress
+                    moved = (move.state, rows[0][0])
                     break
             claimed = sql.claim_rows(conn, params) if params else []
         if moved is not None:
