@@ -31,6 +31,10 @@ class MalformedJob(Core4Error, ValueError):
     """A job document in the queue has a missing or wrongly typed field: it is set aside, never run."""
 
 
+class DuplicateJob(Core4Error, ValueError):
+    """A job id given to ``insert`` is in the queue already (or twice in the batch): nothing was inserted."""
+
+
 class IllegalTransition(Core4Error):
     """A state change the job state machine does not allow (a bug, not user input)."""
 

@@ -1,16 +1,17 @@
 """The job document and its state machine. Pure: no I/O, no clock except defaults.
 
-States and transitions are core4os's (see DESIGN.md §3)::
+States and transitions are core4os's::
 
     pending ──► running ──► complete | error | killed        (final)
-       │          │  ├────► deferred ──► running | inactive | killed
+       │          │  ├────► deferred ──► running | killed
        │          │  ├────► failed   ──► running | killed
        │          │  └────► pending  (released: node drained, slot not granted)
-       └► killed  └──────► inactive   (deferred past defer_max)
+       └► killed  └──────► inactive   (deferred again past defer_max)
 
 Every store write names the state it expects to find, and every write that
 leaves ``running`` names the lease token, so a node that lost its lease cannot
-overwrite the work of the node that took the job over (fencing).
+overwrite the work of the node that took the job over (fencing). What each transition
+expects and sets is decided in :mod:`core4nb.transitions`, once for every store.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ TRANSITIONS: dict[State, frozenset[State]] = {
             State.PENDING,
         }
     ),
-    State.DEFERRED: frozenset({State.RUNNING, State.INACTIVE, State.KILLED}),
+    # Not deferred → inactive: defer_max is judged when a trial defers again (running → inactive), since a
+    # waiting deferred job's next trial may still complete; nothing watches waiting jobs' clocks.
+    State.DEFERRED: frozenset({State.RUNNING, State.KILLED}),
     State.FAILED: frozenset({State.RUNNING, State.KILLED}),
     State.COMPLETE: frozenset(),
     State.ERROR: frozenset(),

@@ -19,9 +19,8 @@ from typing import Any
 from core4nb import serialize
 from core4nb.errors import ConfigError, JobFailed, RemoteError, StoreUnavailable
 from core4nb.job import FINAL_STATES, Job, State, new_job_id, safe_text
-from core4nb.store import Store, open_store, redact_url
-from core4nb.store import default_url as env_url
-from core4nb.store.outage import Outage
+from core4nb.store import Store, env_url, open_store, redact_url
+from core4nb.store.outage import STORE_PATIENCE, Outage
 from core4nb.store.paths import home
 
 log = logging.getLogger("core4nb.queue")
@@ -29,8 +28,6 @@ log = logging.getLogger("core4nb.queue")
 #: Options a job accepts besides its own arguments, with core4os's meanings.
 JOB_OPTIONS = ("priority", "max_parallel", "attempts", "defer_time", "defer_max", "error_time", "wall_time",
                "lost_retries", "keep")
-#: Seconds of continuous store outage :meth:`Queue.wait` rides out before it gives up.
-STORE_PATIENCE = 60.0
 
 
 def default_url() -> str:

@@ -200,6 +200,29 @@ def test_one_round_trip_per_verb_for_a_plain_job(counted) -> None:
     assert commands.take() == []
 
 
+def test_finishing_a_limited_job_rings_work_in_one_round_trip(counted) -> None:
+    """The store that claimed a limited job knows its max_parallel: its finish rings "work" for the
+    freed slot without reading the document, and a kill-flagged job that would wait is killed in two."""
+    store, commands = counted
+    store.insert([Job(name="lim", max_parallel=1) for _ in range(2)])
+    work = store.listen("work")
+    try:
+        job = store.claim(CLAIMANT)
+        commands.take()
+        work.drain()
+        assert store.finish(job.id, job.lease.token, State.COMPLETE)
+        assert commands.take() == ["update"]
+        assert work.wait(1)
+        job = store.claim(CLAIMANT)
+        assert store.request_kill(job.id) == 1
+        commands.take()
+        assert store.finish(job.id, job.lease.token, State.FAILED)
+        assert commands.take() == ["update", "update"]
+        assert store.get(job.id).state is State.KILLED
+    finally:
+        work.close()
+
+
 def test_limited_job_whose_slot_is_free_claims_in_one_round_trip(counted) -> None:
     store, commands = counted
     store.insert([Job(name="lim", max_parallel=2) for _ in range(2)])  # slots lim#0 and lim#1

@@ -23,8 +23,7 @@ from core4nb.executor.futures import Core4Future
 from core4nb.executor.local import LocalWorkers, acquire_node
 from core4nb.executor.runtime import Runtime
 from core4nb.queue import JOB_OPTIONS, default_url, make_job
-from core4nb.store import Store, open_store, redact_url
-from core4nb.store import default_url as env_url
+from core4nb.store import Store, env_url, open_store, redact_url
 
 _live: weakref.WeakSet[Core4Executor] = weakref.WeakSet()
 

@@ -9,7 +9,7 @@ progress snapshots, mark started futures running, notice removed jobs and
 complete jobs that finished out of order beyond the window. A tick's cost so
 stays flat however many futures wait.
 
-The interval adapts: ``MIN_INTERVAL`` for ``HOT_PERIOD`` after a submit or a
+The interval adapts: ``LOCAL_MIN_INTERVAL`` for ``HOT_PERIOD`` after a submit or a
 completion (a quick job's round trip on the embedded store is a few ms;
 ``REMOTE_MIN_INTERVAL`` for a database across the network), then growing by
 ``BACKOFF`` to ``MAX_INTERVAL`` while nothing happens (a long wait costs a few
@@ -31,10 +31,12 @@ from core4nb.executor.local import LocalWorkers
 from core4nb.job import FINAL_STATES, Job
 from core4nb.queue import outcome
 from core4nb.store import Store, redact_url
+from core4nb.store.outage import STORE_PATIENCE
 
 log = logging.getLogger("core4nb.executor")
 
-MIN_INTERVAL = 0.001  # a local SQLite file: a query costs ~0.1 ms
+#: Seconds between the polls of a local SQLite file at the fastest: a query costs ~0.1 ms.
+LOCAL_MIN_INTERVAL = 0.001
 #: A database across the network serves every notebook and node of the cluster: poll it less eagerly.
 REMOTE_MIN_INTERVAL = 0.005
 MAX_INTERVAL = 0.2
@@ -48,8 +50,6 @@ BATCH = 1000
 #: Fast ticks look at the oldest this many tracked jobs only (jobs finish roughly in
 #: submission order); the refresh every PROGRESS_INTERVAL looks at all of them.
 WINDOW = 256
-#: A store that keeps failing this long fails the waiting futures instead of hanging them.
-STORE_PATIENCE = 60.0
 #: The fallback poll interval when the store rings on every finish.
 BELL_MIN_INTERVAL = 0.05
 #: How often the doorbell thread looks whether the poller is stopping.
@@ -72,7 +72,7 @@ class Poller:
         self.store = store
         self.key = key
         self.local = local
-        self.min_interval = MIN_INTERVAL if store.url.lower().startswith("sqlite:") else REMOTE_MIN_INTERVAL
+        self.min_interval = LOCAL_MIN_INTERVAL if store.url.lower().startswith("sqlite:") else REMOTE_MIN_INTERVAL
         self._lock = threading.Lock()
         self._tracked: dict[str, list[Core4Future]] = {}
         self._wake = threading.Event()

@@ -52,6 +52,6 @@ def embedded_path(url: str) -> Path | None:
     return Path(raw).expanduser() if sep and scheme.lower() == "sqlite" and raw else None
 
 
-def default_url() -> str | None:
+def env_url() -> str | None:
     """The queue URL from ``CORE4NB_URL``, or None for the embedded default."""
     return os.environ.get(URL_ENV) or None

@@ -22,8 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from core4nb.errors import JobNotFound, MalformedJob, StoreUnavailable
-from core4nb.job import SCALAR_FIELDS, Job, JobError, Lease, State, check_transition
+from core4nb.errors import DuplicateJob, JobNotFound, MalformedJob, StoreUnavailable
+from core4nb.job import Job, Lease, State
 from core4nb.store.decode import decode_job, placeholder_job
 
 #: A claim grants this many seconds before the lease expires without a heartbeat.
@@ -234,8 +234,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def request_kill(self, job_id: str, *, tree: bool = True) -> int:
-        """Kill pending/deferred/failed jobs at once and flag running ones for
-        their node; with ``tree``, the job's whole subtree. Returns how many jobs
+        """Flag every open job with a kill request, and kill the waiting (pending/deferred/failed) ones
+        at once (:func:`~core4nb.transitions.flag_kill`, then :func:`~core4nb.transitions.kill_waiting`);
+        a running one's node kills it. With ``tree``, the job's whole subtree. Returns how many jobs
         were killed or flagged. Raises JobNotFound for an unknown id.
 
         A flagged job is never claimed again, so when it leaves ``running`` for
@@ -325,6 +326,15 @@ def not_found(job_id: str, url: str, pruned: tuple[float, float | None] | None) 
     done = f", {(pruned[0] - pruned[1]) / 86400:.1f} days after it finished" if pruned[1] else ""
     return JobNotFound(f"job {job_id} was pruned from queue {redact_url(url)} on {when}{done}: finished trees are "
                        "kept for the queue's retention (`core4nb retention`); pin one with keep=True")
+
+
+def duplicate_job(jobs: Sequence[Job], url: str) -> DuplicateJob:
+    """The error for an ``insert`` whose batch repeats a job id, or names one the queue has."""
+    ids = [j.id for j in jobs]
+    return DuplicateJob(f"a job id among {ids[:5]}{'…' if len(ids) > 5 else ''} is already in queue "
+                        f"{redact_url(url)} (or repeated); nothing was inserted: give each job a fresh id")
+
+
 _WORKER_TYPES: dict[str, Any] = {"name": str, "host": str, "pid": int, "slots": int, "heartbeat": (int, float),
                                  "started_at": (int, float), "running": list, "state": str, "key_id": str,
                                  "python": str}
@@ -375,52 +385,3 @@ def count_states(pairs: Iterable[tuple[Any, int]]) -> dict[State, int]:
     for state, n in pairs:
         out[State(state) if state in out else State.ERROR] += int(n)
     return out
-
-
-def gone_because(job: Job, now: float, host: str | None, silent: Mapping[str, Lease]) -> str | None:
-    """Why a running job's holder counts as gone for :meth:`Store.reap` (None: it does not)."""
-    lease, seen = job.lease, silent.get(job.id)
-    if seen is not None and (seen.token, seen.beat) == (lease.token, lease.beat):
-        return f"its heartbeat count stood at {lease.beat} for over {lease.period:g} s"
-    if lease.until < now and (host is None or lease.node == host):
-        return f"its lease expired {now - lease.until:.1f} s ago"
-    return None
-
-
-def reap_outcome(job: Job, silence: str) -> tuple[State, dict[str, Any]]:
-    """What an expired lease does to a running job: its next state and the fields to set (error,
-    ``lost_left``, ``lost_on``). It spends the job's lost-node budget (``lost_retries``), never its attempts."""
-    lease = job.lease
-    died = f"worker {lease.worker} on {lease.node}"
-    lost_on = ", ".join(filter(None, [job.lost_on, died]))
-    left = max(0, job.lost_left - 1)
-    if job.kill_requested:
-        state, outcome = State.KILLED, "it had a kill request, so it is killed"
-    elif job.lost_left > 0:
-        state, outcome = State.FAILED, (f"rerunning in {job.error_time:g} s ({left} of lost_retries="
-                                        f"{job.lost_retries} left; its attempts are untouched)")
-    else:
-        state, outcome = State.ERROR, (f"every node it ran on died under it ({lost_on}): a job that killed every "
-                                       f"node it landed on is a poison job; fix it (memory, native crashes), or "
-                                       f"raise lost_retries={job.lost_retries}")
-    error = JobError("WorkerLost", f"{died} (pid {lease.pid}) stopped heartbeating ({silence}); {outcome}")
-    return state, {"error": error, "lost_left": left, "lost_on": lost_on}
-
-
-#: What ``finish`` may set besides the state: the job's scalars (not its identity), result, error.
-FINISH_FIELDS = frozenset((set(SCALAR_FIELDS) - {"id", "state"}) | {"result", "error", "output"})
-
-
-def check_finish(state: State | str, fields: dict[str, Any]) -> State:
-    """Validate a ``finish`` call the same way in every store; return the new state.
-
-    Raises:
-        IllegalTransition: ``running → state`` is not allowed.
-        TypeError: a field a job does not have (or may not change).
-    """
-    state = State(state)
-    check_transition(State.RUNNING, state)
-    unknown = set(fields) - FINISH_FIELDS
-    if unknown:
-        raise TypeError(f"finish() got unknown job field(s) {sorted(unknown)}; allowed: {sorted(FINISH_FIELDS)}")
-    return state

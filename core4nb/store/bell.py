@@ -2,8 +2,9 @@
 
 Worker nodes and executors on one machine each listen on a Unix datagram socket
 in a directory that belongs to the queue (its file, or its database). A store
-rings ``work`` bells when it inserts jobs (and when a job of a ``max_parallel``
-name frees its slot) and ``done`` bells when a job finishes, so a node claims
+rings ``work`` bells when it inserts jobs (and, through :func:`ring_after`, when a
+job is handed back or a job of a ``max_parallel`` name frees its slot) and ``done``
+bells when a job finishes, so a node claims
 new work and an executor completes a future within a millisecond, while an idle
 process polls only rarely. A ring is a hint, never the truth: the listener
 always re-reads the store, so a lost datagram costs one poll interval, nothing
@@ -19,8 +20,10 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 
+from core4nb.job import State
 from core4nb.store import paths
 
 log = logging.getLogger("core4nb.store")
@@ -125,6 +128,20 @@ def ring(directory: Path, role: str) -> None:
                 _send(sender, directory / name)
     except OSError:
         return
+
+
+def ring_after(directory: Path, moves: Iterable[tuple[State, int | None]]) -> None:
+    """Ring for committed transitions, each a job's new state and its ``max_parallel``: ``done`` when one
+    finished; ``work`` when one waits again now (handed back) or left ``running`` under a ``max_parallel``
+    limit, freeing a slot that a job of its name, blocked until now, may take."""
+    roles = set()
+    for state, max_parallel in moves:
+        if state.is_final:
+            roles.add("done")
+        if state is State.PENDING or (state is not State.RUNNING and max_parallel is not None):
+            roles.add("work")
+    for role in sorted(roles):
+        ring(directory, role)
 
 
 def _send(sender: socket.socket, target: Path) -> None:

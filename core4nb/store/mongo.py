@@ -1,8 +1,9 @@
 """The cluster queue in MongoDB: ``MongoStore("mongodb://host:27017/core4?collection_prefix=sys.")``.
 
-Uses only what real MongoDB and the ``nx-27017`` test server both get right
-(notes/mongo-test-server.md): plain CRUD, ``find_one_and_update`` with filter and sort,
-unique indexes, epoch-float times, whole-value ``$set``; no transactions, no lock collection.
+Uses only what real MongoDB and the ``nx-27017`` test server both get right (the contract
+suite, ``tests/test_store_contract.py``, runs on the server): plain CRUD, ``find_one_and_update``
+with filter and sort, unique indexes, epoch-float times, whole-value ``$set``; no transactions,
+no lock collection.
 
 - One flat document per job in ``<prefix>queue``: ``_id`` is the time-sortable job id, the
   lease lives in top-level ``lease_*`` fields so that filters and indexes reach it.
@@ -29,12 +30,13 @@ from typing import Any
 from pymongo import ASCENDING, MongoClient
 from pymongo.errors import BulkWriteError, PyMongoError
 
+from core4nb import transitions
 from core4nb.errors import BlobMissing, Core4Error, JobNotFound, MalformedJob, StoreUnavailable
-from core4nb.job import LARGE_FIELDS, SCALAR_FIELDS, Job, JobError, Lease, State, new_token
+from core4nb.job import LARGE_FIELDS, SCALAR_FIELDS, Job, Lease, State, new_token
 from core4nb.serialize import frame_digests
 from core4nb.store import base, bell, mongo_lease
 from core4nb.store import mongo_claim as claims
-from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, check_finish, lease_for, redact_url
+from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, lease_for, redact_url
 from core4nb.store.blobfiles import FileBlobs
 from core4nb.store.decode import decode_job, placeholder_job
 from core4nb.store.mongo_blobs import Bucket, FrameFiles, GridFSBlobs, cache_dir, cache_limit
@@ -44,12 +46,7 @@ from core4nb.store.mongo_keeping import MongoHousekeeping
 CONNECT_TIMEOUT_MS = 5000  # server selection; a serverSelectionTimeoutMS in the URL wins
 MAX_SET_ASIDE = 16  # malformed documents one claim moves to error before it answers "nothing now"
 
-_OPEN = [*claims.CLAIMABLE, State.RUNNING]
 _NO_BLOBS = dict.fromkeys(LARGE_FIELDS, 0)  # listings leave the large fields out
-
-
-def _error_doc(error: JobError | None) -> dict[str, Any] | None:
-    return None if error is None else dataclasses.asdict(error)  # a whole subdocument: nx stores it intact
 
 
 class MongoStore(MongoHousekeeping, Store):
@@ -65,6 +62,9 @@ class MongoStore(MongoHousekeeping, Store):
         self._closed = False
         self._bells = bell.bell_dir(redact_url(url))  # this machine's nodes and executors of this queue
         self._idle = False  # the last claim found nothing: the next one looks (a read) before it writes
+        # The max_parallel of the limited jobs this store claimed: finish rings "work" for the slot it frees
+        # without reading the document (its update answers no fields).
+        self._limits: dict[str, int] = {}
         self._connect()
         bucket = Bucket(lambda: self._col("queue").database, self.collections["blobs"])
         self.frames = FrameFiles(bucket)
@@ -142,8 +142,8 @@ class MongoStore(MongoHousekeeping, Store):
         docs, turns = [], Counter()
         for job in jobs:
             doc = {f: getattr(job, f) for f in SCALAR_FIELDS if f != "id"}
-            doc.update(_id=job.id, seq=job.id, kill_requested=bool(job.kill_requested), error=_error_doc(job.error),
-                       output=job.output, payload_refs=frame_digests(job.payload),
+            doc.update(_id=job.id, seq=job.id, kill_requested=bool(job.kill_requested),
+                       error=claims.error_doc(job.error), output=job.output, payload_refs=frame_digests(job.payload),
                        result_refs=frame_digests(job.result),
                        holder=claims.HELD if job.state is State.RUNNING else job.id, **claims.lease_doc(job.lease))
             # A limited job's slot is the one it tries first: spread a batch over all M slots.
@@ -165,9 +165,7 @@ class MongoStore(MongoHousekeeping, Store):
             self.frames.delete(d[ref] for d in docs for ref in ("payload_ref", "result_ref") if d.get(ref))
             if failed["code"] != 11000:
                 raise
-            ids = [j.id for j in jobs]
-            raise ValueError(f"a job id among {ids[:5]}{'…' if len(ids) > 5 else ''} is already in queue "
-                             f"{redact_url(self.url)} (or repeated); nothing was inserted") from None
+            raise base.duplicate_job(jobs, self.url) from None
         self._recheck_blobs(jobs, blobs)
         bell.ring(self._bells, "work")
 
@@ -265,35 +263,30 @@ class MongoStore(MongoHousekeeping, Store):
             claims.set_aside(self._col("queue"), doc["_id"], str(exc), {"lease_token": token})
             job = None
         self._in_flight.token = None
+        if job is not None and job.max_parallel is not None:
+            self._limits[job.id] = job.max_parallel
         return job
 
     @guarded
     def finish(self, job_id: str, token: str, state: State, **fields: Any) -> bool:
-        state = check_finish(state, fields)
-        values = {k: v for k, v in fields.items() if k not in ("result", "error")}
-        if "error" in fields:
-            values["error"] = _error_doc(fields["error"])
-        if "kill_requested" in values:
-            values["kill_requested"] = bool(values["kill_requested"])
+        moves = transitions.finish(state, fields, claims.epoch(time.time()))
+        stored = {}
         if "result" in fields:
-            values.update(self.frames.put("result", fields["result"], job_id),
-                          result_refs=frame_digests(fields["result"]))
-        now, queue = claims.epoch(time.time()), self._col("queue")
-
-        def leave(target: State, **expect: Any) -> bool:
-            change = {**({"finished_at": now} if target.is_final else {}), **values, "state": target,
-                      "holder": job_id, **claims.NO_LEASE}  # holder = own id: the slot is free again
-            query = {"_id": job_id, "state": State.RUNNING, "lease_token": token, **expect}
-            return queue.update_one(query, {"$set": change}).matched_count == 1
-
-        done = leave(state, **({"kill_requested": False} if state.is_claimable else {}))
-        if not done and state.is_claimable:  # a job with a kill request is never claimed again: it must not wait
-            state, done = State.KILLED, leave(State.KILLED, kill_requested=True)
-        if not done and values.get("result_ref"):
-            self.frames.delete([values["result_ref"]])
-        if done and (state.is_final or state is State.PENDING):  # finished, or handed back to the queue
-            bell.ring(self._bells, "done" if state.is_final else "work")
-        return done
+            stored = {**self.frames.put("result", fields["result"], job_id),
+                      "result_refs": frame_digests(fields["result"])}
+        queue = self._col("queue")
+        for move in moves:  # the first that matches: see transitions.finish
+            update = claims.transition_update(move, job_id)
+            update["$set"].pop("result", None)
+            update["$set"].update(stored)
+            query = {"_id": job_id, "lease_token": token, **claims.expect_filter(move)}
+            if queue.update_one(query, update).matched_count:
+                bell.ring_after(self._bells, [(move.state, self._limits.pop(job_id, None))])
+                return True
+        self._limits.pop(job_id, None)  # the lease is lost: this store finishes the job never
+        if stored.get("result_ref"):
+            self.frames.delete([stored["result_ref"]])
+        return False
 
     @guarded
     def heartbeat(self, leases: dict[str, str], *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> set[str]:
@@ -311,7 +304,9 @@ class MongoStore(MongoHousekeeping, Store):
 
     @guarded
     def reap(self, *, host: str | None = None, silent: Mapping[str, Lease] | None = None) -> list[Job]:
-        return mongo_lease.reap(self._col("queue"), lambda doc: self._job(doc, blobs=False), host, dict(silent or {}))
+        reaped = mongo_lease.reap(self._col("queue"), lambda doc: self._job(doc, blobs=False), host, dict(silent or {}))
+        bell.ring_after(self._bells, [(job.state, job.max_parallel) for job in reaped])
+        return reaped
 
     def _subtree(self, job_id: str, tree: bool) -> dict[str, Any]:
         """A filter selecting the job (and with ``tree`` its descendants)."""
@@ -337,14 +332,11 @@ class MongoStore(MongoHousekeeping, Store):
     @guarded
     def request_kill(self, job_id: str, *, tree: bool = True) -> int:
         query, queue = self._subtree(job_id, tree), self._col("queue")
-        # Flag every open job first: a flagged job is never claimed, and a flagged running job that
-        # leaves running becomes killed (finish, reap). So once the second write is done, no job of
-        # the subtree can still be waiting -- without a transaction.
-        flagged = queue.update_many({**query, "state": {"$in": _OPEN}}, {"$set": {"kill_requested": True}})
-        killed = queue.update_many({**query, "state": {"$in": claims.CLAIMABLE}, "kill_requested": True},
-                                   {"$set": {"state": State.KILLED, "finished_at": claims.epoch(time.time())}})
+        # In this order (see transitions.kill_waiting): no job of the subtree is left waiting, without a transaction.
+        flagged, killed = [queue.update_many({**query, **claims.expect_filter(move)}, claims.transition_update(move))
+                           for move in (transitions.flag_kill(), transitions.kill_waiting(claims.epoch(time.time())))]
         if killed.modified_count:
-            bell.ring(self._bells, "done")
+            bell.ring_after(self._bells, [(State.KILLED, None)])
         return flagged.matched_count
 
     @guarded

@@ -22,9 +22,11 @@ from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
+from core4nb import transitions
 from core4nb.errors import MalformedJob
-from core4nb.job import CLAIMABLE_STATES, Lease, State
+from core4nb.job import CLAIMABLE_STATES, JobError, Lease, State
 from core4nb.store.decode import decode_job, set_aside_error
+from core4nb.transitions import Transition
 
 HELD = "held"  # the `holder` of a running job; (slot, holder) is unique
 AUTH_ERRORS = (13, 18)  # Unauthorized, AuthenticationFailed: the store's problem, not the document's
@@ -55,10 +57,42 @@ def lease_doc(lease: Lease | None) -> dict[str, Any]:
     return dict(NO_LEASE) if lease is None else {f"lease_{k}": v for k, v in dataclasses.asdict(lease).items()}
 
 
+def error_doc(error: JobError | None) -> dict[str, Any] | None:
+    return None if error is None else dataclasses.asdict(error)  # a whole subdocument: nx stores it intact
+
+
+def expect_filter(move: Transition) -> dict[str, Any]:
+    """The part of a write's filter that a transition names: the states it expects, and the kill flag."""
+    query: dict[str, Any] = {"state": {"$in": sorted(move.expect)}}
+    if move.kill_requested is not None:
+        query["kill_requested"] = move.kill_requested
+    return query
+
+
+def transition_update(move: Transition, doc_id: Any = None) -> dict[str, Any]:
+    """A transition as a Mongo update of the document ``doc_id``: the lease as ``lease_*`` fields, and
+    the ``holder`` that makes (slot, holder) unique: "held" while running, else its own id (a job that
+    leaves running frees its max_parallel slot)."""
+    values = {k: epoch(v) if isinstance(v, float) else v for k, v in move.values().items()}
+    if "lease" in values:
+        values.update(lease_doc(values.pop("lease")))
+    if "error" in values:
+        values["error"] = error_doc(values["error"])
+    if "kill_requested" in values:
+        values["kill_requested"] = bool(values["kill_requested"])
+    if move.state is State.RUNNING:
+        values["holder"] = HELD
+    elif State.RUNNING in move.expect:
+        values["holder"] = doc_id
+    update: dict[str, Any] = {"$set": values}
+    if move.bump:
+        update["$inc"] = dict.fromkeys(move.bump, 1)
+    return update
+
+
 def claim_update(lease: Lease, now: float) -> dict[str, Any]:
     """The update that makes a waiting document running under ``lease``."""
-    return {"$set": {"state": State.RUNNING, "holder": HELD, "started_at": now, **lease_doc(lease)},
-            "$inc": {"trial": 1}}
+    return transition_update(transitions.claim(lease, now))
 
 
 def doc_fields(doc: dict[str, Any]) -> dict[str, Any]:
@@ -71,8 +105,11 @@ def key_filter(key_id: str | None) -> dict[str, Any]:
     return {} if key_id is None else {"key_id": {"$in": [None, "", key_id]}}
 
 
+_CLAIM_EXPECT = expect_filter(transitions.claim(Lease("", "", 0, "", 0.0), 0.0))
+
+
 def ready_filter(now: float, key_id: str | None = None) -> dict[str, Any]:
-    return {"state": {"$in": CLAIMABLE}, "query_at": {"$lte": now}, "kill_requested": False, **key_filter(key_id)}
+    return {**_CLAIM_EXPECT, "query_at": {"$lte": now}, **key_filter(key_id)}
 
 
 def claim_document(queue: Collection, ready: dict, update: dict, token: str) -> dict | None:
@@ -88,7 +125,7 @@ def claim_document(queue: Collection, ready: dict, update: dict, token: str) -> 
 
 def set_aside(queue: Collection, doc_id: Any, problem: str, expect: dict[str, Any]) -> bool:
     """Move a document that cannot be a job to error, if it still matches ``expect``."""
-    change = {"state": State.ERROR, "error": vars(set_aside_error(problem)), "holder": doc_id,
+    change = {"state": State.ERROR, "error": error_doc(set_aside_error(problem)), "holder": doc_id,
               "finished_at": epoch(time.time()), **NO_LEASE}  # holder = own id: a held slot is free again
     return queue.update_one({"_id": doc_id, **expect}, {"$set": change}).matched_count == 1
 

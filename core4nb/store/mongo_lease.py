@@ -16,9 +16,9 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.collection import Collection
 
+from core4nb import transitions
 from core4nb.errors import MalformedJob
 from core4nb.job import Job, Lease, State
-from core4nb.store import base
 from core4nb.store import mongo_claim as claims
 from core4nb.store.decode import decode_job, decode_lease
 
@@ -60,19 +60,15 @@ def reap(queue: Collection, decode: Any, host: str | None, silent: Mapping[str, 
         except MalformedJob as exc:  # e.g. written as running by hand: no node will ever finish it
             claims.set_aside(queue, doc["_id"], str(exc), {"state": State.RUNNING, "lease_until": {"$lt": now}})
             continue
-        why = base.gone_because(job, now, host, silent)
+        why = transitions.gone_because(job, now, host, silent)
         if why is None:
             continue
-        state, fields = base.reap_outcome(job, why)
-        lease = job.lease
-        change = {"state": state, **fields, "error": vars(fields["error"]), "holder": job.id,
-                  "query_at": claims.epoch(now + job.error_time) if state is State.FAILED else job.query_at,
-                  "finished_at": now if state.is_final else job.finished_at, **claims.NO_LEASE}
+        move = transitions.reap(job, why, now)
+        update = claims.transition_update(move, job.id)
         # Still under the token and heartbeat count it was judged by, and the same kill flag: a late
         # heartbeat or a kill request wins. A lease written before heartbeat counts has none (null).
-        beat = {"$in": [None, 0]} if lease.beat == 0 else lease.beat
-        cond = {"_id": job.id, "state": State.RUNNING, "lease_token": lease.token, "lease_beat": beat,
-                "kill_requested": job.kill_requested}
-        if queue.update_one(cond, {"$set": change}).matched_count:
-            reaped.append(decode_job(claims.doc_fields({**doc, **change})))
+        beat = {"$in": [None, 0]} if job.lease.beat == 0 else job.lease.beat
+        cond = {"_id": job.id, "lease_token": job.lease.token, "lease_beat": beat, **claims.expect_filter(move)}
+        if queue.update_one(cond, update).matched_count:
+            reaped.append(decode_job(claims.doc_fields({**doc, **update["$set"]})))
     return reaped

@@ -22,6 +22,8 @@ import time
 #: First retry this soon after a failure, then twice as late each time, up to MAX_DELAY.
 FIRST_DELAY = 0.05
 MAX_DELAY = 2.0
+#: Seconds of continuous outage a waiter (``Queue.wait``, an executor's futures) rides out before it gives up.
+STORE_PATIENCE = 60.0
 
 
 class Outage:
@@ -38,7 +40,6 @@ class Outage:
         self.since: float | None = None  # monotonic start of the current outage
         self._delay = 0.0
         self._retry_at = 0.0
-        self.count = 0  # outages so far: lets a caller or a test see that one happened
 
     @property
     def is_ongoing(self) -> bool:
@@ -52,7 +53,7 @@ class Outage:
         """Record a failed attempt: log it if it starts an outage, and back off."""
         now = time.monotonic()
         if self.since is None:
-            self.since, self._delay, self.count = now, FIRST_DELAY, self.count + 1
+            self.since, self._delay = now, FIRST_DELAY
             self.log.warning("%s is unavailable (%s); retrying with backoff up to %g s", self.what, exc, MAX_DELAY)
         else:
             self._delay = min(self._delay * 2, MAX_DELAY)

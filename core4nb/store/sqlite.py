@@ -1,7 +1,6 @@
 """The embedded queue: one SQLite file shared by the worker processes of one machine.
 
-Why it is built this way (measured in notes/mongo-test-server.md, "The embedded store"; the
-table and its SQL are in :mod:`core4nb.store.sqlite_sql`):
+Why it is built this way (the table and its SQL are in :mod:`core4nb.store.sqlite_sql`):
 
 - WAL journal: readers (status, widgets) never block the writer and vice versa;
   racing writers retry the write lock in short jittered steps (``_begin_immediate``).
@@ -34,12 +33,13 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from core4nb import transitions
 from core4nb.errors import BlobMissing, ConfigError, JobNotFound, MalformedJob, PayloadError, StoreUnavailable
 from core4nb.job import LARGE_FIELDS, SCALAR_FIELDS, Job, Lease, State
 from core4nb.serialize import frame_digests
 from core4nb.store import base, bell, sqlite_file
 from core4nb.store import sqlite_sql as sql
-from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, check_finish, redact_url
+from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, redact_url
 from core4nb.store.blobfiles import FileBlobs
 from core4nb.store.decode import decode_job, decode_lease
 from core4nb.store.sqlite_keeping import SQLiteHousekeeping
@@ -190,9 +190,7 @@ class SQLiteStore(SQLiteHousekeeping, Store):
                 self._check_blobs(jobs, blobs)
                 conn.executemany(sql.INSERT, rows)
         except sqlite3.IntegrityError:
-            ids = [j.id for j in jobs]
-            raise ValueError(f"a job id among {ids[:5]}{'…' if len(ids) > 5 else ''} is already in queue "
-                             f"{redact_url(self.url)} (or repeated); nothing was inserted") from None
+            raise base.duplicate_job(jobs, self.url) from None
         bell.ring(self._bells, "work")
 
     def _check_blobs(self, jobs: Sequence[Job], blobs: dict[str, memoryview]) -> None:
@@ -274,30 +272,23 @@ class SQLiteStore(SQLiteHousekeeping, Store):
     def _finish(self, job_id: str, token: str, state: State, claimant: Claimant | None, lease_seconds: float,
                 fields: dict[str, Any]) -> tuple[bool, Job | None]:
         """finish(), and with a claimant the claim of the next job in the same transaction."""
-        state = check_finish(state, fields)
-        columns = sql.columns(fields)
+        moves = [(move, *sql.transition_sql(move)) for move in transitions.finish(state, fields, time.time())]
         params = sql.claim_params(claimant, lease_seconds) if claimant else None
+        moved = None  # (new state, max_parallel) of the job, once a move matched
         with self._tx() as conn:
-            row = conn.execute("SELECT kill_requested, max_parallel FROM queue WHERE id = ? AND state = 'running' "
-                               "AND lease_token = ?", (job_id, token)).fetchone()
-            if row is not None:
-                # A job with a kill request is never claimed again, so it must not go back to waiting.
-                state = State.KILLED if row[0] and state.is_claimable else state
-                values = {"state": str(state), **sql.NO_LEASE, **columns}
-                if state.is_final:
-                    values["finished_at"] = time.time()
-                assignments = ", ".join(f"{c} = :{c}" for c in values)
-                conn.execute(f"UPDATE queue SET {assignments} WHERE id = :_id", {**values, "_id": job_id})
+            for move, sets, expect, values in moves:  # the first that matches: see transitions.finish
+                rows = conn.execute(f"UPDATE queue SET {sets} WHERE id = :_id AND lease_token = :_token AND {expect} "
+                                    "RETURNING max_parallel", {**values, "_id": job_id, "_token": token}).fetchall()
+                if rows:  # fetched whole: a RETURNING statement left unfinished would still be in progress
+                    moved = (move.state, rows[0][0])
+                    break
             claimed = sql.claim_rows(conn, params) if params else []
-        if row is not None:
-            if state.is_final:
-                bell.ring(self._bells, "done")
-            if row[1] is not None or state == State.PENDING:  # a max_parallel slot is free, or a job handed back
-                bell.ring(self._bells, "work")
+        if moved is not None:
+            bell.ring_after(self._bells, [moved])
         job = self._decoded(claimed[0], params["now"]) if claimed else None
         if claimant and claimed and job is None:  # it was malformed and is set aside: claim the next one
             job = self.claim(claimant, lease_seconds=lease_seconds)
-        return row is not None, job
+        return moved is not None, job
 
     def heartbeat(self, leases: dict[str, str], *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> set[str]:
         lost = set()
@@ -331,30 +322,34 @@ class SQLiteStore(SQLiteHousekeeping, Store):
             return []
         with self._tx() as conn:
             params["now"] = time.time()
-            return sql.reap_rows(conn, params, dict(silent or {}))
+            reaped = sql.reap_rows(conn, params, dict(silent or {}))
+        bell.ring_after(self._bells, [(job.state, job.max_parallel) for job in reaped])
+        return reaped
 
-    def _subtree(self, job_id: str, tree: bool) -> tuple[str, list[Any]]:
-        """A WHERE clause selecting the job (and with ``tree`` its descendants)."""
+    def _subtree(self, job_id: str, tree: bool) -> tuple[str, dict[str, str]]:
+        """A WHERE clause selecting the job (and with ``tree`` its descendants), and its parameter."""
         rows = self._read("SELECT root_id FROM queue WHERE id = ?", (job_id,))
         if not rows:
             raise self._not_found(job_id)
+        params = {"_subtree": job_id}
         if not tree:
-            return "id = ?", [job_id]
+            return "id = :_subtree", params
         if rows[0][0] == job_id:  # a root: its tree is exactly the jobs carrying its root_id
-            return "root_id = ?", [job_id]
-        return ("id IN (WITH RECURSIVE sub(id) AS (SELECT ? UNION SELECT q.id FROM queue AS q JOIN sub "
-                "ON q.parent_id = sub.id) SELECT id FROM sub)"), [job_id]
+            return "root_id = :_subtree", params
+        return ("id IN (WITH RECURSIVE sub(id) AS (SELECT :_subtree UNION SELECT q.id FROM queue AS q JOIN sub "
+                "ON q.parent_id = sub.id) SELECT id FROM sub)"), params
 
     def request_kill(self, job_id: str, *, tree: bool = True) -> int:
         where, params = self._subtree(job_id, tree)
         with self._tx() as conn:
-            killed = conn.execute(f"UPDATE queue SET state = 'killed', finished_at = ? WHERE {where} "
-                                  f"AND state IN {sql.CLAIMABLE}", [time.time(), *params]).rowcount
-            flagged = conn.execute(f"UPDATE queue SET kill_requested = 1 WHERE {where} AND state = 'running'",
-                                   params).rowcount
-        if killed:
-            bell.ring(self._bells, "done")
-        return killed + flagged
+            counts = []
+            for move in (transitions.flag_kill(), transitions.kill_waiting(time.time())):
+                sets, expect, values = sql.transition_sql(move)
+                counts.append(conn.execute(f"UPDATE queue SET {sets} WHERE {where} AND {expect}",
+                                           {**values, **params}).rowcount)
+        if counts[1]:
+            bell.ring_after(self._bells, [(State.KILLED, None)])
+        return counts[0]
 
     def kill_requests(self, job_ids: Iterable[str]) -> set[str]:
         rows = self._read("SELECT id FROM queue WHERE id IN (SELECT value FROM json_each(?)) "

@@ -7,18 +7,30 @@ this module owns what those verbs say to SQLite.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from typing import Any
 
+from core4nb import transitions
 from core4nb.errors import MalformedJob
-from core4nb.job import CLAIMABLE_STATES, DEFAULT_LOST_RETRIES, LARGE_FIELDS, SCALAR_FIELDS, Job, State, new_token
+from core4nb.job import (
+    CLAIMABLE_STATES,
+    DEFAULT_LOST_RETRIES,
+    LARGE_FIELDS,
+    SCALAR_FIELDS,
+    Job,
+    Lease,
+    State,
+    new_token,
+)
 from core4nb.serialize import frame_digests
-from core4nb.store.base import Claimant, gone_because, reap_outcome
+from core4nb.store.base import Claimant, lease_for
 from core4nb.store.decode import decode_job, set_aside_error
+from core4nb.transitions import Transition
 
 COLUMNS = {  # Job fields, the lease flattened into lease_* columns, blobs apart, the error as JSON text
     "id": "TEXT PRIMARY KEY", "name": "TEXT NOT NULL", "payload": "BLOB", "args_summary": "TEXT NOT NULL",
@@ -66,27 +78,68 @@ PRAGMA user_version = {VERSION};
 ALL = ", ".join(COLUMNS)
 NO_BLOBS = ", ".join(c for c in COLUMNS if c not in LARGE_FIELDS)
 INSERT = f"INSERT INTO queue ({ALL}) VALUES ({', '.join(':' + c for c in COLUMNS)})"
-CLAIMABLE = "('pending', 'deferred', 'failed')"
-assert {State(s) for s in ("pending", "deferred", "failed")} == CLAIMABLE_STATES
+
+
+@functools.cache
+def states_sql(states: frozenset[State]) -> str:
+    """The states as an SQL list: ``('deferred', 'failed')``."""
+    return "(" + ", ".join(f"'{state}'" for state in sorted(states)) + ")"
+
+
+CLAIMABLE = states_sql(CLAIMABLE_STATES)
 NO_LEASE = dict.fromkeys(("lease_worker", "lease_node", "lease_pid", "lease_token", "lease_until", "lease_beat",
                           "lease_period"))
 
 # A claimant of key id K takes jobs of K or of none (written before key ids); a claimant without one (None), any.
 KEY_MATCH = "(:key_id IS NULL OR {q}key_id IN ('', :key_id))"
 
+
+def columns(fields: dict[str, Any]) -> dict[str, Any]:
+    """Job attribute values → column values."""
+    out = dict(fields)
+    if "state" in out:
+        out["state"] = str(State(out["state"]))
+    for flag in ("kill_requested", "keep"):
+        if flag in out:
+            out[flag] = int(bool(out[flag]))
+    for blob in ("payload", "result"):
+        if blob in out:
+            out[f"{blob}_refs"] = " ".join(frame_digests(out[blob]))
+        if out.get(blob) is not None:
+            out[blob] = bytes(out[blob])
+    if "lease" in out:
+        lease = out.pop("lease")
+        # vars(), not dataclasses.asdict(): a flat dataclass needs no deep copy, and a claim pays for it
+        out.update(NO_LEASE if lease is None else {f"lease_{k}": v for k, v in vars(lease).items()})
+    if "error" in out:
+        out["error"] = None if out["error"] is None else json.dumps(dataclasses.asdict(out["error"]))
+    return out
+
+
+def transition_sql(move: Transition, q: str = "") -> tuple[str, str, dict[str, Any]]:
+    """A transition as SQL: (SET clause, WHERE terms for the states and the kill flag it expects, parameters
+    named by column). A bumped field that is not an integer is left as it is (SQLite would make 'abc' + 1
+    a valid 1), so that decoding the row sees the malformed value and sets it aside."""
+    values = columns(move.values())
+    sets = [f"{c} = :{c}" for c in values]
+    sets += [f"{c} = CASE WHEN typeof({c}) = 'integer' THEN {c} + 1 ELSE {c} END" for c in move.bump]
+    where = f"{q}state IN {states_sql(move.expect)}"
+    if move.kill_requested is not None:
+        where += f" AND {q}kill_requested = {int(move.kill_requested)}"
+    return ", ".join(sets), where, values
+
+
 # The best claimable job: priority, then FIFO, skipping names already at max_parallel. `busy` counts the
 # running jobs per name once per claim (few rows); a per-candidate COUNT(*) made every claim crawl past a long
 # run of blocked jobs (20k blocked ahead: 68 → 300 claims/s). queue_claim carries the filtered columns so that
-# the scan past blocked jobs never touches the table. A trial that is not an integer is left as it is (SQLite
-# would make 'abc' + 1 a valid 1), so that decoding the claimed row sees the malformed value and sets it aside.
+# the scan past blocked jobs never touches the table.
+_CLAIM_SET, _CLAIM_WHERE, _ = transition_sql(transitions.claim(Lease("", "", 0, "", 0.0), 0.0), q="q.")
 CLAIM = f"""
-UPDATE queue SET state = 'running', lease_worker = :worker, lease_node = :node, lease_pid = :pid,
-    lease_token = :token, lease_until = :until, lease_beat = 0, lease_period = :period, started_at = :now,
-    trial = CASE WHEN typeof(trial) = 'integer' THEN trial + 1 ELSE trial END
+UPDATE queue SET {_CLAIM_SET}
 WHERE id = (
     WITH busy(name, n) AS MATERIALIZED (SELECT name, COUNT(*) FROM queue WHERE state = 'running' GROUP BY name)
     SELECT q.id FROM queue AS q
-    WHERE q.state IN {CLAIMABLE} AND q.query_at <= :now AND q.kill_requested = 0 AND {KEY_MATCH.format(q="q.")}
+    WHERE {_CLAIM_WHERE} AND q.query_at <= :now AND {KEY_MATCH.format(q="q.")}
       AND (q.max_parallel IS NULL OR q.max_parallel > COALESCE((SELECT n FROM busy WHERE busy.name = q.name), 0))
     ORDER BY q.priority DESC, q.id ASC LIMIT 1)
 RETURNING rowid AS _rowid, {ALL}
@@ -109,8 +162,8 @@ def add_missing_columns(conn: sqlite3.Connection) -> None:
 def claim_params(claimant: Claimant, lease_seconds: float) -> dict[str, Any]:
     """The parameters of :data:`CLAIM`: a fresh lease for ``claimant`` from now."""
     now = time.time()
-    return {"worker": claimant.worker, "node": claimant.node, "pid": claimant.pid, "token": new_token(),
-            "until": now + lease_seconds, "period": lease_seconds, "now": now, "key_id": claimant.key_id}
+    lease = lease_for(claimant, new_token(), lease_seconds, now)
+    return {**columns(transitions.claim(lease, now).values()), "now": now, "key_id": claimant.key_id}
 
 
 def claim_rows(conn: sqlite3.Connection, params: dict[str, Any]) -> list[sqlite3.Row]:
@@ -135,41 +188,16 @@ def reap_rows(conn: sqlite3.Connection, params: dict[str, Any], silent: dict[str
         except MalformedJob as exc:  # e.g. written as running by hand: no node will ever finish it
             set_aside(conn, row["_rowid"], str(exc), params["now"])
             continue
-        why = gone_because(job, params["now"], params["host"], silent)
+        why = transitions.gone_because(job, params["now"], params["host"], silent)
         if why is None:
             continue
-        state, change = reap_outcome(job, why)
-        values = columns({"state": state, **change, "lease": None,
-                          "query_at": params["now"] + job.error_time if state is State.FAILED else job.query_at,
-                          "finished_at": params["now"] if state.is_final else job.finished_at})
-        assignments = ", ".join(f"{c} = :{c}" for c in values)
+        sets, expect, values = transition_sql(transitions.reap(job, why, params["now"]))
         # Conditional on the token and heartbeat count it was judged by: a late heartbeat wins.
-        rows = conn.execute(f"UPDATE queue SET {assignments} WHERE id = :_id AND state = 'running' AND lease_token = "
-                            f":_token AND COALESCE(lease_beat, 0) = :_beat RETURNING {NO_BLOBS}",
+        rows = conn.execute(f"UPDATE queue SET {sets} WHERE id = :_id AND {expect} AND lease_token = :_token "
+                            f"AND COALESCE(lease_beat, 0) = :_beat RETURNING {NO_BLOBS}",
                             {**values, "_id": job.id, "_token": job.lease.token, "_beat": job.lease.beat}).fetchall()
         reaped.extend(decode_job(fields(row)) for row in rows)
     return reaped
-
-
-def columns(fields: dict[str, Any]) -> dict[str, Any]:
-    """Job attribute values → column values."""
-    out = dict(fields)
-    if "state" in out:
-        out["state"] = str(State(out["state"]))
-    for flag in ("kill_requested", "keep"):
-        if flag in out:
-            out[flag] = int(bool(out[flag]))
-    for blob in ("payload", "result"):
-        if blob in out:
-            out[f"{blob}_refs"] = " ".join(frame_digests(out[blob]))
-        if out.get(blob) is not None:
-            out[blob] = bytes(out[blob])
-    if "lease" in out:
-        lease = out.pop("lease")
-        out.update(NO_LEASE if lease is None else {f"lease_{k}": v for k, v in dataclasses.asdict(lease).items()})
-    if "error" in out:
-        out["error"] = None if out["error"] is None else json.dumps(dataclasses.asdict(out["error"]))
-    return out
 
 
 def fields(row: sqlite3.Row) -> dict[str, Any]:
@@ -181,7 +209,8 @@ def fields(row: sqlite3.Row) -> dict[str, Any]:
     return data
 
 
-def referenced_blobs(conn: sqlite3.Connection, where: str = "1", params: Sequence[Any] = ()) -> set[str]:
+def referenced_blobs(conn: sqlite3.Connection, where: str = "1",
+                     params: Mapping[str, Any] | Sequence[Any] = ()) -> set[str]:
     """The digests the payloads and results of the selected rows name."""
     rows = conn.execute(f"SELECT payload_refs, result_refs FROM queue WHERE ({where}) "
                         "AND (payload_refs != '' OR result_refs != '')", params)

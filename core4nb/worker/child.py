@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import enum
 import io
 import logging
 import os
@@ -37,11 +38,20 @@ NODE_WATCH_INTERVAL = 0.25  # without PR_SET_PDEATHSIG: how often a child checks
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
+class OutcomeKind(enum.StrEnum):
+    """How a trial ended: its value returned, it deferred, it raised, or it could not start (never retried)."""
+
+    COMPLETE = "complete"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+
 @dataclass
 class Outcome:
     """How one trial of a job ended, as the node needs it to pick the next state."""
 
-    kind: str  # "complete" | "deferred" | "failed" | "rejected" (never retried)
+    kind: OutcomeKind
     runtime: float
     result: bytes | None = None  # signed value, or the signed exception for "failed"
     error: JobError | None = None
@@ -252,10 +262,11 @@ def run_job(job: Job, store: LazyStore, key: bytes, conn: Connection) -> Outcome
         fn, args, kwargs = serialize.loads(job.payload, key=key, job_id=job.id, kinds={serialize.Kind.CALL},
                                            blobs=blobs, what=f"payload of job {job.id} ({job.name})")
     except PayloadError as exc:  # unsigned, tampered, foreign or a blob missing: never unpickled
-        return Outcome("rejected", elapsed(), error=JobError(type(exc).__name__, str(exc)))
+        return Outcome(OutcomeKind.REJECTED, elapsed(), error=JobError(type(exc).__name__, str(exc)))
     except BaseException as exc:  # signed but cannot load here (a missing module), or its unpickling raised
         # (a __reduce__ calling sys.exit): the child lives on and result() raises what was raised
-        return Outcome("rejected", elapsed(), result=_exception_frame(exc, job, store, key), error=_job_error(exc))
+        return Outcome(OutcomeKind.REJECTED, elapsed(), result=_exception_frame(exc, job, store, key),
+                       error=_job_error(exc))
 
     ctx = JobContext(job, store.url, lambda value, message: conn.send(("progress", value, message)), store.get)
     token, printed = activate(ctx), OutputTail()
@@ -263,22 +274,23 @@ def run_job(job: Job, store: LazyStore, key: bytes, conn: Connection) -> Outcome
         with printed.capturing():
             value = fn.run_job(ctx, *args, **kwargs) if hasattr(fn, "run_job") else fn(*args, **kwargs)
     except Defer as defer:
-        return Outcome("deferred", elapsed(), message=str(defer), output=printed.text())
+        return Outcome(OutcomeKind.DEFERRED, elapsed(), message=str(defer), output=printed.text())
     except BaseException as exc:
-        return Outcome("failed", elapsed(), result=_exception_frame(exc, job, store, key), error=_job_error(exc),
-                       output=printed.text())
+        return Outcome(OutcomeKind.FAILED, elapsed(), result=_exception_frame(exc, job, store, key),
+                       error=_job_error(exc), output=printed.text())
     finally:
         deactivate(token)
         ctx.close()
     try:
         what = f"the job's result (a {type(value).__module__}.{type(value).__qualname__})"
         frame = _store_frame(value, job, store, key, serialize.Kind.RESULT, what)
-        return Outcome("complete", elapsed(), result=frame, output=printed.text())
+        return Outcome(OutcomeKind.COMPLETE, elapsed(), result=frame, output=printed.text())
     except PayloadError as exc:
-        return Outcome("failed", elapsed(), error=JobError(type(exc).__name__, str(exc)), output=printed.text())
-    except BaseException as exc:  # the result's __reduce__ raised SystemExit or the like: as if the job had
-        return Outcome("failed", elapsed(), result=_exception_frame(exc, job, store, key), error=_job_error(exc),
+        return Outcome(OutcomeKind.FAILED, elapsed(), error=JobError(type(exc).__name__, str(exc)),
                        output=printed.text())
+    except BaseException as exc:  # the result's __reduce__ raised SystemExit or the like: as if the job raised it
+        return Outcome(OutcomeKind.FAILED, elapsed(), result=_exception_frame(exc, job, store, key),
+                       error=_job_error(exc), output=printed.text())
 
 
 def _store_frame(value: object, job: Job, store: LazyStore, key: bytes, kind: serialize.Kind, what: str) -> bytes:

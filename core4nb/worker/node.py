@@ -54,7 +54,7 @@ from core4nb.worker import outcomes
 from core4nb.worker.child import exit_description, process_is_gone
 from core4nb.worker.outcomes import Write
 from core4nb.worker.reaper import Reaper
-from core4nb.worker.slot import Slot
+from core4nb.worker.slot import Slot, StopReason
 from core4nb.worker.writer import OutcomeWriter
 
 log = logging.getLogger("core4nb.worker")
@@ -267,7 +267,7 @@ class WorkerNode:
 
     def _shutdown(self) -> None:
         for slot in self._busy():  # hard stop with jobs running: hand them back
-            slot.stop_job("drain")
+            slot.stop_job(StopReason.DRAIN)
         for slot in self.slots:
             if slot.is_busy:
                 slot.process.join(5)
@@ -342,9 +342,9 @@ class WorkerNode:
         for slot in self._busy():
             job = slot.job
             if job.wall_time is not None and slot.elapsed() > job.wall_time:
-                slot.stop_job("wall_time")
+                slot.stop_job(StopReason.WALL_TIME)
             elif self._drain_expired():
-                slot.stop_job("drain")
+                slot.stop_job(StopReason.DRAIN)
             slot.enforce_kill()
 
     def _control(self) -> None:
@@ -353,7 +353,7 @@ class WorkerNode:
         killed = self.store.kill_requests([s.job.id for s in busy]) if busy else set()
         for slot in busy:
             if slot.job.id in killed:
-                slot.stop_job("kill")
+                slot.stop_job(StopReason.KILL)
 
     def _lease_tick(self) -> None:
         if self.watch_pid is not None and process_is_gone(self.watch_pid):
@@ -366,7 +366,7 @@ class WorkerNode:
         for slot in busy:
             if slot.job.id in lost:
                 log.warning("lease of job %s lost (this node was paused or cut off); stopping it", slot.job.id)
-                slot.stop_job("lease lost")
+                slot.stop_job(StopReason.LEASE_LOST)
         self._save_info()
         # Stalled this long in this step (a write lock held elsewhere; others heartbeat every lease/6), other
         # nodes' leases may have run out for want of the store, not of life: a lease period before reaping.

@@ -14,9 +14,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from core4nb import transitions
 from core4nb.errors import PayloadError
 from core4nb.job import Job, JobError, State, safe_text
-from core4nb.worker.child import Outcome, exit_description
+from core4nb.worker.child import Outcome, OutcomeKind, exit_description
+from core4nb.worker.slot import StopReason
 
 #: A job handed back because this node cannot verify it waits this long before any node tries again.
 HAND_BACK_DELAY = 5.0
@@ -42,47 +44,40 @@ def for_outcome(job: Job, outcome: Outcome, key_id: str = "", node: str = "") ->
     unless the job was signed under that very key id: then its bytes were changed, and it errs. So does
     one the node cannot load because its packages differ from the notebook's (EnvironmentMismatch)."""
     now = time.time()
-    if outcome.kind == "rejected" and outcome.error.type == "SignatureError" and job.key_id != key_id:
+    if outcome.kind is OutcomeKind.REJECTED and outcome.error.type == "SignatureError" and job.key_id != key_id:
         return hand_back(job, f"node {node} (key id {key_id}) cannot verify its signature (key id "
                          f"{job.key_id or 'not recorded'}): left for a node with the notebook's key", HAND_BACK_DELAY)
-    if outcome.kind == "rejected" and outcome.error.type == "EnvironmentMismatch":  # another node may have them
+    # A node with the notebook's packages may load it:
+    if outcome.kind is OutcomeKind.REJECTED and outcome.error.type == "EnvironmentMismatch":
         return hand_back(job, safe_text(f"node {node} cannot load it: {outcome.error.message}")[:500],
                          HAND_BACK_DELAY)
     error = outcome.error and JobError(*(safe_text(t) for t in (outcome.error.type, outcome.error.message,
                                                                 outcome.error.traceback)), outcome.error.exit_code)
     outcome = dataclasses.replace(outcome, output=safe_text(outcome.output), message=safe_text(outcome.message),
                                   error=error)
-    if outcome.kind == "complete":
+    if outcome.kind is OutcomeKind.COMPLETE:
         return Write(job, State.COMPLETE, {"result": outcome.result, "runtime": outcome.runtime,
                                            "progress_value": 1.0, "output": outcome.output})
-    if outcome.kind == "deferred":
-        since = job.deferred_since or job.started_at or now
-        if job.defer_max is not None and now - since >= job.defer_max:
-            message = f"deferred for {now - since:.0f} s, past defer_max={job.defer_max:g} s: {outcome.message}"
-            return Write(job, State.INACTIVE, {"runtime": outcome.runtime, "output": outcome.output,
-                                               "progress_message": message})
-        return Write(job, State.DEFERRED, {"runtime": outcome.runtime, "query_at": now + job.defer_time,
-                                           "deferred_since": since, "progress_message": outcome.message,
-                                           "output": outcome.output})
-    return failure(job, outcome.error, outcome.result, retry=outcome.kind == "failed", runtime=outcome.runtime,
-                   output=outcome.output)
+    if outcome.kind is OutcomeKind.DEFERRED:
+        move = transitions.defer(job, outcome.message, now)
+        return Write(job, move.state, {**move.fields, "runtime": outcome.runtime, "output": outcome.output})
+    return failure(job, outcome.error, outcome.result, retry=outcome.kind is OutcomeKind.FAILED,
+                   runtime=outcome.runtime, output=outcome.output)
 
 
 def failure(job: Job, error: JobError, result: bytes | None, *, retry: bool, runtime: float,
             output: str | None = None) -> Write:
     """Failed (retried after error_time) while ``retry`` and attempts are left, else error.
     ``output``: what the trial printed (None: the child died, its output is not known)."""
-    left = job.attempts_left - 1
-    state = State.FAILED if retry and left > 0 else State.ERROR
-    fields = {"error": error, "result": result, "attempts_left": left, "runtime": runtime,
-              "query_at": time.time() + job.error_time}
-    return Write(job, state, fields if output is None else {**fields, "output": output})
+    move = transitions.retry(job, error, result, time.time(), again=retry)
+    fields = {**move.fields, "runtime": runtime}
+    return Write(job, move.state, fields if output is None else {**fields, "output": output})
 
 
 def hand_back(job: Job, message: str, delay: float = 0.0) -> Write:
     """Back to pending as if never claimed (trial and attempts as they were), claimable after ``delay`` s."""
-    return Write(job, State.PENDING, {"trial": job.trial - 1, "query_at": time.time() + delay,
-                                      "progress_message": message})
+    move = transitions.release(job, message, time.time() + delay)
+    return Write(job, move.state, dict(move.fields))
 
 
 def unstorable(write: Write, exc: Exception, tries: int = 1) -> Write:
@@ -99,18 +94,18 @@ def unstorable(write: Write, exc: Exception, tries: int = 1) -> Write:
     return failure(job, error, None, retry=False, runtime=runtime)
 
 
-def for_death(job: Job, reason: str | None, exitcode: int | None, runtime: float, node: str) -> Write | None:
+def for_death(job: Job, reason: StopReason | None, exitcode: int | None, runtime: float, node: str) -> Write | None:
     """The write for a job whose child died: why it died (the node's ``stop_reason``) decides.
 
-    None for "lease lost": another node owns the job now, so this one writes nothing.
+    None for a lost lease: another node owns the job now, so this one writes nothing.
     """
-    if reason == "kill":
+    if reason is StopReason.KILL:
         return Write(job, State.KILLED, {"runtime": runtime,
                                          "error": JobError("Killed", f"killed on request on node {node}")})
-    if reason == "wall_time":
+    if reason is StopReason.WALL_TIME:
         return failure(job, JobError("WallTimeExceeded", f"ran longer than wall_time={job.wall_time:g} s on node "
                                      f"{node}; raise wall_time or split the work"), None, retry=True, runtime=runtime)
-    if reason == "drain":
+    if reason is StopReason.DRAIN:
         return hand_back(job, f"handed back by stopping node {node}")
     if reason is None:
         return failure(job, JobError("ChildCrashed", f"the process running this job on node {node} "

@@ -8,6 +8,7 @@ killed child is replaced in milliseconds without forking the node itself
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import multiprocessing
 import os
@@ -20,6 +21,15 @@ from core4nb.worker.child import child_main
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(["core4nb.worker.child"])
+
+class StopReason(enum.StrEnum):
+    """Why a node stops a job's child: a kill request, past ``wall_time``, the node stopping, or the lease lost."""
+
+    KILL = "kill"
+    WALL_TIME = "wall_time"
+    DRAIN = "drain"
+    LEASE_LOST = "lease lost"
+
 
 #: After SIGTERM, a child that is still alive this many seconds later gets SIGKILL.
 KILL_GRACE = 3.0
@@ -34,7 +44,7 @@ class Slot:
         self.memory_limit_mb = memory_limit_mb
         self.job: Job | None = None
         self.started = 0.0  # monotonic time the current job started
-        self.stop_reason: str | None = None  # why the node is stopping this job's child
+        self.stop_reason: StopReason | None = None  # why the node is stopping this job's child
         self.term_sent_at: float | None = None
         self._spawn()
 
@@ -99,7 +109,7 @@ class Slot:
     def exitcode(self) -> int | None:
         return self.process.exitcode
 
-    def stop_job(self, reason: str) -> None:
+    def stop_job(self, reason: StopReason) -> None:
         """SIGTERM the child now; :meth:`enforce_kill` escalates to SIGKILL."""
         if self.term_sent_at is None:
             self.stop_reason, self.term_sent_at = reason, time.monotonic()
