@@ -7,13 +7,16 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 from core4nb.context import current_job
 from tests import jobfuncs
 
 
 def whoami(path: str, tag: object, seconds: float = 0.0) -> str:
-    """Record ``tag`` (see :func:`jobfuncs.record`) after ``seconds``; return the running worker's name."""
+    """Record ``tag`` (see :func:`jobfuncs.record`) after ``seconds``; return the running worker's name.
+    ``<path>.started`` says a child has begun running it (a claim alone does not)."""
+    Path(f"{path}.started").touch()
     jobfuncs.record(path, tag, seconds)
     return current_job().job.lease.worker
 

@@ -156,8 +156,10 @@ def test_paused_node_cannot_overwrite_the_rescuers_result(queue, tmp_path):
     paused = start_node(queue.url, "paused", processes=1, lease=1.5)
     rescuer = None
     try:
-        wait_for(lambda: queue.get(job_id).state == State.RUNNING, what="the claim of node 'paused'")
-        os.kill(paused.pid, signal.SIGSTOP)  # its child runs on, finishes, and reports to a frozen node
+        # Its child has the job (a claim alone is not enough: a node stopped before it hands the job over
+        # leaves nothing running), so the child runs on, finishes, and reports to a frozen node.
+        wait_for(lambda: os.path.exists(f"{log}.started"), what="node 'paused''s child to start the job")
+        os.kill(paused.pid, signal.SIGSTOP)
         until = queue.get(job_id).lease.until
         wait_for(lambda: time.time() > until + 0.2, what="the lease to expire")
         rescuer = start_node(queue.url, "rescuer", processes=1, lease=10)
