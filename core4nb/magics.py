@@ -11,6 +11,7 @@ import difflib
 import functools
 import inspect
 import shlex
+import time
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -21,6 +22,7 @@ from core4nb import report
 from core4nb.cells import CellRunner, split
 from core4nb.errors import Core4Error
 from core4nb.executor import Core4Executor
+from core4nb.job import State
 from core4nb.queue import Queue
 from core4nb.store import redact_url
 
@@ -29,6 +31,9 @@ LINE_USAGE = {"status": "status", "jobs": "jobs [STATE]", "attach": "attach ID",
               "connect": "connect URL"}
 LINE_COMMANDS = tuple(LINE_USAGE)
 DEFAULT_CHUNKS = 64
+#: After the values are in (or Ctrl-C), how long a cell waits for its tree's root to finish (it completes
+#: within its defer time of the last chunk) and killed chunks to stop, so the counts it shows are final.
+SETTLE_PATIENCE = 5.0
 
 
 class CellRun:
@@ -48,14 +53,9 @@ class CellRun:
 
     def result(self) -> Any:
         """Wait for every chunk; the values in chunk order (reduced if ``--reduce`` was given).
-        What the chunks printed is printed here, in chunk order, as if the cell had run locally."""
+        What the chunks print shows while they run, labelled per chunk, in the cell that ran them."""
         if not self._done:
-            try:
-                values = list(self._results)
-            finally:  # a failing chunk's output (and that of the chunks before it) helps most
-                printed = "".join(self._results.outputs)
-                if printed:
-                    print(printed, end="" if printed.endswith("\n") else "\n")
+            values = list(self._results)
             self._value, self._done = (self._reduce(values) if self._reduce else values), True
         return self._value
 
@@ -65,6 +65,21 @@ class CellRun:
 
     def __repr__(self) -> str:
         return f"<core4 cell run {self.job_id}: call .result() for the values, .kill() to stop>"
+
+
+def _settle(panel, patience: float = SETTLE_PATIENCE):
+    """Wait (briefly) for the cell's tree to be final, so the panel and its saved fallback show how it
+    ended; returns the last snapshot."""
+    if panel is None:
+        return None
+    deadline = time.monotonic() + patience
+    snapshot = panel.refresh()
+    while snapshot is not None and not snapshot.is_final and time.monotonic() < deadline:
+        time.sleep(0.05)
+        snapshot = panel.refresh()
+    if hasattr(panel, "publish"):
+        panel.publish()
+    return snapshot
 
 
 def _cell_arguments(func):
@@ -178,9 +193,14 @@ class Core4Magics(Magics):
         try:
             ns[args.out] = run.result()
         except KeyboardInterrupt:
-            killed = run.kill()
-            print(f"interrupted: killed the cell's job tree {run.job_id} ({killed} jobs)")
-            raise
+            __tracebackhide__ = True  # IPython: the one line below is the whole story
+            run.kill()
+            snapshot = _settle(panel)
+            counts = snapshot.counts if snapshot is not None else {}
+            done, killed = counts.get(State.COMPLETE, 0), counts.get(State.KILLED, 0)
+            raise KeyboardInterrupt(f"interrupted: {done} done, {killed} killed (job tree {run.job_id})") from None
+        finally:
+            _settle(panel)
         return None
 
     def _lookup_reduce(self, name: str | None):

@@ -173,13 +173,51 @@ def test_unload_stops_local_workers(shell):
     shell.run_line_magic("load_ext", "core4nb")  # the fixture unloads again
 
 
-def test_what_the_chunks_print_is_printed_in_chunk_order(shell, capsys):
+def test_what_the_chunks_print_is_printed_once_labelled_with_its_chunk(shell, capsys):
     shell.run_cell("words = ['alpha', 'beta', 'gamma']")
     capsys.readouterr()
     cell(shell, "--chunks 3 --over words --out lengths", "print('chunk', words[0])\nlen(words[0])")
     assert shell.user_ns["lengths"] == [5, 4, 5]
-    printed = capsys.readouterr().out  # after the (headless) panel's text line
-    assert printed.endswith("\nchunk alpha\nchunk beta\nchunk gamma\n") and printed.count("chunk ") == 3
+    printed = capsys.readouterr().out.splitlines()[1:]  # after the (headless) panel's text line
+    assert sorted(printed) == ["[chunk 1/3] chunk alpha", "[chunk 2/3] chunk beta", "[chunk 3/3] chunk gamma"]
+
+
+def test_output_streams_while_the_chunks_run(shell, capsys, tmp_path):
+    """Lines show while their chunk still runs, in order per chunk, stdout and stderr alike, never twice."""
+    release = tmp_path / "release"
+    shell.run_cell(f"import os, sys, time\nRELEASE = {str(release)!r}\nparts = ['a', 'b']")
+    capsys.readouterr()
+    body = ("print('before', parts[0], flush=True)\nprint('warn', parts[0], file=sys.stderr)\n"
+            "while not os.path.exists(RELEASE):\n    time.sleep(0.05)\nprint('after', parts[0])\nparts[0]")
+    cell(shell, "--chunks 2 --over parts --out got --no-wait", body)
+    seen: list[str] = []
+
+    def printed(*lines: str) -> bool:
+        seen.extend(capsys.readouterr().out.splitlines())
+        return all(line in seen for line in lines)
+
+    wait_for(lambda: printed("[chunk 1/2] before a", "[chunk 1/2] warn a", "[chunk 2/2] before b",
+                             "[chunk 2/2] warn b"), timeout=60, what="the chunks' first lines while they run")
+    assert not any("after" in line for line in seen)  # the chunks are still waiting
+    release.touch()
+    assert shell.user_ns["got"].result() == ["a", "b"]
+    wait_for(lambda: printed("[chunk 1/2] after a", "[chunk 2/2] after b"), timeout=30, what="the last lines")
+    for chunk, part in ((1, "a"), (2, "b")):
+        mine = [line for line in seen if line.startswith(f"[chunk {chunk}/2]")]
+        assert mine == [f"[chunk {chunk}/2] before {part}", f"[chunk {chunk}/2] warn {part}",
+                        f"[chunk {chunk}/2] after {part}"]
+
+
+def test_the_local_node_never_writes_to_the_notebooks_streams(shell, capfd, tmp_path):
+    """What bypasses a job's capture (a write to file descriptor 2) goes to the node's log, not a cell."""
+    shell.run_cell("import os\nmarks = [1]")
+    capfd.readouterr()
+    cell(shell, "--chunks 1 --over marks --out done", "os.write(2, b'fd-level line\\n')\nmarks[0]")
+    assert shell.user_ns["done"] == [1]
+    out, err = capfd.readouterr()
+    assert "fd-level" not in out + err
+    log = tmp_path / "home" / "local-nodes.log"
+    wait_for(lambda: "fd-level line" in log.read_text(), what="the line in the node's log")
 
 
 def test_a_large_global_is_stored_once_for_every_chunk(shell, tmp_path):
@@ -196,3 +234,55 @@ def test_a_mistyped_option_is_refused_with_the_right_one(shell):
     with pytest.raises(UsageError, match=r"unrecognized arguments: --chunk 8; did you mean --chunks\?"):
         cell(shell, "--chunk 8 --over numbers --out counts")
     assert "counts" not in shell.user_ns
+
+
+# -- in a real Jupyter kernel (nbclient), as a saved notebook records it ---------------------------------------
+
+def run_notebook(tmp_path, monkeypatch, *sources: str):
+    """Execute a notebook of these code cells in a real kernel; return its cells as saved."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("CORE4NB_HOME", str(tmp_path / "home"))
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src) for src in sources])
+    client = NotebookClient(nb, timeout=180, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    path = tmp_path / "saved.ipynb"
+    nbformat.write(nb, path)
+    return nbformat.read(path, as_version=4).cells
+
+
+def texts(cell_, kind: str = "text/plain") -> list[str]:
+    return [o.get("text", "") if o.output_type == "stream" else o.get("data", {}).get(kind, "")
+            for o in cell_.outputs]
+
+
+def test_in_a_kernel_output_lands_in_the_submitting_cell_and_the_saved_notebook_tells_the_end(tmp_path, monkeypatch):
+    release = tmp_path / "release"
+    cells = run_notebook(
+        tmp_path, monkeypatch,
+        f"%load_ext core4nb\nimport os, sys, time\nRELEASE = {str(release)!r}\nparts = ['a', 'b']",
+        "%%core4 --over parts --chunks 2 --out run --no-wait\nprint('before', parts[0], flush=True)\n"
+        "print('warn', parts[0], file=sys.stderr)\nwhile not os.path.exists(RELEASE):\n    time.sleep(0.05)\n"
+        "print('after', parts[0])\nparts[0]",
+        # An unrelated cell running while the chunks print: none of their lines may land here.
+        "from core4nb import Queue\nwith Queue() as q:\n"
+        "    chunks = [j.id for j in q.store.find(parent_id=run.job_id)]\n"
+        "    while 'before' not in ''.join(q.store.outputs(chunks).values()):\n"
+        "        time.sleep(0.05)\ntime.sleep(1.5)\nopen(RELEASE, 'w').close()\nrun.result()",
+        "run.panel.wait(60)\nprint('next cell')",
+    )
+    submitting, unrelated, last = cells[1], cells[2], cells[3]
+    assert unrelated.outputs and "'a', 'b'" in texts(unrelated)[-1]  # run.result()
+    assert not any("before" in t or "warn" in t for t in texts(unrelated) + texts(last))
+    assert [o.get("name") for o in unrelated.outputs if o.output_type == "stream"] == []
+    printed = "\n".join(texts(submitting))
+    for chunk, part in ((1, "a"), (2, "b")):
+        mine = [line for line in printed.splitlines() if line.startswith(f"[chunk {chunk}/2]")]
+        assert mine == [f"[chunk {chunk}/2] before {part}", f"[chunk {chunk}/2] warn {part}",
+                        f"[chunk {chunk}/2] after {part}"]
+    html_ = "\n".join(texts(submitting, "text/html"))
+    assert html_.count("<details>") == 2 and "chunk 1/2 · 3 lines" in html_
+    panel = [t for t in texts(submitting) if "cell_over_parts" in t]
+    assert len(panel) == 1 and panel[0].startswith("complete: cell_over_parts [####################] 2/2 chunks")

@@ -85,7 +85,8 @@ class _MapRun:
         they carry large data, in groups of about :data:`STREAM_BYTES`, so that workers start on the
         first chunks while later ones are still pickled and stored."""
         memo = DigestMemo()  # one submission: a value in every chunk (the function's closure) is hashed once
-        group = [self.root_job(self.submitted + len(chunks))] if last and (self.submitted or chunks) else []
+        total = self.submitted + len(chunks) if last else None
+        group = [self.root_job(total)] if last and (self.submitted or chunks) else []
         size, inserted = 0, False
         try:
             for chunk in chunks:
@@ -93,18 +94,21 @@ class _MapRun:
                 group.append(job)
                 size += sum(data.nbytes for data in job.blobs.values())
                 if size >= STREAM_BYTES:
-                    self._insert(group)
+                    self._insert(group, total)
                     group, size, inserted = [], 0, True
         except BaseException:
             if inserted:  # all or nothing: the chunks already stored must not run without the rest
                 self.runtime.store.request_kill(self.root_id)
             raise
-        self._insert(group)
+        self._insert(group, total)
 
-    def _insert(self, jobs: list[Job]) -> None:
+    def _insert(self, jobs: list[Job], total: int | None) -> None:
         if jobs:
             futures = self.runtime.insert_and_track(jobs, jobs)
-            self.futures.extend(f for f in futures if f.job_id != self.root_id)
+            chunks = [f for f in futures if f.job_id != self.root_id]
+            for number, future in enumerate(chunks, self.submitted - len(chunks) + 1):  # how its lines are labelled
+                future.label = f"chunk {number}/{total}" if total else f"chunk {number}"
+            self.futures.extend(chunks)
 
 
 class MapIterator:

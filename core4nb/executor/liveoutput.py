@@ -1,0 +1,138 @@
+"""What jobs print, shown where they were submitted while they run.
+
+The workers append what a running job prints to its ``output`` in the store
+(the last 64 KiB); the executor's poller reads it for the jobs it tracks and
+hands each job's stored tail to that job's :class:`JobOutput`, which shows only
+what is new. Where it is shown is decided once, in the thread that submitted:
+
+- in a Jupyter kernel, one display per cell (``display_id``) that the poller
+  updates in place: the text lands in the cell that submitted the jobs however
+  many cells ran since, as ipyparallel's ``%%px`` output does; its HTML has a
+  collapsible section per chunk, its text/plain (what a saved notebook shows
+  where HTML does not render) ``[chunk 5/64]``-prefixed lines;
+- elsewhere (a terminal IPython, a script), lines written to ``sys.stdout`` as
+  they come, prefixed with the chunk (as Ray prefixes its workers' lines).
+"""
+
+from __future__ import annotations
+
+import html
+import sys
+import threading
+from typing import Any, Protocol, TextIO
+
+from core4nb.job import OUTPUT_LIMIT
+
+#: Where a stored tail no longer starts with what was shown (the 64 KiB limit cut its head), the
+#: new part starts after the last this many characters shown.
+OVERLAP = 256
+
+
+def new_text(shown: str, stored: str) -> str:
+    """The part of ``stored`` (a job's output tail now) that is not in ``shown`` (its tail before)."""
+    if stored.startswith(shown):
+        return stored[len(shown):]
+    at = stored.find(shown[-OVERLAP:]) if shown else -1
+    if at < 0:  # a new trial, or more than the whole tail printed since: all of it is new
+        return stored
+    return stored[at + len(shown[-OVERLAP:]):]
+
+
+class Sink(Protocol):
+    def write(self, label: str, text: str) -> None: ...
+
+
+class JobOutput:
+    """One job's output as its submitter has seen it; :meth:`see` shows the new part."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self._shown = ""
+
+    def see(self, stored: str, label: str) -> None:
+        text = new_text(self._shown, stored)
+        self._shown = stored
+        if text:
+            self.sink.write(label, text)
+
+
+class TerminalSink:
+    """Lines on a text stream, each prefixed with its job's label."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream
+        self._partial: dict[str, str] = {}  # a label's last line, until its newline comes
+        self._lock = threading.Lock()
+
+    def write(self, label: str, text: str) -> None:
+        stream = self.stream or sys.stdout
+        prefix = f"[{label}] " if label else ""
+        with self._lock:
+            *lines, rest = (self._partial.pop(label, "") + text).split("\n")
+            if rest:
+                self._partial[label] = rest
+            if lines:
+                stream.write("".join(f"{prefix}{line}\n" for line in lines))
+                stream.flush()
+
+
+class CellSink:
+    """One display in a notebook cell, updated in place with what its jobs printed."""
+
+    def __init__(self) -> None:
+        from IPython.display import display
+
+        self._texts: dict[str, str] = {}  # by label, in the order the labels first printed
+        self._lock = threading.Lock()
+        self._handle = display(self, display_id=True)
+
+    def write(self, label: str, text: str) -> None:
+        with self._lock:
+            self._texts[label] = (self._texts.get(label, "") + text)[-OUTPUT_LIMIT:]
+        self._handle.update(self)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, str]:
+        with self._lock:
+            texts = dict(self._texts)
+        return {"text/plain": plain_text(texts), "text/html": html_text(texts)}
+
+
+def plain_text(texts: dict[str, str]) -> str:
+    return "".join("".join(f"[{label}] {line}\n" if label else f"{line}\n" for line in text.splitlines())
+                   for label, text in texts.items())
+
+
+def html_text(texts: dict[str, str]) -> str:
+    def pre(text: str) -> str:
+        return f'<pre style="margin:0">{html.escape(text)}</pre>'
+
+    if list(texts) == [""]:
+        return pre(texts[""])
+    return "".join(f"<details><summary>{html.escape(label or 'output')} · {len(text.splitlines())} lines</summary>"
+                   f"{pre(text)}</details>" for label, text in texts.items())
+
+
+_cell_sinks: dict[int, CellSink] = {}
+_terminal = TerminalSink()
+
+
+def submitters_sink() -> Sink:
+    """Where jobs submitted now show their output: this notebook cell's display, else stdout."""
+    shell = _kernel_shell()
+    if shell is None:
+        return _terminal
+    cell = shell.execution_count
+    if cell not in _cell_sinks:
+        _cell_sinks.clear()  # an earlier cell's display lives on in the poller's JobOutputs only
+        _cell_sinks[cell] = CellSink()
+    return _cell_sinks[cell]
+
+
+def _kernel_shell():
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return None
+    if threading.current_thread() is not threading.main_thread():  # a display from here lands in no known cell
+        return None
+    return shell
