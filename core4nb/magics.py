@@ -7,6 +7,7 @@ session's :class:`~core4nb.Core4Executor`: one job tree, one progress panel.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import inspect
@@ -19,11 +20,11 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from core4nb import report
-from core4nb.cells import CellRunner, split
+from core4nb.cells import CellRunner, chunk_names, split
 from core4nb.errors import Core4Error
 from core4nb.executor import Core4Executor
 from core4nb.job import State
-from core4nb.queue import Queue
+from core4nb.queue import Queue, RemoteTraceback
 from core4nb.store import redact_url
 
 DEFAULT_OUT = "_core4"
@@ -34,6 +35,16 @@ DEFAULT_CHUNKS = 64
 #: After the values are in (or Ctrl-C), how long a cell waits for its tree's root to finish (it completes
 #: within its defer time of the last chunk) and killed chunks to stop, so the counts it shows are final.
 SETTLE_PATIENCE = 5.0
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a ``%%core4`` cell: its tree is killed. IPython shows the one line, no frames."""
+
+    def __init__(self, done: int, killed: int, job_id: str) -> None:
+        super().__init__(f"interrupted: {done} done, {killed} killed (job tree {job_id})")
+
+    def _render_traceback_(self) -> list[str]:  # what IPython shows instead of a traceback (as ipyparallel does)
+        return [str(self)]
 
 
 class CellRun:
@@ -54,6 +65,7 @@ class CellRun:
     def result(self) -> Any:
         """Wait for every chunk; the values in chunk order (reduced if ``--reduce`` was given).
         What the chunks print shows while they run, labelled per chunk, in the cell that ran them."""
+        __tracebackhide__ = True  # IPython shows the user's line and the remote error, not this frame
         if not self._done:
             values = list(self._results)
             self._value, self._done = (self._reduce(values) if self._reduce else values), True
@@ -65,6 +77,16 @@ class CellRun:
 
     def __repr__(self) -> str:
         return f"<core4 cell run {self.job_id}: call .result() for the values, .kill() to stop>"
+
+
+def _show_remote_only(exc: BaseException) -> None:
+    """A chunk's exception, raised as its own type, shows in IPython as which chunk raised and the
+    worker's traceback of the cell's code: the notebook side's frames are all core4nb's."""
+    cause = exc.__cause__
+    if isinstance(cause, RemoteTraceback):
+        lines = [*getattr(exc, "__notes__", ()), cause.tb.rstrip("\n")]
+        with contextlib.suppress(AttributeError, TypeError):  # an exception type without a __dict__
+            exc._render_traceback_ = lambda: lines
 
 
 def _settle(panel, patience: float = SETTLE_PATIENCE):
@@ -149,6 +171,7 @@ class Core4Magics(Magics):
 
         Line: ``%core4 status`` | ``jobs [STATE]`` | ``attach ID`` | ``kill ID`` | ``connect URL``.
         """
+        __tracebackhide__ = True
         if cell is None:
             return self._line(line)
         try:
@@ -162,6 +185,7 @@ class Core4Magics(Magics):
 
     # -- the cell magic -------------------------------------------------------------------------
     def _cell(self, args, cell: str) -> Any:
+        __tracebackhide__ = True
         ns = self.shell.user_ns
         if not args.over:
             raise UsageError("%%core4 needs --over NAME: the notebook iterable to split into chunks")
@@ -182,6 +206,7 @@ class Core4Magics(Magics):
         options = {k: v for k, v in (("priority", args.priority), ("max_parallel", args.max_parallel)) if v}
         chunks = split(ns[args.over], args.chunks or DEFAULT_CHUNKS)
         results = executor.options(**options).map(runner, chunks, chunksize=1)
+        results.name_chunks(chunk_names(args.over, chunks))
         from core4nb.widgets import progress
 
         panel = progress(results, url=executor.url, unit="chunks") if results.job_id else None
@@ -192,13 +217,14 @@ class Core4Magics(Magics):
             return None
         try:
             ns[args.out] = run.result()
+        except Exception as exc:
+            _show_remote_only(exc)
+            raise
         except KeyboardInterrupt:
-            __tracebackhide__ = True  # IPython: the one line below is the whole story
             run.kill()
             snapshot = _settle(panel)
             counts = snapshot.counts if snapshot is not None else {}
-            done, killed = counts.get(State.COMPLETE, 0), counts.get(State.KILLED, 0)
-            raise KeyboardInterrupt(f"interrupted: {done} done, {killed} killed (job tree {run.job_id})") from None
+            raise Interrupted(counts.get(State.COMPLETE, 0), counts.get(State.KILLED, 0), run.job_id) from None
         finally:
             _settle(panel)
         return None

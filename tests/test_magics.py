@@ -178,7 +178,7 @@ def test_what_the_chunks_print_is_printed_once_labelled_with_its_chunk(shell, ca
     capsys.readouterr()
     cell(shell, "--chunks 3 --over words --out lengths", "print('chunk', words[0])\nlen(words[0])")
     assert shell.user_ns["lengths"] == [5, 4, 5]
-    printed = capsys.readouterr().out.splitlines()[1:]  # after the (headless) panel's text line
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]  # not the panel's
     assert sorted(printed) == ["[chunk 1/3] chunk alpha", "[chunk 2/3] chunk beta", "[chunk 3/3] chunk gamma"]
 
 
@@ -286,3 +286,37 @@ def test_in_a_kernel_output_lands_in_the_submitting_cell_and_the_saved_notebook_
     assert html_.count("<details>") == 2 and "chunk 1/2 · 3 lines" in html_
     panel = [t for t in texts(submitting) if "cell_over_parts" in t]
     assert len(panel) == 1 and panel[0].startswith("complete: cell_over_parts [####################] 2/2 chunks")
+
+
+def test_in_a_kernel_ctrl_c_is_one_true_line_and_a_chunk_error_shows_the_users_line(tmp_path, monkeypatch):
+    cells = run_notebook(
+        tmp_path, monkeypatch,
+        "%load_ext core4nb\nimport os, signal, threading, time\nfrom core4nb import Queue, State\n"
+        "numbers = list(range(100))\nslow = list(range(8))",
+        # Jupyter's interrupt is a SIGINT to the kernel: sent once two chunks completed, six never will.
+        "def interrupt_after_two():\n    with Queue() as q:\n"
+        "        while q.counts()[State.COMPLETE] < 2:\n            time.sleep(0.05)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "threading.Thread(target=interrupt_after_two, daemon=True).start()",
+        "%%core4 --over slow --chunks 8 --workers 2\ntime.sleep(0 if slow[0] < 2 else 60)\nslow[0]",
+        "%%core4 --over numbers --chunks 10\nx = 1\ny = 1 / (numbers[0] - 40)\ny",
+    )
+    interrupted, failing = cells[2], cells[3]
+    [error] = [o for o in interrupted.outputs if o.output_type == "error"]
+    assert error.ename == "Interrupted" and len(error.traceback) == 1
+    assert error.traceback[0].startswith("interrupted: 2 done, 6 killed (job tree ")
+    [panel] = [t for t in texts(interrupted) if "cell_over_slow" in t]
+    assert panel.startswith("killed: cell_over_slow [#####---------------] 2/8 chunks  complete 2  killed 6")
+    [html_] = [t for t in texts(interrupted, "text/html") if "core4nb-panel" in t]
+    assert 'data-state="complete" style="padding:0 0.6em;text-align:right">2<' in html_
+    assert 'data-state="killed" style="padding:0 0.6em;text-align:right">6<' in html_
+
+    [error] = [o for o in failing.outputs if o.output_type == "error"]
+    assert error.ename == "ZeroDivisionError" and len(error.traceback) == 2
+    note, remote = error.traceback
+    assert note == "chunk 5/10, numbers[40:50] raised ZeroDivisionError"
+    assert remote.splitlines() == ["Traceback (most recent call last):", '  File "<core4 cell>", line 2, in <module>',
+                                   "    y = 1 / (numbers[0] - 40)", "        ~~^~~~~~~~~~~~~~~~~~~",
+                                   "ZeroDivisionError: division by zero"]
+    [panel] = [t for t in texts(failing) if "cell_over_numbers" in t]
+    assert panel.startswith("failed: cell_over_numbers")

@@ -22,9 +22,11 @@ from core4nb.executor.chunks import (
     MapRoot,
     OrderedIds,
     auto_chunksize,
+    failure_note,
     first_unpicklable,
     fixed_chunks,
     growing_chunks,
+    raise_remote,
     run_chunk,
 )
 from core4nb.job import Job
@@ -53,6 +55,8 @@ class _MapRun:
         self.offset = 0  # items
         self.futures: collections.deque[Core4Future] = collections.deque()
         self.outputs: list[str] = []  # what each chunk job printed, in order, as its results are consumed
+        self.spans: list[tuple[int, int]] = []  # the items of each chunk (for an error naming the item)
+        self.chunk_names: list[str] | None = None  # what each chunk is, in its user's words (``numbers[0:8]``)
 
     def chunk_job(self, chunk: list, memo: DigestMemo) -> Job:
         self.runtime.check_open()  # before pickling, as ProcessPoolExecutor.submit does
@@ -61,6 +65,7 @@ class _MapRun:
                            key=self.runtime.key, job_id=self.ids.next(), memo=memo, **self.options)
         except PayloadError:
             raise self._diagnose(chunk) from None
+        self.spans.append((self.offset, self.offset + len(chunk)))
         self.offset += len(chunk)
         self.submitted += 1
         return job
@@ -146,12 +151,18 @@ class MapIterator:
         self.job_id = run.root_id if run.submitted else None
         self.url = runtime.url
         self.outputs = run.outputs
+        self._run = run
         self._gen = _results(run, chunks, end_time)
+
+    def name_chunks(self, names: list[str]) -> None:
+        """What each chunk is in its user's words (``numbers[40:50]``): a chunk's error names it so."""
+        self._run.chunk_names = names
 
     def __iter__(self) -> MapIterator:
         return self
 
     def __next__(self) -> Any:
+        __tracebackhide__ = True  # IPython shows the user's line and the remote error, not this frame
         return next(self._gen)
 
     def close(self) -> None:
@@ -170,7 +181,8 @@ def _chunks(items: Iterator, iterables: tuple, chunksize: int | None, runtime: R
 
 
 def _results(run: _MapRun, chunks: Iterator[list] | None, end_time: float | None) -> Iterator[Any]:
-    futures = run.futures
+    __tracebackhide__ = True
+    futures, consumed = run.futures, 0
     try:
         while futures:
             if chunks is not None:  # one more chunk in, before one comes out (3.14 buffersize)
@@ -181,9 +193,13 @@ def _results(run: _MapRun, chunks: Iterator[list] | None, end_time: float | None
             future = futures.popleft()
             values, error = _chunk_result(future, end_time)
             run.outputs.append(future.output)
+            consumed += 1
             yield from values
             if error is not None:
-                raise error
+                names = run.chunk_names
+                error.add_note(failure_note(future.label, run.spans[consumed - 1], len(values), error,
+                                            names[consumed - 1] if names else None))
+                raise_remote(error)
     finally:
         if futures:
             run.runtime.cancel(list(futures))

@@ -61,8 +61,8 @@ def static_html(snapshot: TreeSnapshot, unit: str) -> str:
 def info_html(snapshot: TreeSnapshot) -> str:
     """The root job (state and message) and the nodes running its jobs."""
     root = snapshot.root
-    # An open root waits for its children: the tree's status says what is going on, not its "pending".
-    line = f"<b>{html.escape(job_title(root))}</b> {root.state if root.is_final else snapshot.status}"
+    # A root not claimed yet waits for its children: the tree's status says what is going on, not "pending".
+    line = f"<b>{html.escape(job_title(root))}</b> {snapshot.status if root.state is State.PENDING else root.state}"
     if root.progress_message and not root.is_final:
         line += f": {html.escape(root.progress_message)}"
     if snapshot.child_count:
