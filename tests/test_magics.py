@@ -320,3 +320,25 @@ def test_in_a_kernel_ctrl_c_is_one_true_line_and_a_chunk_error_shows_the_users_l
                                    "ZeroDivisionError: division by zero"]
     [panel] = [t for t in texts(failing) if "cell_over_numbers" in t]
     assert panel.startswith("failed: cell_over_numbers")
+
+
+def test_in_a_kernel_submit_and_enqueue_stream_to_their_own_cells(tmp_path, monkeypatch):
+    release = tmp_path / "release"
+    cells = run_notebook(
+        tmp_path, monkeypatch,
+        f"import os, sys, time\nfrom core4nb import Core4Executor, enqueue\nRELEASE = {str(release)!r}\n"
+        "def noisy(tag):\n    print(tag, 'starts', flush=True)\n    print(tag, 'warns', file=sys.stderr)\n"
+        "    while not os.path.exists(RELEASE):\n        time.sleep(0.05)\n    print(tag, 'ends')\n    return tag\n"
+        "ex = Core4Executor(workers=2)",
+        "future = ex.submit(noisy, 'submitted')",
+        "handle = enqueue(noisy, 'enqueued')",
+        # Runs while both jobs print: their lines belong to the cells above, once each.
+        "from core4nb import Queue\nwith Queue() as q:\n"
+        "    while ''.join(q.store.outputs([future.job_id, handle.id]).values()).count('warns') < 2:\n"
+        "        time.sleep(0.05)\n"
+        "time.sleep(1.5)\nopen(RELEASE, 'w').close()\nfuture.result(60), handle.result(60), handle.output",
+    )
+    submitted, enqueued, waiting = cells[1], cells[2], cells[3]
+    assert "\n".join(texts(submitted)).splitlines() == ["submitted starts", "submitted warns", "submitted ends"]
+    assert "\n".join(texts(enqueued)).splitlines() == ["enqueued starts", "enqueued warns", "enqueued ends"]
+    assert texts(waiting) == ["('submitted', 'enqueued', 'enqueued starts\\nenqueued warns\\nenqueued ends\\n')"]
