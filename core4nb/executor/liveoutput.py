@@ -39,21 +39,30 @@ def new_text(shown: str, stored: str) -> str:
 
 
 class Sink(Protocol):
+    def opened(self) -> None: ...  # a job that may print is shown here
+
     def write(self, label: str, text: str) -> None: ...
+
+    def closed(self) -> None: ...  # one of them is done
 
 
 class JobOutput:
-    """One job's output as its submitter has seen it; :meth:`see` shows the new part."""
+    """One job's output as its submitter has seen it; :meth:`see` shows the new part,
+    :meth:`close` says the job will print no more."""
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
         self._shown = ""
+        sink.opened()
 
     def see(self, stored: str, label: str) -> None:
         text = new_text(self._shown, stored)
         self._shown = stored
         if text:
             self.sink.write(label, text)
+
+    def close(self) -> None:
+        self.sink.closed()
 
 
 class TerminalSink:
@@ -63,6 +72,12 @@ class TerminalSink:
         self.stream = stream
         self._partial: dict[str, str] = {}  # a label's last line, until its newline comes
         self._lock = threading.Lock()
+
+    def opened(self) -> None:
+        pass
+
+    def closed(self) -> None:
+        pass
 
     def write(self, label: str, text: str) -> None:
         stream = self.stream or sys.stdout
@@ -77,24 +92,70 @@ class TerminalSink:
 
 
 class CellSink:
-    """One display in a notebook cell, updated in place with what its jobs printed."""
+    """One display in a notebook cell with what its jobs printed.
 
-    def __init__(self) -> None:
+    With ipywidgets, an accordion with a pane per chunk whose texts change in place (a pane the
+    user opened stays open); else HTML with a ``<details>`` per chunk, redrawn on each batch.
+    When the last of its jobs is done the display is updated once more, so that its text/plain and
+    text/html (what a saved notebook shows where widgets do not render) hold everything printed.
+    """
+
+    def __init__(self, widgets: bool) -> None:
         from IPython.display import display
 
         self._texts: dict[str, str] = {}  # by label, in the order the labels first printed
+        self._open_jobs = 0
         self._lock = threading.Lock()
+        self._panes: Any = None
+        if widgets:
+            import ipywidgets
+
+            self._panes = ipywidgets.Accordion(layout=ipywidgets.Layout(display="none"))
         self._handle = display(self, display_id=True)
+
+    def opened(self) -> None:
+        with self._lock:
+            self._open_jobs += 1
+
+    def closed(self) -> None:
+        with self._lock:
+            self._open_jobs -= 1
+            last = self._open_jobs == 0 and bool(self._texts)
+        if last:
+            self._handle.update(self)
 
     def write(self, label: str, text: str) -> None:
         with self._lock:
             self._texts[label] = (self._texts.get(label, "") + text)[-OUTPUT_LIMIT:]
-        self._handle.update(self)
+            texts = dict(self._texts)
+        if self._panes is None:
+            self._handle.update(self)
+            return
+        import ipywidgets
+
+        labels = list(texts)
+        panes = list(self._panes.children)
+        with self._panes.hold_sync():
+            if len(panes) < len(labels):
+                self._panes.children = panes + [ipywidgets.HTML() for _ in labels[len(panes):]]
+            self._panes.children[labels.index(label)].value = pre(texts[label])
+            self._panes.titles = tuple(section_title(name, texts[name]) for name in labels)
+            self._panes.layout.display = ""
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, str]:
         with self._lock:
             texts = dict(self._texts)
-        return {"text/plain": plain_text(texts), "text/html": html_text(texts)}
+        bundle = dict(self._panes._repr_mimebundle_(**kwargs) or {}) if self._panes is not None else {}
+        return {**bundle, "text/plain": plain_text(texts), "text/html": html_text(texts)}
+
+
+def pre(text: str) -> str:
+    return f'<pre style="margin:0">{html.escape(text)}</pre>'
+
+
+def section_title(label: str, text: str) -> str:
+    lines = len(text.splitlines())
+    return f"{label or 'output'} · {lines} line{'s' if lines != 1 else ''}"
 
 
 def plain_text(texts: dict[str, str]) -> str:
@@ -103,13 +164,10 @@ def plain_text(texts: dict[str, str]) -> str:
 
 
 def html_text(texts: dict[str, str]) -> str:
-    def pre(text: str) -> str:
-        return f'<pre style="margin:0">{html.escape(text)}</pre>'
-
     if list(texts) == [""]:
         return pre(texts[""])
-    return "".join(f"<details><summary>{html.escape(label or 'output')} · {len(text.splitlines())} lines</summary>"
-                   f"{pre(text)}</details>" for label, text in texts.items())
+    return "".join(f"<details><summary>{html.escape(section_title(label, text))}</summary>{pre(text)}</details>"
+                   for label, text in texts.items())
 
 
 _cell_sinks: dict[int, CellSink] = {}
@@ -123,8 +181,10 @@ def submitters_sink() -> Sink:
         return _terminal
     cell = shell.execution_count
     if cell not in _cell_sinks:
+        from core4nb.widgets.api import widgets_available
+
         _cell_sinks.clear()  # an earlier cell's display lives on in the poller's JobOutputs only
-        _cell_sinks[cell] = CellSink()
+        _cell_sinks[cell] = CellSink(widgets_available())
     return _cell_sinks[cell]
 
 

@@ -104,7 +104,8 @@ class Poller:
         with self._lock:
             for future in futures:
                 self._tracked.setdefault(future.job_id, []).append(future)
-                self._printed.setdefault(future.job_id, JobOutput(sink))
+                if future.job_id not in self._printed:
+                    self._printed[future.job_id] = JobOutput(sink)
         self._wake.set()
 
     def pending(self) -> list[Core4Future]:
@@ -171,7 +172,7 @@ class Poller:
                     self._tracked[job_id] = futures
                 else:
                     del self._tracked[job_id]
-                    self._printed.pop(job_id, None)
+                    self._forget_output(job_id)
             return list(self._tracked)
 
     def _complete(self, ids: list[str]) -> int:
@@ -216,7 +217,7 @@ class Poller:
         for job_id in set(ids) - seen:  # removed from the queue (`core4nb remove`): it will never finish
             with self._lock:
                 futures = self._tracked.pop(job_id, [])
-                self._printed.pop(job_id, None)
+                self._forget_output(job_id)
             for future in futures:
                 self._settle(future, None, JobNotFound(
                     f"job {job_id} was removed from queue {redact_url(self.store.url)} before it finished"))
@@ -227,11 +228,21 @@ class Poller:
         settled, nothing of it is shown again)."""
         with self._lock:
             shown = self._printed.pop(job_id, None) if final else self._printed.get(job_id)
-        if shown is not None and futures:
-            try:
+        if shown is None:
+            return
+        try:
+            if futures:
                 shown.see(printed, futures[0].label)
-            except Exception as exc:  # a closed notebook display must not stop the futures' completion
-                log.warning("cannot show the output of job %s: %s: %s", job_id, type(exc).__name__, exc)
+            if final:
+                shown.close()
+        except Exception as exc:  # a closed notebook display must not stop the futures' completion
+            log.warning("cannot show the output of job %s: %s: %s", job_id, type(exc).__name__, exc)
+
+    def _forget_output(self, job_id: str) -> None:
+        """The job will be shown no more (cancelled, removed, failed here); the caller holds the lock."""
+        shown = self._printed.pop(job_id, None)
+        if shown is not None:
+            shown.close()
 
     def _check_local(self) -> None:
         """A crashed local node is restarted; one that cannot start fails the waiting futures."""
@@ -249,7 +260,8 @@ class Poller:
         with self._lock:
             futures = [f for fs in self._tracked.values() for f in fs]
             self._tracked.clear()
-            self._printed.clear()
+            for job_id in list(self._printed):
+                self._forget_output(job_id)
         for future in futures:
             self._settle(future, None, error_for(future))
 
