@@ -464,3 +464,24 @@ def test_real_worker_tree_failure(sqlite_url):
     assert 'in fail\n    raise ValueError(message)' in failures  # the remote traceback, behind <details>
     assert "ChildFailed" in failures  # the root failed because of its child
     assert repr(panel).endswith("ValueError: chunk 2 is bad")  # the root cause, not the root's ChildFailed
+
+
+def test_live_output_shows_what_is_new_once_even_when_the_stored_tail_was_cut():
+    from core4nb.executor.liveoutput import TerminalSink, new_text
+
+    assert new_text("", "a\n") == "a\n"
+    assert new_text("a\n", "a\nb\n") == "b\n"
+    assert new_text("a\nb\n", "a\nb\n") == ""
+    printed = "".join(f"line {i}\n" for i in range(20000))  # more than the 64 KiB the store keeps
+    shown, later = printed[-65536:], (printed + "one more\n")[-65536:]  # the tail, before and after a line
+    assert new_text(shown, later) == "one more\n"
+    assert new_text("old trial\n", "new trial\n") == "new trial\n"  # a retry prints afresh
+    stream = io.StringIO()
+    sink = TerminalSink(stream)
+    sink.write("chunk 1/2", "half a ")
+    sink.write("chunk 2/2", "b\n")
+    sink.write("chunk 1/2", "line\nnext\n")
+    sink.write("chunk 1/2", "no newline at the end")
+    assert stream.getvalue() == "[chunk 2/2] b\n[chunk 1/2] half a line\n[chunk 1/2] next\n"
+    sink.closed("chunk 1/2")  # its job is done: the last line is not held back
+    assert stream.getvalue().endswith("[chunk 1/2] next\n[chunk 1/2] no newline at the end\n")

@@ -43,7 +43,7 @@ class Sink(Protocol):
 
     def write(self, label: str, text: str) -> None: ...
 
-    def closed(self) -> None: ...  # one of them is done
+    def closed(self, label: str) -> None: ...  # one of them is done
 
 
 class JobOutput:
@@ -52,17 +52,17 @@ class JobOutput:
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
-        self._shown = ""
+        self._shown = self._label = ""
         sink.opened()
 
     def see(self, stored: str, label: str) -> None:
         text = new_text(self._shown, stored)
-        self._shown = stored
+        self._shown, self._label = stored, label
         if text:
             self.sink.write(label, text)
 
     def close(self) -> None:
-        self.sink.closed()
+        self.sink.closed(self._label)
 
 
 class TerminalSink:
@@ -76,8 +76,11 @@ class TerminalSink:
     def opened(self) -> None:
         pass
 
-    def closed(self) -> None:
-        pass
+    def closed(self, label: str) -> None:
+        with self._lock:
+            rest = self._partial.pop(label, "")
+        if rest:  # the job ended without a newline
+            self.write(label, rest + "\n")
 
     def write(self, label: str, text: str) -> None:
         stream = self.stream or sys.stdout
@@ -117,7 +120,7 @@ class CellSink:
         with self._lock:
             self._open_jobs += 1
 
-    def closed(self) -> None:
+    def closed(self, label: str) -> None:
         with self._lock:
             self._open_jobs -= 1
             last = self._open_jobs == 0 and bool(self._texts)
