@@ -39,7 +39,7 @@ def new_text(shown: str, stored: str) -> str:
 
 
 class Sink(Protocol):
-    def opened(self) -> None: ...  # a job that may print is shown here
+    def opened(self) -> None: ...  # a job printed its first line here
 
     def write(self, label: str, text: str) -> None: ...
 
@@ -53,16 +53,20 @@ class JobOutput:
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
         self._shown = self._label = ""
-        sink.opened()
+        self._printed = False
 
     def see(self, stored: str, label: str) -> None:
         text = new_text(self._shown, stored)
         self._shown, self._label = stored, label
         if text:
+            if not self._printed:
+                self._printed = True
+                self.sink.opened()
             self.sink.write(label, text)
 
     def close(self) -> None:
-        self.sink.closed(self._label)
+        if self._printed:
+            self.sink.closed(self._label)
 
 
 class TerminalSink:
@@ -99,8 +103,9 @@ class CellSink:
 
     With ipywidgets, an accordion with a pane per chunk whose texts change in place (a pane the
     user opened stays open); else HTML with a ``<details>`` per chunk, redrawn on each batch.
-    When the last of its jobs is done the display is updated once more, so that its text/plain and
-    text/html (what a saved notebook shows where widgets do not render) hold everything printed.
+    Whenever the last of its jobs that printed is done the display is updated once more, so that its
+    text/plain and text/html (what a saved notebook shows where widgets do not render) hold everything
+    printed.
     """
 
     def __init__(self, widgets: bool) -> None:
@@ -114,7 +119,9 @@ class CellSink:
             import ipywidgets
 
             self._panes = ipywidgets.Accordion(layout=ipywidgets.Layout(display="none"))
-        self._handle = display(self, display_id=True)
+        # Shown now, in the cell that submits (a display made later lands in no cell), but empty: a cell
+        # whose jobs print nothing gets no output worth saving.
+        self._handle = display({}, raw=True, display_id=True)
 
     def opened(self) -> None:
         with self._lock:
@@ -138,12 +145,15 @@ class CellSink:
 
         labels = list(texts)
         panes = list(self._panes.children)
+        first = not panes
         with self._panes.hold_sync():
             if len(panes) < len(labels):
                 self._panes.children = panes + [ipywidgets.HTML() for _ in labels[len(panes):]]
             self._panes.children[labels.index(label)].value = pre(texts[label])
             self._panes.titles = tuple(section_title(name, texts[name]) for name in labels)
             self._panes.layout.display = ""
+        if first:  # the empty display becomes the panes; from now on only their texts change
+            self._handle.update(self)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, str]:
         with self._lock:
