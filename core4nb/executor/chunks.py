@@ -50,19 +50,22 @@ class ChunkError(Core4Error):
         remote_traceback: the original exception's formatted traceback.
     """
 
-    def __init__(self, index: int, values: list, error: BaseException, remote_traceback: str) -> None:
-        super().__init__(f"element {index} of the chunk raised {type(error).__qualname__}: {error}")
+    def __init__(self, index: int, values: list, error: BaseException, remote_traceback: str,
+                 where: str = "") -> None:
+        super().__init__(f"{where or 'the chunk'} raised {type(error).__qualname__}: {error}")
         self.index = index
         self.values = values
         self.error = error
         self.remote_traceback = remote_traceback
+        self.where = where
 
     def __reduce__(self) -> tuple:  # Exception pickles only args; the parts matter here
-        return ChunkError, (self.index, self.values, self.error, self.remote_traceback)
+        return ChunkError, (self.index, self.values, self.error, self.remote_traceback, self.where)
 
 
-def run_chunk(fn: Callable, items: list, star: bool) -> list:
-    """Apply ``fn`` to each item (``fn(*item)`` when ``star``); runs in a worker child."""
+def run_chunk(fn: Callable, items: list, star: bool, label: str = "", first: int = 0) -> list:
+    """Apply ``fn`` to each item (``fn(*item)`` when ``star``); runs in a worker child.
+    ``label`` (``chunk 5/10``) and ``first`` (the map's index of ``items[0]``) name the item that raised."""
     values: list = []
     append = values.append
     try:
@@ -74,7 +77,8 @@ def run_chunk(fn: Callable, items: list, star: bool) -> list:
                 append(fn(item))
     except Exception as exc:
         tb = user_traceback(exc)
-        raise ChunkError(len(values), values, _transportable(exc, tb), tb) from None
+        where = label if len(items) == 1 else f"{label or 'the chunk'}, item {first + len(values)}"
+        raise ChunkError(len(values), values, _transportable(exc, tb), tb, where) from None
     return values
 
 
@@ -91,6 +95,11 @@ def raise_remote(error: BaseException) -> NoReturn:
     """Raise a chunk's exception where the user waits: IPython always shows the raising frame, so it is this one."""
     __tracebackhide__ = True
     raise error  # the job's own exception, raised in the worker (its traceback is the cause above)
+
+
+def chunk_label(number: int, total: int | None) -> str:
+    """``chunk 5/10``; ``chunk 5`` while the map's length is not known yet."""
+    return f"chunk {number}/{total}" if total else f"chunk {number}"
 
 
 def failure_note(label: str, span: tuple[int, int], index: int, error: BaseException, name: str | None) -> str:

@@ -22,6 +22,7 @@ from core4nb.executor.chunks import (
     MapRoot,
     OrderedIds,
     auto_chunksize,
+    chunk_label,
     failure_note,
     first_unpicklable,
     fixed_chunks,
@@ -58,11 +59,13 @@ class _MapRun:
         self.spans: list[tuple[int, int]] = []  # the items of each chunk (for an error naming the item)
         self.chunk_names: list[str] | None = None  # what each chunk is, in its user's words (``numbers[0:8]``)
 
-    def chunk_job(self, chunk: list, memo: DigestMemo) -> Job:
+    def chunk_job(self, chunk: list, memo: DigestMemo, total: int | None) -> Job:
         self.runtime.check_open()  # before pickling, as ProcessPoolExecutor.submit does
+        label = chunk_label(self.submitted + 1, total)
         try:
-            job = make_job(run_chunk, (self.fn, chunk, self.star), name=self.name, parent=self.root_stub,
-                           key=self.runtime.key, job_id=self.ids.next(), memo=memo, **self.options)
+            job = make_job(run_chunk, (self.fn, chunk, self.star, label, self.offset), name=self.name,
+                           parent=self.root_stub, key=self.runtime.key, job_id=self.ids.next(), memo=memo,
+                           **self.options)
         except PayloadError:
             raise self._diagnose(chunk) from None
         self.spans.append((self.offset, self.offset + len(chunk)))
@@ -95,7 +98,7 @@ class _MapRun:
         size, inserted = 0, False
         try:
             for chunk in chunks:
-                job = self.chunk_job(chunk, memo)
+                job = self.chunk_job(chunk, memo, total)
                 group.append(job)
                 size += sum(data.nbytes for data in job.blobs.values())
                 if size >= STREAM_BYTES:
@@ -112,7 +115,7 @@ class _MapRun:
             futures = self.runtime.insert_and_track(jobs, jobs)
             chunks = [f for f in futures if f.job_id != self.root_id]
             for number, future in enumerate(chunks, self.submitted - len(chunks) + 1):  # how its lines are labelled
-                future.label = f"chunk {number}/{total}" if total else f"chunk {number}"
+                future.label = chunk_label(number, total)
             self.futures.extend(chunks)
 
 
