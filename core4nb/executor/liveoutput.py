@@ -5,11 +5,12 @@ The workers append what a running job prints to its ``output`` in the store
 hands each job's stored tail to that job's :class:`JobOutput`, which shows only
 what is new. Where it is shown is decided once, in the thread that submitted:
 
-- in a Jupyter kernel, one display per cell (``display_id``) that the poller
-  updates in place: the text lands in the cell that submitted the jobs however
-  many cells ran since, as ipyparallel's ``%%px`` output does; its HTML has a
-  collapsible section per chunk, its text/plain (what a saved notebook shows
-  where HTML does not render) ``[chunk 5/64]``-prefixed lines;
+- in a Jupyter kernel, one display per cell (``display_id``), made while the
+  cell runs and updated in place: the text lands in the cell that submitted the
+  jobs however many cells ran since, as ipyparallel's ``%%px`` output does. It
+  is a collapsible pane per chunk (ipywidgets; else HTML ``<details>``); its
+  text/plain (what a saved notebook shows where HTML does not render) is
+  ``[chunk 5/64]``-prefixed lines;
 - elsewhere (a terminal IPython, a script), lines written to ``sys.stdout`` as
   they come, prefixed with the chunk (as Ray prefixes its workers' lines).
 """
@@ -29,7 +30,9 @@ OVERLAP = 256
 
 
 def new_text(shown: str, stored: str) -> str:
-    """The part of ``stored`` (a job's output tail now) that is not in ``shown`` (its tail before)."""
+    """The part of ``stored`` (a job's output tail now) that is not in ``shown`` (its tail before).
+    Past the 64 KiB limit the tails are matched on the last :data:`OVERLAP` characters shown: text
+    that repeats itself exactly may then show a stretch twice, never lose one."""
     if stored.startswith(shown):
         return stored[len(shown):]
     at = stored.find(shown[-OVERLAP:]) if shown else -1
