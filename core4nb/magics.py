@@ -217,16 +217,15 @@ class Core4Magics(Magics):
             return None
         try:
             ns[args.out] = run.result()
-        except Exception as exc:
-            _show_remote_only(exc)
-            raise
         except KeyboardInterrupt:
             run.kill()
-            snapshot = _settle(panel)
-            counts = snapshot.counts if snapshot is not None else {}
+            counts = getattr(_settle(panel), "counts", {})  # once the kills landed: the table's counts
             raise Interrupted(counts.get(State.COMPLETE, 0), counts.get(State.KILLED, 0), run.job_id) from None
-        finally:
+        except Exception as exc:
+            _show_remote_only(exc)
             _settle(panel)
+            raise
+        _settle(panel)
         return None
 
     def _lookup_reduce(self, name: str | None):
