@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import builtins
 import itertools
+import linecache
 import math
 import statistics
 import types
@@ -25,21 +26,23 @@ from core4nb.job import Job
 CHUNK_BYTES = 64 * 2**20
 #: A chunk shorter than this is mostly overhead; joblib's auto batching aims for batches at least this long.
 MIN_CHUNK_SECONDS = 0.2
+#: The file name of a cell's code in tracebacks (its lines are put in ``linecache`` under it).
+CELL_FILE = "<core4 cell>"
 
 
 class CellRunner:
     """Run a cell body with ``name`` bound to a chunk; return its last expression's value."""
 
     def __init__(self, source: str, name: str, user_ns: dict[str, Any]) -> None:
-        tree = ast.parse(source, filename="<core4 cell>", mode="exec")
+        tree = ast.parse(source, filename=CELL_FILE, mode="exec")
         last = tree.body[-1] if tree.body else None
         self.source = source
         self.name = name
         # The job name (and the panel's title) of every chunk: "cell_over_numbers".
         self.__qualname__ = f"cell_over_{name}"
         self.body = compile(ast.Module(tree.body[:-1] if isinstance(last, ast.Expr) else tree.body, []),
-                            "<core4 cell>", "exec")
-        self.last = compile(ast.Expression(last.value), "<core4 cell>", "eval") if isinstance(last, ast.Expr) else None
+                            CELL_FILE, "exec")
+        self.last = compile(ast.Expression(last.value), CELL_FILE, "eval") if isinstance(last, ast.Expr) else None
         self.globals = {n: user_ns[n] for n in _names_used(tree) if n in user_ns and n != name
                         and not n.startswith("_") and not isinstance(user_ns[n], types.ModuleType | None)}
         self.modules = {n: user_ns[n].__name__ for n in _names_used(tree)
@@ -48,6 +51,8 @@ class CellRunner:
     def __call__(self, chunk: Any) -> Any:
         import importlib
 
+        # The cell's lines for a traceback of its code (the notebook's own cache is not in this process).
+        linecache.cache[CELL_FILE] = (len(self.source), None, self.source.splitlines(True), CELL_FILE)
         namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
         namespace.update({alias: importlib.import_module(module) for alias, module in self.modules.items()})
         namespace.update(self.globals)
@@ -87,6 +92,17 @@ def split(data: Any, chunks: int) -> list[Any]:
                         f"(range, list, numpy array, pandas DataFrame/Series…)")
     items = list(data)
     return [items[lo:hi] for lo, hi in _bounds(len(items), chunks)]
+
+
+def chunk_names(name: str, chunks: list[Any]) -> list[str]:
+    """``numbers[0:8]``, ``numbers[8:16]``, … for the pieces :func:`split` made of ``name``
+    (``df.iloc[0:8]`` for pandas rows)."""
+    names, lo = [], 0
+    for piece in chunks:
+        hi = lo + len(piece)
+        names.append(f"{name}{'.iloc' if hasattr(piece, 'iloc') else ''}[{lo}:{hi}]")
+        lo = hi
+    return names
 
 
 def _bounds(size: int, chunks: int) -> list[tuple[int, int]]:

@@ -7,11 +7,13 @@ session's :class:`~core4nb.Core4Executor`: one job tree, one progress panel.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import inspect
 import shlex
 import sys
+import time
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -19,10 +21,11 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from core4nb import report
-from core4nb.cells import CellRunner, chunk_advice, default_chunks, split
+from core4nb.cells import CellRunner, chunk_advice, chunk_names, default_chunks, split
 from core4nb.errors import Core4Error
 from core4nb.executor import Core4Executor
-from core4nb.queue import Queue
+from core4nb.job import State
+from core4nb.queue import Queue, RemoteTraceback
 from core4nb.store import redact_url
 
 DEFAULT_OUT = "_core4"
@@ -30,6 +33,19 @@ LINE_USAGE = {"status": "status", "runs": "runs", "jobs": "jobs [STATE]", "attac
               "connect": "connect URL"}
 RUNS_SHOWN = 20
 LINE_COMMANDS = tuple(LINE_USAGE)
+#: After the values are in (or Ctrl-C), how long a cell waits for its tree's root to finish (it completes
+#: within its defer time of the last chunk) and killed chunks to stop, so the counts it shows are final.
+SETTLE_PATIENCE = 5.0
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a ``%%core4`` cell: its tree is killed. IPython shows the one line, no frames."""
+
+    def __init__(self, done: int, killed: int, job_id: str) -> None:
+        super().__init__(f"interrupted: {done} done, {killed} killed (job tree {job_id})")
+
+    def _render_traceback_(self) -> list[str]:  # what IPython shows instead of a traceback (as ipyparallel does)
+        return [str(self)]
 
 
 class CellRun:
@@ -49,14 +65,10 @@ class CellRun:
 
     def result(self) -> Any:
         """Wait for every chunk; the values in chunk order (reduced if ``--reduce`` was given).
-        What the chunks printed is printed here, in chunk order, as if the cell had run locally."""
+        What the chunks print shows while they run, labelled per chunk, in the cell that ran them."""
+        __tracebackhide__ = True  # IPython shows the user's line and the remote error, not this frame
         if not self._done:
-            try:
-                values = list(self._results)
-            finally:  # a failing chunk's output (and that of the chunks before it) helps most
-                printed = "".join(self._results.outputs)
-                if printed:
-                    print(printed, end="" if printed.endswith("\n") else "\n")
+            values = list(self._results)
             self._value, self._done = (self._reduce(values) if self._reduce else values), True
         return self._value
 
@@ -66,6 +78,31 @@ class CellRun:
 
     def __repr__(self) -> str:
         return f"<core4 cell run {self.job_id}: call .result() for the values, .kill() to stop>"
+
+
+def _show_remote_only(exc: BaseException) -> None:
+    """A chunk's exception, raised as its own type, shows in IPython as which chunk raised and the
+    worker's traceback of the cell's code: the notebook side's frames are all core4nb's."""
+    cause = exc.__cause__
+    if isinstance(cause, RemoteTraceback):
+        lines = [*getattr(exc, "__notes__", ()), cause.tb.rstrip("\n")]
+        with contextlib.suppress(AttributeError, TypeError):  # an exception type without a __dict__
+            exc._render_traceback_ = lambda: lines
+
+
+def _settle(panel, patience: float = SETTLE_PATIENCE):
+    """Wait (briefly) for the cell's tree to be final, so the panel and its saved fallback show how it
+    ended; returns the last snapshot."""
+    if panel is None:
+        return None
+    deadline = time.monotonic() + patience
+    snapshot = panel.refresh()
+    while snapshot is not None and not snapshot.is_final and time.monotonic() < deadline:
+        time.sleep(0.05)
+        snapshot = panel.refresh()
+    if hasattr(panel, "publish"):
+        panel.publish()
+    return snapshot
 
 
 def _cell_arguments(func):
@@ -137,6 +174,7 @@ class Core4Magics(Magics):
 
         Line: ``%core4 status`` | ``runs`` | ``jobs [STATE]`` | ``attach ID`` | ``kill ID`` | ``connect URL``.
         """
+        __tracebackhide__ = True
         if cell is None:
             return self._line(line)
         try:
@@ -150,6 +188,7 @@ class Core4Magics(Magics):
 
     # -- the cell magic -------------------------------------------------------------------------
     def _cell(self, args, cell: str) -> Any:
+        __tracebackhide__ = True
         ns = self.shell.user_ns
         if not args.over:
             raise UsageError("%%core4 needs --over NAME: the notebook iterable to split into chunks")
@@ -171,6 +210,7 @@ class Core4Magics(Magics):
         slots = executor._runtime.slots()
         chunks = split(ns[args.over], args.chunks or default_chunks(ns[args.over], slots))
         results = executor.options(**options).map(runner, chunks, chunksize=1)
+        results.name_chunks(chunk_names(args.over, chunks))
         from core4nb.widgets import progress
 
         panel = progress(results, url=executor.url, unit="chunks") if results.job_id else None
@@ -182,9 +222,14 @@ class Core4Magics(Magics):
         try:
             ns[args.out] = run.result()
         except KeyboardInterrupt:
-            killed = run.kill()
-            print(f"interrupted: killed the cell's job tree {run.job_id} ({killed} jobs)")
+            run.kill()
+            counts = getattr(_settle(panel), "counts", {})  # once the kills landed: the table's counts
+            raise Interrupted(counts.get(State.COMPLETE, 0), counts.get(State.KILLED, 0), run.job_id) from None
+        except Exception as exc:
+            _show_remote_only(exc)
+            _settle(panel)
             raise
+        _settle(panel)
         self._advise(run, cell, slots)
         return None
 

@@ -131,6 +131,12 @@ class JobHandle:
         """The last progress snapshot the poller saw (no I/O)."""
         return self.future.progress
 
+    @property
+    def output(self) -> str:
+        """What the job printed (its last trial's last 64 KiB) once it is done; while it runs, its
+        lines show where it was enqueued (the notebook cell, or stdout)."""
+        return self.future.output
+
     def panel(self, **options: Any) -> Any:
         """A live progress view of the job's tree (``core4nb.progress``: a widget in Jupyter, text elsewhere).
 

@@ -4,7 +4,9 @@ Runs every cell of ``notebooks/01_quickstart.ipynb`` (a fresh copy, without its
 saved outputs and widget state) and checks what the ``%%core4 --chunks 64``
 cell's live panel finally draws: a full green bar, 64 of 64 chunks complete in
 its label and counts table, and the next cell's printed result. A screenshot of
-the finished panel goes to ``artifacts/browser/quickstart.png``.
+the finished panel goes to ``artifacts/browser/quickstart.png``. Then a cell added
+at the end prints while its chunks wait: its lines show, one collapsible pane
+per chunk, before the chunks finish (``live-output.png``, ``live-output-done.png``).
 
 Never ``playwright install``: the test drives ``/usr/bin/chromium`` (``.ci/run``
 installs it with apt) and is skipped only when that is missing.
@@ -128,6 +130,49 @@ def _on_failure(page: Page, lab: LabServer) -> str:
     return f"cell errors: {errors}; screenshot {ARTIFACTS / 'quickstart-failure.png'}; lab.log tail:\n{log}"
 
 
+# A cell added at the end of the notebook and run: what its chunks print while they wait for RELEASE.
+LIVE_CELL = """%%core4 --chunks 4 --over bounds --out live
+import os, time
+print('first bound', bounds[0], flush=True)
+while not os.path.exists({release!r}):
+    time.sleep(0.05)
+print('released', bounds[0])
+len(bounds)"""
+ADD_AND_RUN = """source => {
+    const nb = window.jupyterapp.shell.currentWidget.content;
+    nb.model.sharedModel.insertCell(nb.model.cells.length, {cell_type: 'code', source});
+    nb.activeCellIndex = nb.model.cells.length - 1;
+    window.jupyterapp.commands.execute('notebook:run-cell');
+}"""
+
+
+def _check_live_output(page: Page, lab: LabServer) -> None:
+    """A running cell shows its chunks' lines, a collapsible pane per chunk, before they finish; a pane
+    the user opened stays open as lines arrive."""
+    release = lab.workdir / "release"
+    page.evaluate(ADD_AND_RUN, LIVE_CELL.format(release=str(release)))
+    cell = page.locator(".jp-CodeCell", has_text="--chunks 4 --over bounds --out live")
+    header = ".jupyter-widget-Collapse-header"
+    for chunk in (1, 2):  # the two running on the machine's two slots; chunks 3 and 4 wait for a slot
+        cell.locator(header, has_text=f"chunk {chunk}/4 · 1 line").wait_for(timeout=90_000)
+    assert cell.locator(".widget-hprogress .progress-bar-info").count() == 1  # still running: the lines came live
+    cell.locator(header, has_text="chunk 2/4").click()
+    opened = cell.locator(".jupyter-widget-Collapse-open pre")
+    opened.wait_for(timeout=10_000)
+    assert opened.inner_text().strip() == "first bound (250001, 265626)"  # chunk 2 starts at bounds[16]
+    cell.evaluate("e => e.scrollIntoView({block: 'center'})")
+    page.wait_for_timeout(300)
+    page.screenshot(path=ARTIFACTS / "live-output.png")
+    release.touch()
+    cell.locator(".widget-hprogress .progress-bar-success").wait_for(timeout=60_000)
+    for chunk in range(1, 5):
+        cell.locator(header, has_text=f"chunk {chunk}/4 · 2 lines").wait_for(timeout=30_000)
+    # The pane opened while running stayed open, and holds the lines that came since.
+    assert opened.inner_text().strip() == "first bound (250001, 265626)\nreleased (250001, 265626)"
+    page.wait_for_timeout(300)
+    page.screenshot(path=ARTIFACTS / "live-output-done.png")
+
+
 def test_quickstart_panel_in_jupyterlab(lab: LabServer) -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -169,6 +214,10 @@ def test_quickstart_panel_in_jupyterlab(lab: LabServer) -> None:
             page.wait_for_timeout(300)  # let Lab's windowed notebook render what came into view
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=ARTIFACTS / "quickstart.png")
+            try:
+                _check_live_output(page, lab)
+            except Exception as exc:
+                raise AssertionError(f"{exc}\n{_on_failure(page, lab)}") from exc
         finally:
             browser.close()
 

@@ -281,7 +281,7 @@ def test_scikit_learn_on_two_mongo_nodes_matches_loky_and_each_node_fetches_x_on
 def test_one_tree_per_call_and_a_panel_shows_it(ex, monkeypatch):
     shown = []
     monkeypatch.setattr("core4nb.widgets.api.widgets_available", lambda: True)  # as in a Jupyter kernel
-    monkeypatch.setattr("IPython.display.display", shown.append)
+    monkeypatch.setattr("IPython.display.display", lambda obj, **options: shown.append(obj))  # display_id=True
     with joblib.parallel_config(backend="core4nb"):
         Parallel(n_jobs=2, batch_size=2)(delayed(square)(i) for i in range(8))
     call = core4nb.joblib.last_call()

@@ -173,13 +173,51 @@ def test_unload_stops_local_workers(shell):
     shell.run_line_magic("load_ext", "core4nb")  # the fixture unloads again
 
 
-def test_what_the_chunks_print_is_printed_in_chunk_order(shell, capsys):
+def test_what_the_chunks_print_is_printed_once_labelled_with_its_chunk(shell, capsys):
     shell.run_cell("words = ['alpha', 'beta', 'gamma']")
     capsys.readouterr()
     cell(shell, "--chunks 3 --over words --out lengths", "print('chunk', words[0])\nlen(words[0])")
     assert shell.user_ns["lengths"] == [5, 4, 5]
-    printed = capsys.readouterr().out  # after the (headless) panel's text line
-    assert printed.endswith("\nchunk alpha\nchunk beta\nchunk gamma\n") and printed.count("chunk ") == 3
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]  # not the panel's
+    assert sorted(printed) == ["[chunk 1/3] chunk alpha", "[chunk 2/3] chunk beta", "[chunk 3/3] chunk gamma"]
+
+
+def test_output_streams_while_the_chunks_run(shell, capsys, tmp_path):
+    """Lines show while their chunk still runs, in order per chunk, stdout and stderr alike, never twice."""
+    release = tmp_path / "release"
+    shell.run_cell(f"import os, sys, time\nRELEASE = {str(release)!r}\nparts = ['a', 'b']")
+    capsys.readouterr()
+    body = ("print('before', parts[0], flush=True)\nprint('warn', parts[0], file=sys.stderr)\n"
+            "while not os.path.exists(RELEASE):\n    time.sleep(0.05)\nprint('after', parts[0])\nparts[0]")
+    cell(shell, "--chunks 2 --over parts --out got --no-wait", body)
+    seen: list[str] = []
+
+    def printed(*lines: str) -> bool:
+        seen.extend(capsys.readouterr().out.splitlines())
+        return all(line in seen for line in lines)
+
+    wait_for(lambda: printed("[chunk 1/2] before a", "[chunk 1/2] warn a", "[chunk 2/2] before b",
+                             "[chunk 2/2] warn b"), timeout=60, what="the chunks' first lines while they run")
+    assert not any("after" in line for line in seen)  # the chunks are still waiting
+    release.touch()
+    assert shell.user_ns["got"].result() == ["a", "b"]
+    wait_for(lambda: printed("[chunk 1/2] after a", "[chunk 2/2] after b"), timeout=30, what="the last lines")
+    for chunk, part in ((1, "a"), (2, "b")):
+        mine = [line for line in seen if line.startswith(f"[chunk {chunk}/2]")]
+        assert mine == [f"[chunk {chunk}/2] before {part}", f"[chunk {chunk}/2] warn {part}",
+                        f"[chunk {chunk}/2] after {part}"]
+
+
+def test_the_local_node_never_writes_to_the_notebooks_streams(shell, capfd, tmp_path):
+    """What bypasses a job's capture (a write to file descriptor 2) goes to the node's log, not a cell."""
+    shell.run_cell("import os\nmarks = [1]")
+    capfd.readouterr()
+    cell(shell, "--chunks 1 --over marks --out done", "os.write(2, b'fd-level line\\n')\nmarks[0]")
+    assert shell.user_ns["done"] == [1]
+    out, err = capfd.readouterr()
+    assert "fd-level" not in out + err
+    log = tmp_path / "home" / "local-nodes.log"
+    wait_for(lambda: "fd-level line" in log.read_text(), what="the line in the node's log")
 
 
 def test_a_large_global_is_stored_once_for_every_chunk(shell, tmp_path):
@@ -209,3 +247,111 @@ def test_line_magic_runs_lists_the_cells_tree(shell, capsys):
     assert header.split() == ["ROOT", "NAME", "AGE", "JOBS", "FIRST", "ERROR"]
     assert row.split()[:2] == [run_id, "map:cell_over_numbers"]
     assert row.split()[3:] == ["complete", "4"]
+
+
+# -- in a real Jupyter kernel (nbclient), as a saved notebook records it ---------------------------------------
+
+def run_notebook(tmp_path, monkeypatch, *sources: str):
+    """Execute a notebook of these code cells in a real kernel; return its cells as saved."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("CORE4NB_HOME", str(tmp_path / "home"))
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src) for src in sources])
+    client = NotebookClient(nb, timeout=180, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    path = tmp_path / "saved.ipynb"
+    nbformat.write(nb, path)
+    return nbformat.read(path, as_version=4).cells
+
+
+def texts(cell_, kind: str = "text/plain") -> list[str]:
+    return [o.get("text", "") if o.output_type == "stream" else o.get("data", {}).get(kind, "")
+            for o in cell_.outputs]
+
+
+def test_in_a_kernel_output_lands_in_the_submitting_cell_and_the_saved_notebook_tells_the_end(tmp_path, monkeypatch):
+    release = tmp_path / "release"
+    cells = run_notebook(
+        tmp_path, monkeypatch,
+        f"%load_ext core4nb\nimport os, sys, time\nRELEASE = {str(release)!r}\nparts = ['a', 'b']",
+        "%%core4 --over parts --chunks 2 --out run --no-wait\nprint('before', parts[0], flush=True)\n"
+        "print('warn', parts[0], file=sys.stderr)\nwhile not os.path.exists(RELEASE):\n    time.sleep(0.05)\n"
+        "print('after', parts[0])\nparts[0]",
+        # An unrelated cell running while the chunks print: none of their lines may land here.
+        "from core4nb import Queue\nwith Queue() as q:\n"
+        "    chunks = [j.id for j in q.store.find(parent_id=run.job_id)]\n"
+        "    while 'before' not in ''.join(q.store.outputs(chunks).values()):\n"
+        "        time.sleep(0.05)\ntime.sleep(1.5)\nopen(RELEASE, 'w').close()\nrun.result()",
+        "run.panel.wait(60)\nprint('next cell')",
+    )
+    submitting, unrelated, last = cells[1], cells[2], cells[3]
+    assert unrelated.outputs and "'a', 'b'" in texts(unrelated)[-1]  # run.result()
+    assert not any("before" in t or "warn" in t for t in texts(unrelated) + texts(last))
+    assert [o.get("name") for o in unrelated.outputs if o.output_type == "stream"] == []
+    printed = "\n".join(texts(submitting))
+    for chunk, part in ((1, "a"), (2, "b")):
+        mine = [line for line in printed.splitlines() if line.startswith(f"[chunk {chunk}/2]")]
+        assert mine == [f"[chunk {chunk}/2] before {part}", f"[chunk {chunk}/2] warn {part}",
+                        f"[chunk {chunk}/2] after {part}"]
+    html_ = "\n".join(texts(submitting, "text/html"))
+    assert html_.count("<details>") == 2 and "chunk 1/2 · 3 lines" in html_
+    panel = [t for t in texts(submitting) if "cell_over_parts" in t]
+    assert len(panel) == 1 and panel[0].startswith("complete: cell_over_parts [####################] 2/2 chunks")
+
+
+def test_in_a_kernel_ctrl_c_is_one_true_line_and_a_chunk_error_shows_the_users_line(tmp_path, monkeypatch):
+    cells = run_notebook(
+        tmp_path, monkeypatch,
+        "%load_ext core4nb\nimport os, signal, threading, time\nfrom core4nb import Queue, State\n"
+        "numbers = list(range(100))\nslow = list(range(8))",
+        # Jupyter's interrupt is a SIGINT to the kernel: sent once two chunks completed, six never will.
+        "def interrupt_after_two():\n    with Queue() as q:\n"
+        "        while q.counts()[State.COMPLETE] < 2:\n            time.sleep(0.05)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "threading.Thread(target=interrupt_after_two, daemon=True).start()",
+        "%%core4 --over slow --chunks 8 --workers 2\ntime.sleep(0 if slow[0] < 2 else 60)\nslow[0]",
+        "%%core4 --over numbers --chunks 10\nx = 1\ny = 1 / (numbers[0] - 40)\ny",
+    )
+    interrupted, failing = cells[2], cells[3]
+    [error] = [o for o in interrupted.outputs if o.output_type == "error"]
+    assert error.ename == "Interrupted" and len(error.traceback) == 1
+    assert error.traceback[0].startswith("interrupted: 2 done, 6 killed (job tree ")
+    [panel] = [t for t in texts(interrupted) if "cell_over_slow" in t]
+    assert panel.startswith("killed: cell_over_slow [#####---------------] 2/8 chunks  complete 2  killed 6")
+    [html_] = [t for t in texts(interrupted, "text/html") if "core4nb-panel" in t]
+    assert 'data-state="complete" style="padding:0 0.6em;text-align:right">2<' in html_
+    assert 'data-state="killed" style="padding:0 0.6em;text-align:right">6<' in html_
+
+    [error] = [o for o in failing.outputs if o.output_type == "error"]
+    assert error.ename == "ZeroDivisionError" and len(error.traceback) == 2
+    note, remote = error.traceback
+    assert note == "chunk 5/10, numbers[40:50] raised ZeroDivisionError"
+    assert remote.splitlines() == ["Traceback (most recent call last):", '  File "<core4 cell>", line 2, in <module>',
+                                   "    y = 1 / (numbers[0] - 40)", "        ~~^~~~~~~~~~~~~~~~~~~",
+                                   "ZeroDivisionError: division by zero"]
+    [panel] = [t for t in texts(failing) if "cell_over_numbers" in t]
+    assert panel.startswith("failed: cell_over_numbers")
+
+
+def test_in_a_kernel_submit_and_enqueue_stream_to_their_own_cells(tmp_path, monkeypatch):
+    release = tmp_path / "release"
+    cells = run_notebook(
+        tmp_path, monkeypatch,
+        f"import os, sys, time\nfrom core4nb import Core4Executor, enqueue\nRELEASE = {str(release)!r}\n"
+        "def noisy(tag):\n    print(tag, 'starts', flush=True)\n    print(tag, 'warns', file=sys.stderr)\n"
+        "    while not os.path.exists(RELEASE):\n        time.sleep(0.05)\n    print(tag, 'ends')\n    return tag\n"
+        "ex = Core4Executor(workers=2)",
+        "future = ex.submit(noisy, 'submitted')",
+        "handle = enqueue(noisy, 'enqueued')",
+        # Runs while both jobs print: their lines belong to the cells above, once each.
+        "from core4nb import Queue\nwith Queue() as q:\n"
+        "    while ''.join(q.store.outputs([future.job_id, handle.id]).values()).count('warns') < 2:\n"
+        "        time.sleep(0.05)\n"
+        "time.sleep(1.5)\nopen(RELEASE, 'w').close()\nfuture.result(60), handle.result(60), handle.output",
+    )
+    submitted, enqueued, waiting = cells[1], cells[2], cells[3]
+    assert "\n".join(texts(submitted)).splitlines() == ["submitted starts", "submitted warns", "submitted ends"]
+    assert "\n".join(texts(enqueued)).splitlines() == ["enqueued starts", "enqueued warns", "enqueued ends"]
+    assert texts(waiting) == ["('submitted', 'enqueued', 'enqueued starts\\nenqueued warns\\nenqueued ends\\n')"]

@@ -21,7 +21,7 @@ from collections import Counter
 import pytest
 
 from core4nb.errors import ConfigError, IllegalTransition, JobNotFound, StoreUnavailable
-from core4nb.job import Job, JobError, Lease, State
+from core4nb.job import OUTPUT_LIMIT, Job, JobError, Lease, State
 from core4nb.store import Claimant, Store, WorkerInfo, open_store
 
 CLAIMANT = Claimant(worker="w1", node="node-a", pid=4242)
@@ -424,6 +424,22 @@ def test_set_progress_needs_the_lease(store: Store) -> None:
     assert (store.get(job.id).progress_value, store.get(job.id).progress_message) == (None, "unknown total")
     assert not store.set_progress(job.id, "wrong", 0.9, "nope")
     assert store.get(job.id).progress_message == "unknown total"
+
+
+def test_append_output_streams_a_bounded_tail_under_the_lease(store: Store) -> None:
+    store.insert([make(), make()])
+    job, idle = store.claim(CLAIMANT), store.get(store.find(states=[State.PENDING])[0].id)
+    assert store.append_output(job.id, job.lease.token, "old trial\n")
+    assert store.append_output(job.id, job.lease.token, "line 1\n", first=True)  # a new trial starts afresh
+    assert store.append_output(job.id, job.lease.token, "line 2\n")
+    assert store.outputs([job.id, idle.id, "ffffffffffffffffffffffff"]) == {job.id: "line 1\nline 2\n", idle.id: ""}
+    assert not store.append_output(job.id, "wrong", "forged\n")
+    assert not store.append_output(idle.id, "", "not running\n")
+    assert store.append_output(job.id, job.lease.token, "é" * OUTPUT_LIMIT)  # the tail is kept, never more
+    assert store.outputs([job.id])[job.id] == "é" * OUTPUT_LIMIT
+    assert store.finish(job.id, job.lease.token, State.COMPLETE, output="final\n")
+    assert not store.append_output(job.id, job.lease.token, "late\n")  # a finished job's output is final
+    assert store.get(job.id).output == "final\n"
 
 
 def test_reap_expired_lease_fails_job_with_worker_lost(store: Store) -> None:

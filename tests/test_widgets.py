@@ -212,6 +212,17 @@ def test_panel_while_running(store, running_tree):
     assert repr(panel).startswith("running: fan_out [########------------] 4/10 chunks")
 
 
+def test_a_pending_root_of_a_busy_tree_reads_as_the_tree_does(store):
+    root = Job(name="tests.jobfuncs.fan_out", args_summary="n=10")  # a map's root: claimed after its chunks
+    store.insert([root])
+    add_children(store, root, 32)
+    run(store, 24, State.COMPLETE)
+    assert store.get(root.id).state is State.PENDING
+    panel = TreePanel(take_snapshot(store, root.id), unit="chunks")
+    assert "fan_out(n=10)</b> running" in panel.info.value and "pending" not in panel.info.value
+    assert "<b>24</b>/32 chunks" in panel.label.value
+
+
 def test_panel_success(store):
     root = simple_tree(store, 10, complete=7, running=3)
     panel = TreePanel(take_snapshot(store, root.id))
@@ -255,8 +266,9 @@ def test_panel_kill(store, running_tree):
         assert store.finish(job.id, job.lease.token, State.KILLED, error=JobError("Killed", "on request"))
     panel.update(take_snapshot(store, running_tree.id))
     assert panel.snapshot.is_final and panel.bar.bar_style == "danger"
-    assert (panel.bar.value, panel.bar.max) == (10.0, 10.0)
-    assert repr(panel).startswith("killed: fan_out")
+    assert (panel.bar.value, panel.bar.max) == (4.0, 10.0)  # as long as the work done, not the jobs ended
+    assert "<b>4</b>/10 jobs" in panel.label.value
+    assert repr(panel).startswith("killed: fan_out [########------------] 4/10 jobs  complete 4  killed 6")
 
 
 def test_nested_subtrees(store):
@@ -319,7 +331,7 @@ def test_ten_thousand_children_cost_a_few_bounded_calls(store):
     assert len(snap.failures) == MAX_FAILURES and len(snap.running) == MAX_RUNNING
     assert sum(n for _, n in snap.nodes) == MAX_RUNNING and len(snap.nodes) == 4
     panel = TreePanel(snap)
-    assert (panel.bar.value, panel.bar.max, panel.bar.bar_style) == (6030.0, 10000.0, "danger")
+    assert (panel.bar.value, panel.bar.max, panel.bar.bar_style) == (6000.0, 10000.0, "danger")
     assert "(20 of 100)" in panel.failures.value and panel.failures.value.count("<details") == 20
     assert cells(panel.counts.value)["complete"] == 6000
 
@@ -452,3 +464,24 @@ def test_real_worker_tree_failure(sqlite_url):
     assert 'in fail\n    raise ValueError(message)' in failures  # the remote traceback, behind <details>
     assert "ChildFailed" in failures  # the root failed because of its child
     assert repr(panel).endswith("ValueError: chunk 2 is bad")  # the root cause, not the root's ChildFailed
+
+
+def test_live_output_shows_what_is_new_once_even_when_the_stored_tail_was_cut():
+    from core4nb.executor.liveoutput import TerminalSink, new_text
+
+    assert new_text("", "a\n") == "a\n"
+    assert new_text("a\n", "a\nb\n") == "b\n"
+    assert new_text("a\nb\n", "a\nb\n") == ""
+    printed = "".join(f"line {i}\n" for i in range(20000))  # more than the 64 KiB the store keeps
+    shown, later = printed[-65536:], (printed + "one more\n")[-65536:]  # the tail, before and after a line
+    assert new_text(shown, later) == "one more\n"
+    assert new_text("old trial\n", "new trial\n") == "new trial\n"  # a retry prints afresh
+    stream = io.StringIO()
+    sink = TerminalSink(stream)
+    sink.write("chunk 1/2", "half a ")
+    sink.write("chunk 2/2", "b\n")
+    sink.write("chunk 1/2", "line\nnext\n")
+    sink.write("chunk 1/2", "no newline at the end")
+    assert stream.getvalue() == "[chunk 2/2] b\n[chunk 1/2] half a line\n[chunk 1/2] next\n"
+    sink.closed("chunk 1/2")  # its job is done: the last line is not held back
+    assert stream.getvalue().endswith("[chunk 1/2] next\n[chunk 1/2] no newline at the end\n")

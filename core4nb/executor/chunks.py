@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import secrets
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 from core4nb import serialize
 from core4nb.errors import Core4Error, RemoteError
-from core4nb.queue import format_exception
 from core4nb.tree import Core4Job
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 #: Auto chunking aims at this many chunks per worker slot: enough to balance
 #: uneven items across slots, few enough that per-job overhead stays negligible.
@@ -47,19 +50,22 @@ class ChunkError(Core4Error):
         remote_traceback: the original exception's formatted traceback.
     """
 
-    def __init__(self, index: int, values: list, error: BaseException, remote_traceback: str) -> None:
-        super().__init__(f"element {index} of the chunk raised {type(error).__qualname__}: {error}")
+    def __init__(self, index: int, values: list, error: BaseException, remote_traceback: str,
+                 where: str = "") -> None:
+        super().__init__(f"{where or 'the chunk'} raised {type(error).__qualname__}: {error}")
         self.index = index
         self.values = values
         self.error = error
         self.remote_traceback = remote_traceback
+        self.where = where
 
     def __reduce__(self) -> tuple:  # Exception pickles only args; the parts matter here
-        return ChunkError, (self.index, self.values, self.error, self.remote_traceback)
+        return ChunkError, (self.index, self.values, self.error, self.remote_traceback, self.where)
 
 
-def run_chunk(fn: Callable, items: list, star: bool) -> list:
-    """Apply ``fn`` to each item (``fn(*item)`` when ``star``); runs in a worker child."""
+def run_chunk(fn: Callable, items: list, star: bool, label: str = "", first: int = 0) -> list:
+    """Apply ``fn`` to each item (``fn(*item)`` when ``star``); runs in a worker child.
+    ``label`` (``chunk 5/10``) and ``first`` (the map's index of ``items[0]``) name the item that raised."""
     values: list = []
     append = values.append
     try:
@@ -70,9 +76,38 @@ def run_chunk(fn: Callable, items: list, star: bool) -> list:
             for item in items:
                 append(fn(item))
     except Exception as exc:
-        tb = format_exception(exc)
-        raise ChunkError(len(values), values, _transportable(exc, tb), tb) from None
+        tb = user_traceback(exc)
+        where = label if len(items) == 1 else f"{label or 'the chunk'}, item {first + len(values)}"
+        raise ChunkError(len(values), values, _transportable(exc, tb), tb, where) from None
     return values
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The traceback from the first frame of user code on: core4nb's own frames (this module's
+    loop, a cell's runner) tell the user nothing."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+
+
+def raise_remote(error: BaseException) -> NoReturn:
+    """Raise a chunk's exception where the user waits: IPython always shows the raising frame, so it is this one."""
+    __tracebackhide__ = True
+    raise error  # the job's own exception, raised in the worker (its traceback is the cause above)
+
+
+def chunk_label(number: int, total: int | None) -> str:
+    """``chunk 5/10``; ``chunk 5`` while the map's length is not known yet."""
+    return f"chunk {number}/{total}" if total else f"chunk {number}"
+
+
+def failure_note(label: str, span: tuple[int, int], index: int, error: BaseException, name: str | None) -> str:
+    """Which chunk and item raised: ``chunk 5/10, numbers[40:50] raised ZeroDivisionError`` for a
+    ``%%core4`` cell (``name``: the slice the chunk is), ``chunk 5/10 (items 40-49), item 43 raised …``
+    for a map."""
+    what = f"{label}, {name}" if name else f"{label} (items {span[0]}-{span[1] - 1}), item {span[0] + index}"
+    return f"{what} raised {type(error).__qualname__}"
 
 
 def _transportable(exc: Exception, tb: str) -> BaseException:

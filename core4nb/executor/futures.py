@@ -44,13 +44,16 @@ class Core4Future(Future):
         job_id: the job's id in the queue (``Core4Executor(url).attach(job_id)``
             gives a new future for it in any process).
         output: what the job printed (stdout and stderr of its last trial; the last
-            64 KiB), once the future is done; "" before.
+            64 KiB), once the future is done; "" before (while it runs, its lines show
+            where it was submitted).
+        label: what its printed lines are prefixed with (``chunk 5/64`` for a map's chunk).
     """
 
     def __init__(self, job_id: str, runtime: Runtime) -> None:
         super().__init__()
         self.job_id = job_id
         self.output = ""
+        self.label = ""
         # The runtime (store, poller, workers) stays alive while a future needs it.
         self._runtime = runtime
         self._progress = Progress()

@@ -27,8 +27,10 @@ import sys
 import sysconfig
 import threading
 import time
+from pathlib import Path
 
-from core4nb.store import URL_ENV, redact_url
+from core4nb.store import URL_ENV, embedded_path, redact_url
+from core4nb.store.paths import home, make_private_dirs
 
 log = logging.getLogger("core4nb.executor")
 
@@ -48,6 +50,14 @@ def node_name(url: str) -> str:
     n = next(_serials[url])
     base = f"local-{socket.gethostname()}-{os.getpid()}"
     return base if n == 1 else f"{base}-{n}"
+
+
+def node_log_path(url: str) -> Path:
+    """Where a local node writes its own streams (its log, what jobs print): beside the queue's file,
+    else in core4nb's home. Never the notebook's: a kernel shows what lands on its stdout and stderr
+    in whichever cell is running."""
+    queue_file = embedded_path(url)
+    return (queue_file.parent if queue_file is not None else home()) / "local-nodes.log"
 
 
 def worker_pythonpath() -> str:
@@ -101,8 +111,11 @@ class LocalWorkers:
     def _start(self) -> None:
         self.started_at = time.monotonic()
         # Own session: Ctrl-C in a terminal reaches the script, whose executor stops the node in order.
-        self.process = subprocess.Popen(self._command, env=self._env, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, start_new_session=True)
+        self.log_path = node_log_path(self.url)
+        make_private_dirs(self.log_path.parent)
+        with open(self.log_path, "ab") as log_file:  # the node holds its own copy of the descriptor
+            self.process = subprocess.Popen(self._command, env=self._env, stdin=subprocess.DEVNULL, stdout=log_file,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
         log.debug("started local worker node %s (pid %d, %d processes)", self.name, self.process.pid, self.processes)
 
     @property
@@ -127,7 +140,7 @@ class LocalWorkers:
         code = self.process.returncode
         if self.quick_deaths >= MAX_QUICK_DEATHS:
             return (f"the local worker node {self.name} exited with code {code} within {QUICK_DEATH:g} s of "
-                    f"starting, {self.quick_deaths} times; its error is on this process's stderr; the jobs stay "
+                    f"starting, {self.quick_deaths} times; its error is in {self.log_path}; the jobs stay "
                     f"in queue {redact_url(self.url)} for any other worker (`core4nb worker URL`)")
         self.quick_deaths = self.quick_deaths + 1 if time.monotonic() - self.started_at < QUICK_DEATH else 1
         log.warning("local worker node %s (pid %d) exited with code %s; starting it again",

@@ -22,9 +22,12 @@ from core4nb.executor.chunks import (
     MapRoot,
     OrderedIds,
     auto_chunksize,
+    chunk_label,
+    failure_note,
     first_unpicklable,
     fixed_chunks,
     growing_chunks,
+    raise_remote,
     run_chunk,
 )
 from core4nb.job import Job, safe_text
@@ -54,18 +57,23 @@ class _MapRun:
         self.offset = 0  # items
         self.futures: collections.deque[Core4Future] = collections.deque()
         self.outputs: list[str] = []  # what each chunk job printed, in order, as its results are consumed
+        self.spans: list[tuple[int, int]] = []  # the items of each chunk (for an error naming the item)
+        self.chunk_names: list[str] | None = None  # what each chunk is, in its user's words (``numbers[0:8]``)
 
-    def chunk_job(self, chunk: list, memo: DigestMemo) -> Job:
+    def chunk_job(self, chunk: list, memo: DigestMemo, total: int | None) -> Job:
         self.runtime.check_open()  # before pickling, as ProcessPoolExecutor.submit does
+        label = chunk_label(self.submitted + 1, total)
         try:
-            job = make_job(run_chunk, (self.fn, chunk, self.star), name=self.name, parent=self.root_stub,
-                           key=self.runtime.key, job_id=self.ids.next(), memo=memo, **self.options)
+            job = make_job(run_chunk, (self.fn, chunk, self.star, label, self.offset), name=self.name,
+                           parent=self.root_stub, key=self.runtime.key, job_id=self.ids.next(), memo=memo,
+                           **self.options)
         except PayloadError:
             raise self._diagnose(chunk) from None
         # Listings show the chunk's place and items, not run_chunk's own arguments (the function, a flag).
         last = self.offset + len(chunk) - 1
         place = f"#{self.offset}" if last == self.offset else f"#{self.offset}-{last}"
         job.args_summary = safe_text(f"{place} {summarize_args(tuple(chunk), {})}")
+        self.spans.append((self.offset, self.offset + len(chunk)))
         self.offset += len(chunk)
         self.submitted += 1
         return job
@@ -91,26 +99,30 @@ class _MapRun:
         first chunks while later ones are still pickled and stored."""
         # One submission: a value in every chunk (the function's closure) is hashed once, and stored as it is hashed.
         memo = DigestMemo(self.runtime.store.blobs.put_hashing)
-        group = [self.root_job(self.submitted + len(chunks))] if last and (self.submitted or chunks) else []
+        total = self.submitted + len(chunks) if last else None
+        group = [self.root_job(total)] if last and (self.submitted or chunks) else []
         size, inserted = 0, False
         try:
             for chunk in chunks:
-                job = self.chunk_job(chunk, memo)
+                job = self.chunk_job(chunk, memo, total)
                 group.append(job)
                 size += sum(data.nbytes for data in job.blobs.values())
                 if size >= STREAM_BYTES:
-                    self._insert(group)
+                    self._insert(group, total)
                     group, size, inserted = [], 0, True
         except BaseException:
             if inserted:  # all or nothing: the chunks already stored must not run without the rest
                 self.runtime.store.request_kill(self.root_id)
             raise
-        self._insert(group)
+        self._insert(group, total)
 
-    def _insert(self, jobs: list[Job]) -> None:
+    def _insert(self, jobs: list[Job], total: int | None) -> None:
         if jobs:
             futures = self.runtime.insert_and_track(jobs, jobs)
-            self.futures.extend(f for f in futures if f.job_id != self.root_id)
+            chunks = [f for f in futures if f.job_id != self.root_id]
+            for number, future in enumerate(chunks, self.submitted - len(chunks) + 1):  # how its lines are labelled
+                future.label = chunk_label(number, total)
+            self.futures.extend(chunks)
 
 
 class MapIterator:
@@ -148,12 +160,18 @@ class MapIterator:
         self.job_id = run.root_id if run.submitted else None
         self.url = runtime.url
         self.outputs = run.outputs
+        self._run = run
         self._gen = _results(run, chunks, end_time)
+
+    def name_chunks(self, names: list[str]) -> None:
+        """What each chunk is in its user's words (``numbers[40:50]``): a chunk's error names it so."""
+        self._run.chunk_names = names
 
     def __iter__(self) -> MapIterator:
         return self
 
     def __next__(self) -> Any:
+        __tracebackhide__ = True  # IPython shows the user's line and the remote error, not this frame
         return next(self._gen)
 
     def close(self) -> None:
@@ -172,7 +190,8 @@ def _chunks(items: Iterator, iterables: tuple, chunksize: int | None, runtime: R
 
 
 def _results(run: _MapRun, chunks: Iterator[list] | None, end_time: float | None) -> Iterator[Any]:
-    futures = run.futures
+    __tracebackhide__ = True
+    futures, consumed = run.futures, 0
     try:
         while futures:
             if chunks is not None:  # one more chunk in, before one comes out (3.14 buffersize)
@@ -183,13 +202,18 @@ def _results(run: _MapRun, chunks: Iterator[list] | None, end_time: float | None
             future = futures.popleft()
             values, error = _chunk_result(future, end_time)
             run.outputs.append(future.output)
+            label, done = future.label, len(values)
             del future  # it holds the values too
+            consumed += 1
             # Popped, not iterated: a value the caller dropped must be freed now, as in ProcessPoolExecutor.
             values.reverse()
             while values:
                 yield values.pop()
             if error is not None:
-                raise error
+                names = run.chunk_names
+                error.add_note(failure_note(label, run.spans[consumed - 1], done, error,
+                                            names[consumed - 1] if names else None))
+                raise_remote(error)
     finally:
         if futures:
             run.runtime.cancel(list(futures))

@@ -6,8 +6,9 @@ the oldest ``WINDOW`` tracked jobs are final (one query, blobs included, so a
 finished job costs one round trip) and completes their futures; every
 ``PROGRESS_INTERVAL`` it instead reads all tracked jobs without blobs to refresh
 progress snapshots, mark started futures running, notice removed jobs and
-complete jobs that finished out of order beyond the window. A tick's cost so
-stays flat however many futures wait.
+complete jobs that finished out of order beyond the window, and read what the
+running ones printed so far (shown where they were submitted: executor/liveoutput.py).
+A tick's cost so stays flat however many futures wait.
 
 The interval adapts: ``LOCAL_MIN_INTERVAL`` for ``HOT_PERIOD`` after a submit or a
 completion (a quick job's round trip on the embedded store is a few ms;
@@ -27,8 +28,9 @@ from concurrent.futures import InvalidStateError
 
 from core4nb.errors import JobNotFound, StoreUnavailable, WorkerLost
 from core4nb.executor.futures import Core4Future, Progress
+from core4nb.executor.liveoutput import JobOutput, submitters_sink
 from core4nb.executor.local import LocalWorkers
-from core4nb.job import FINAL_STATES, Job
+from core4nb.job import FINAL_STATES, Job, State
 from core4nb.queue import outcome
 from core4nb.store import Store, redact_url
 from core4nb.store.outage import STORE_PATIENCE
@@ -75,6 +77,7 @@ class Poller:
         self.min_interval = LOCAL_MIN_INTERVAL if store.url.lower().startswith("sqlite:") else REMOTE_MIN_INTERVAL
         self._lock = threading.Lock()
         self._tracked: dict[str, list[Core4Future]] = {}
+        self._printed: dict[str, JobOutput] = {}  # by job id: what its submitter has been shown
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="core4nb-poller", daemon=True)
@@ -97,9 +100,12 @@ class Poller:
 
     def track(self, futures: Iterable[Core4Future]) -> None:
         """Start watching these futures' jobs (insert the jobs first)."""
+        sink = submitters_sink()  # in the submitting thread: a notebook's output goes to this cell
         with self._lock:
             for future in futures:
                 self._tracked.setdefault(future.job_id, []).append(future)
+                if future.job_id not in self._printed:
+                    self._printed[future.job_id] = JobOutput(sink)
         self._wake.set()
 
     def pending(self) -> list[Core4Future]:
@@ -166,6 +172,7 @@ class Poller:
                     self._tracked[job_id] = futures
                 else:
                     del self._tracked[job_id]
+                    self._forget_output(job_id)
             return list(self._tracked)
 
     def _complete(self, ids: list[str]) -> int:
@@ -180,6 +187,7 @@ class Poller:
                 value, error = outcome(job, self.store, self.key), None
             except BaseException as exc:  # the job's own exception, rebuilt: it belongs to the future
                 value, error = None, exc
+            self._show_output(job.id, job.output, futures, final=True)  # all of it before the result
             for future in futures:
                 future._see(snapshot(job))
                 future.output = job.output
@@ -188,7 +196,7 @@ class Poller:
 
     def _refresh(self, ids: list[str]) -> int:
         """Read every tracked job without blobs: progress, started, removed, and final beyond the window."""
-        seen, final = set(), []
+        seen, final, running = set(), [], []
         for batch in _batches(ids):
             for job in self.store.find(ids=batch, blobs=False):
                 seen.add(job.id)
@@ -199,13 +207,42 @@ class Poller:
                     futures = list(self._tracked.get(job.id, ()))
                 for future in futures:
                     future._see(snapshot(job))
+                if job.state is State.RUNNING:
+                    running.append(job.id)
+        for batch in _batches(running):
+            for job_id, printed in self.store.outputs(batch).items():
+                with self._lock:
+                    futures = list(self._tracked.get(job_id, ()))
+                self._show_output(job_id, printed, futures)
         for job_id in set(ids) - seen:  # removed from the queue (`core4nb remove`): it will never finish
             with self._lock:
                 futures = self._tracked.pop(job_id, [])
+                self._forget_output(job_id)
             for future in futures:
                 self._settle(future, None, JobNotFound(
                     f"job {job_id} was removed from queue {redact_url(self.store.url)} before it finished"))
         return self._complete(final) if final else 0
+
+    def _show_output(self, job_id: str, printed: str, futures: list[Core4Future], *, final: bool = False) -> None:
+        """Show what is new in a job's stored output where it was submitted (once its futures are
+        settled, nothing of it is shown again)."""
+        with self._lock:
+            shown = self._printed.pop(job_id, None) if final else self._printed.get(job_id)
+        if shown is None:
+            return
+        try:
+            if futures:
+                shown.see(printed, futures[0].label)
+            if final:
+                shown.close()
+        except Exception as exc:  # a closed notebook display must not stop the futures' completion
+            log.warning("cannot show the output of job %s: %s: %s", job_id, type(exc).__name__, exc)
+
+    def _forget_output(self, job_id: str) -> None:
+        """The job will be shown no more (cancelled, removed, failed here); the caller holds the lock."""
+        shown = self._printed.pop(job_id, None)
+        if shown is not None:
+            shown.close()
 
     def _check_local(self) -> None:
         """A crashed local node is restarted; one that cannot start fails the waiting futures."""
@@ -223,6 +260,8 @@ class Poller:
         with self._lock:
             futures = [f for fs in self._tracked.values() for f in fs]
             self._tracked.clear()
+            for job_id in list(self._printed):
+                self._forget_output(job_id)
         for future in futures:
             self._settle(future, None, error_for(future))
 

@@ -219,6 +219,16 @@ class Store(abc.ABC):
         """Record a running job's progress (0..1 or None) and message."""
 
     @abc.abstractmethod
+    def append_output(self, job_id: str, token: str, text: str, *, first: bool = False) -> bool:
+        """Add what a running job held under ``token`` printed to its ``output``, keeping the last
+        :data:`~core4nb.job.OUTPUT_LIMIT` characters; ``first``: the trial's first batch replaces the
+        previous trial's output. False (nothing written) when the lease no longer holds."""
+
+    @abc.abstractmethod
+    def outputs(self, job_ids: Iterable[str]) -> dict[str, str]:
+        """The ``output`` of these jobs as stored now (while they run: what they printed so far), by id."""
+
+    @abc.abstractmethod
     def leases(self) -> dict[str, Lease]:
         """The lease of every running job, by job id (what a reaper watches)."""
 

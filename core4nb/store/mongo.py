@@ -32,7 +32,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 
 from core4nb import transitions
 from core4nb.errors import BlobMissing, Core4Error, JobNotFound, MalformedJob, StoreUnavailable
-from core4nb.job import LARGE_FIELDS, SCALAR_FIELDS, Job, Lease, State, new_token
+from core4nb.job import LARGE_FIELDS, OUTPUT_LIMIT, SCALAR_FIELDS, Job, Lease, State, new_token
 from core4nb.serialize import frame_digests
 from core4nb.store import base, bell, mongo_lease
 from core4nb.store import mongo_claim as claims
@@ -297,6 +297,22 @@ class MongoStore(MongoHousekeeping, Store):
         query = {"_id": job_id, "state": State.RUNNING, "lease_token": token}
         change = {"progress_value": value, "progress_message": message}
         return self._col("queue").update_one(query, {"$set": change}).matched_count == 1
+
+    @guarded
+    def append_output(self, job_id: str, token: str, text: str, *, first: bool = False) -> bool:
+        # Read, then write under the same fence: only the lease holder writes a running job's output.
+        query = {"_id": job_id, "state": State.RUNNING, "lease_token": token}
+        doc = self._col("queue").find_one(query, {"output": 1})
+        if doc is None:
+            return False
+        kept = "" if first else doc.get("output") or ""
+        change = {"output": (kept + text)[-OUTPUT_LIMIT:]}
+        return self._col("queue").update_one(query, {"$set": change}).matched_count == 1
+
+    @guarded
+    def outputs(self, job_ids: Iterable[str]) -> dict[str, str]:
+        docs = self._col("queue").find({"_id": {"$in": list(job_ids)}}, {"output": 1})
+        return {doc["_id"]: doc.get("output") or "" for doc in docs}
 
     @guarded
     def leases(self) -> dict[str, Lease]:

@@ -35,7 +35,7 @@ from typing import Any
 
 from core4nb import transitions
 from core4nb.errors import BlobMissing, ConfigError, JobNotFound, MalformedJob, PayloadError, StoreUnavailable
-from core4nb.job import LARGE_FIELDS, SCALAR_FIELDS, Job, Lease, State
+from core4nb.job import LARGE_FIELDS, OUTPUT_LIMIT, SCALAR_FIELDS, Job, Lease, State
 from core4nb.serialize import frame_digests
 from core4nb.store import base, bell, sqlite_file
 from core4nb.store import sqlite_sql as sql
@@ -308,6 +308,18 @@ class SQLiteStore(SQLiteHousekeeping, Store):
             cur = conn.execute("UPDATE queue SET progress_value = ?, progress_message = ? WHERE id = ? "
                                "AND state = 'running' AND lease_token = ?", (value, message, job_id, token))
         return cur.rowcount == 1
+
+    def append_output(self, job_id: str, token: str, text: str, *, first: bool = False) -> bool:
+        kept = "''" if first else "output"
+        with self._tx() as conn:
+            cur = conn.execute(f"UPDATE queue SET output = substr({kept} || ?, ?) WHERE id = ? AND state = 'running' "
+                               "AND lease_token = ?", (text, -OUTPUT_LIMIT, job_id, token))
+        return cur.rowcount == 1
+
+    def outputs(self, job_ids: Iterable[str]) -> dict[str, str]:
+        rows = self._read("SELECT id, output FROM queue WHERE id IN (SELECT value FROM json_each(?))",
+                          (json.dumps(list(job_ids)),))
+        return {row[0]: row[1] for row in rows}
 
     def leases(self) -> dict[str, Lease]:
         out = {}

@@ -124,6 +124,7 @@ def progress(target: Any, *, url: str | None = None, display: bool = True, inter
     if use_widget and display:
         from IPython.display import display as show
 
-        show(view)  # before the thread starts: the displayed text/plain is the first snapshot's
+        # Before the thread starts; the panel updates this display once the tree is final.
+        view.display_handle = show(view, display_id=True)
     poller.start()
     return view

@@ -21,7 +21,15 @@ from typing import Any
 import ipywidgets as w
 
 from core4nb.widgets.poller import Polled
-from core4nb.widgets.render import counts_table, failures_html, info_html, subtree_html, subtree_title, summary_html
+from core4nb.widgets.render import (
+    counts_table,
+    failures_html,
+    info_html,
+    static_html,
+    subtree_html,
+    subtree_title,
+    summary_html,
+)
 from core4nb.widgets.snapshot import TreeSnapshot
 from core4nb.widgets.text import text_line
 
@@ -62,6 +70,11 @@ class TreePanel(Polled):
                            self.alert])
         self._subtree_ids: tuple[str, ...] = ()
         self._panes: dict[str, w.HTML] = {}
+        #: The notebook display showing the panel (``display(panel, display_id=True)``): once the tree is
+        #: final it is updated, so its text/plain and text/html (what a saved notebook shows where widgets
+        #: do not render) tell how the run ended, not how it began.
+        self.display_handle: Any = None
+        self._published_final = False
         if snapshot is not None:
             self.update(snapshot)
 
@@ -73,7 +86,7 @@ class TreePanel(Polled):
         with self.bar.hold_sync():
             self.bar.description = snapshot.name[:24]
             self.bar.max = float(max(snapshot.total, 1))  # max before value: value is clamped to max
-            self.bar.value = float(snapshot.done)
+            self.bar.value = float(snapshot.completed)
             self.bar.bar_style = style
         self.label.value = summary_html(snapshot, self.unit)
         self.info.value = info_html(snapshot)
@@ -82,6 +95,14 @@ class TreePanel(Polled):
         self.failures.value = failures_html(snapshot)
         self.failures.layout.display = _SHOWN if snapshot.failures else _HIDDEN
         self.alert.layout.display = _HIDDEN
+        if snapshot.is_final and not self._published_final:
+            self.publish()
+
+    def publish(self) -> None:
+        """Update the panel's notebook display with the current snapshot (its text fallbacks included)."""
+        if self.display_handle is not None:
+            self._published_final = self.snapshot is not None and self.snapshot.is_final
+            self.display_handle.update(self)
 
     def show_error(self, message: str) -> None:
         """Show that polling failed; the last snapshot stays drawn."""
@@ -114,6 +135,8 @@ class TreePanel(Polled):
         # and what a terminal or a notebook without the widget manager shows).
         bundle = dict(self.box._repr_mimebundle_(**kwargs) or {})
         bundle["text/plain"] = self.line
+        if self.snapshot is not None:
+            bundle["text/html"] = static_html(self.snapshot, self.unit)
         return bundle
 
     def __repr__(self) -> str:

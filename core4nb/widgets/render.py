@@ -37,7 +37,7 @@ def summary_html(snapshot: TreeSnapshot, unit: str) -> str:
     """The label next to the bar: done/total, status, elapsed, throughput, ETA."""
     s = snapshot
     color = STATE_COLORS[State.ERROR] if s.status in ("failed", "killed") else "inherit"
-    parts = [f"<b>{s.done}</b>/{s.total} {html.escape(unit)}",
+    parts = [f"<b>{s.completed}</b>/{s.total} {html.escape(unit)}",
              f'<span style="color:{color}">{s.status}</span>',
              f"elapsed {format_seconds(s.elapsed)}"]
     if s.done:
@@ -47,10 +47,22 @@ def summary_html(snapshot: TreeSnapshot, unit: str) -> str:
     return " · ".join(parts)
 
 
+def static_html(snapshot: TreeSnapshot, unit: str) -> str:
+    """The panel without widgets, for a saved notebook where they do not render (nbviewer, GitHub)."""
+    color = STATE_COLORS[State.ERROR] if snapshot.status in ("failed", "killed") else STATE_COLORS[State.COMPLETE] \
+        if snapshot.is_final else STATE_COLORS[State.RUNNING]
+    bar = (f'<div style="display:inline-block;width:40%;height:1em;background:#e9ecef;vertical-align:middle">'
+           f'<div style="width:{snapshot.fraction * 100:.1f}%;height:100%;background:{color}"></div></div>')
+    return (f'<div class="core4nb-panel"><div>{bar} <b>{html.escape(snapshot.name)}</b> '
+            f"{summary_html(snapshot, unit)}</div>{info_html(snapshot)}{counts_table(snapshot.counts)}"
+            f"{failures_html(snapshot)}</div>")
+
+
 def info_html(snapshot: TreeSnapshot) -> str:
     """The root job (state and message) and the nodes running its jobs."""
     root = snapshot.root
-    line = f"<b>{html.escape(job_title(root))}</b> {root.state}"
+    # A root not claimed yet waits for its children: the tree's status says what is going on, not "pending".
+    line = f"<b>{html.escape(job_title(root))}</b> {snapshot.status if root.state is State.PENDING else root.state}"
     if root.progress_message and not root.is_final:
         line += f": {html.escape(root.progress_message)}"
     if snapshot.child_count:
@@ -61,7 +73,7 @@ def info_html(snapshot: TreeSnapshot) -> str:
 
 def subtree_title(subtree: Subtree) -> str:
     """An accordion title (plain text): ``name(args) state done/total``."""
-    return f"{job_title(subtree.job, 40)} {subtree.job.state} {subtree.done}/{subtree.total}"
+    return f"{job_title(subtree.job, 40)} {subtree.job.state} {subtree.completed}/{subtree.total}"
 
 
 def subtree_html(subtree: Subtree) -> str:

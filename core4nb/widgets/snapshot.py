@@ -66,6 +66,11 @@ class _Tally:
         """Jobs counted that reached a final state (complete, error, inactive, killed)."""
         return sum(n for state, n in self.counts.items() if state.is_final)
 
+    @property
+    def completed(self) -> int:
+        """Jobs counted that completed: what a bar fills with (a killed job did no work)."""
+        return self.counts.get(State.COMPLETE, 0)
+
 
 @dataclass(frozen=True)
 class Subtree(_Tally):
@@ -117,8 +122,8 @@ class TreeSnapshot(_Tally):
 
     @property
     def fraction(self) -> float:
-        """``done / total`` in [0, 1]."""
-        return self.done / self.total if self.total else 0.0
+        """``completed / total`` in [0, 1]: a killed run's bar is as long as the work it did."""
+        return self.completed / self.total if self.total else 0.0
 
     @property
     def open_count(self) -> int:

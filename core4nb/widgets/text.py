@@ -47,7 +47,7 @@ def text_line(snapshot: TreeSnapshot | None, unit: str = "jobs", width: int = BA
     if snapshot is None:
         return "no snapshot yet"
     s = snapshot
-    parts = [f"{s.status}: {s.name} {text_bar(s.fraction, width)} {s.done}/{s.total} {unit}"]
+    parts = [f"{s.status}: {s.name} {text_bar(s.fraction, width)} {s.completed}/{s.total} {unit}"]
     parts += [f"{state} {n}" for state, n in s.counts.items() if n]
     parts.append(f"elapsed {format_seconds(s.elapsed)}")
     if s.done:

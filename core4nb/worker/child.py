@@ -5,8 +5,8 @@ child only verifies and unpickles the payload, calls it, and sends the outcome
 (a signed result or the exception) through its pipe. Children of the job and
 its progress go through :class:`~core4nb.context.JobContext`.
 
-Messages child → node: ``("progress", value, message)`` and
-``("done", Outcome)``.
+Messages child → node: ``("progress", value, message)``, ``("output", text)``
+(what the running job printed since the last batch) and ``("done", Outcome)``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from core4nb.job import OUTPUT_LIMIT, Job, JobError
 from core4nb.queue import format_exception
 from core4nb.store import Store, open_store
 
+#: What a job prints reaches its node in batches, at most this often (the node appends them to the job).
+OUTPUT_BATCH_INTERVAL = 0.2
 NODE_WATCH_INTERVAL = 0.25  # without PR_SET_PDEATHSIG: how often a child checks its node
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -59,17 +61,84 @@ class Outcome:
     output: str = ""  # what the trial printed (its tail)
 
 
+class Sender:
+    """The child's end of its pipe, shared by the job's thread and the output thread."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn, self._lock = conn, threading.Lock()
+
+    def send(self, message: tuple) -> None:
+        with self._lock:
+            self._conn.send(message)
+
+
+class LiveOutput:
+    """What the running job printed and the node has not been sent yet.
+
+    A thread sends it in batches, at most every :data:`OUTPUT_BATCH_INTERVAL` s while the
+    job prints, and sleeps (no CPU) while it does not; started on the first print, so a
+    child whose jobs never print has no such thread. Only the last ``limit`` characters
+    of a batch are kept: the store keeps no more per job.
+    """
+
+    def __init__(self, sender: Sender, limit: int = OUTPUT_LIMIT) -> None:
+        self._sender, self.limit = sender, limit
+        self._ready = threading.Condition()
+        self._parts: list[str] = []
+        self._size = 0
+        self._open = False
+        self._thread: threading.Thread | None = None
+
+    def open(self) -> None:
+        with self._ready:
+            self._open = True
+
+    def close(self) -> None:
+        """No batch of this job is sent once this returns: its outcome, sent next, carries the whole tail."""
+        with self._ready:
+            self._open, self._parts, self._size = False, [], 0
+
+    def add(self, text: str) -> None:
+        with self._ready:
+            if not self._open:
+                return
+            self._parts.append(text)
+            self._size += len(text)
+            if self._size > 2 * self.limit:
+                self._parts, self._size = ["".join(self._parts)[-self.limit:]], self.limit
+            if len(self._parts) == 1:
+                self._ready.notify()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True, name="core4nb-output")
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                self._ready.wait_for(lambda: self._parts)
+            time.sleep(OUTPUT_BATCH_INTERVAL)  # a batch, not a message per print()
+            with self._ready:  # held while sending: close() waits for a batch under way
+                if self._parts:
+                    text, self._parts, self._size = "".join(self._parts)[-self.limit:], [], 0
+                    with contextlib.suppress(OSError):  # the node is gone: this child dies with it
+                        self._sender.send(("output", text))
+
+
 class OutputTail:
     """What a job prints to stdout and stderr, interleaved as printed: passed on to the node's own
-    streams (an operator still sees it) and kept, the last ``limit`` characters, for the job's document."""
+    streams (its log: an operator still sees it), streamed to the node while the job runs (``live``)
+    and kept, the last ``limit`` characters, for the job's document."""
 
-    def __init__(self, limit: int = OUTPUT_LIMIT) -> None:
+    def __init__(self, live: LiveOutput | None = None, limit: int = OUTPUT_LIMIT) -> None:
         self.limit = limit
+        self.live = live
         self._parts: list[str] = []
         self._size = 0
         self._dropped = False
 
     def add(self, text: str) -> None:
+        if self.live is not None:
+            self.live.add(text)
         self._parts.append(text)
         self._size += len(text)
         if self._size > 2 * self.limit:  # trim now and then, not on every write
@@ -83,8 +152,14 @@ class OutputTail:
 
     @contextlib.contextmanager
     def capturing(self) -> Iterator[None]:
-        with contextlib.redirect_stdout(_Tee(sys.stdout, self)), contextlib.redirect_stderr(_Tee(sys.stderr, self)):
-            yield
+        if self.live is not None:
+            self.live.open()
+        try:
+            with contextlib.redirect_stdout(_Tee(sys.stdout, self)), contextlib.redirect_stderr(_Tee(sys.stderr, self)):
+                yield
+        finally:
+            if self.live is not None:
+                self.live.close()
 
 
 class _Tee(io.TextIOBase):
@@ -142,15 +217,17 @@ def child_main(conn: Connection, url: str, key: bytes, node_pid: int, memory_lim
         limit = memory_limit_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     store = LazyStore(url)  # one store for the child's life: blobs, children and progress share it
+    sender = Sender(conn)
+    live = LiveOutput(sender)
     try:
         while True:
             try:
                 job = conn.recv()
             except (EOFError, OSError):
                 return
-            outcome = run_job(job, store, key, conn)
+            outcome = run_job(job, store, key, sender, live)
             try:
-                conn.send(("done", outcome))
+                sender.send(("done", outcome))
             except OSError:  # the node died while the job ran (this child is about to die with it)
                 return
     finally:
@@ -251,7 +328,7 @@ def _signalable(pid: int) -> bool:
     return True
 
 
-def run_job(job: Job, store: LazyStore, key: bytes, conn: Connection) -> Outcome:
+def run_job(job: Job, store: LazyStore, key: bytes, sender: Sender, live: LiveOutput | None = None) -> Outcome:
     started = time.monotonic()
 
     def elapsed() -> float:
@@ -268,8 +345,8 @@ def run_job(job: Job, store: LazyStore, key: bytes, conn: Connection) -> Outcome
         return Outcome(OutcomeKind.REJECTED, elapsed(), result=_exception_frame(exc, job, store, key),
                        error=_job_error(exc))
 
-    ctx = JobContext(job, store.url, lambda value, message: conn.send(("progress", value, message)), store.get)
-    token, printed = activate(ctx), OutputTail()
+    ctx = JobContext(job, store.url, lambda value, message: sender.send(("progress", value, message)), store.get)
+    token, printed = activate(ctx), OutputTail(live)
     try:
         with printed.capturing():
             value = fn.run_job(ctx, *args, **kwargs) if hasattr(fn, "run_job") else fn(*args, **kwargs)

@@ -8,7 +8,7 @@ One loop, one thread::
     │              flush   outcomes → finish(job, state) under the job's lease token; the last
     │                      one with a slot free also claims the next job (finish_and_claim)
     │              claim   while a slot is free (atomic, max_parallel-safe, in the store)
-    │              control every 0.5 s: progress, kill requests
+    │              control every 0.5 s: progress, what running jobs printed, kill requests
     │              lease   every lease/6 s: heartbeat leases (lost → stop that child),
     │                      sys.worker heartbeat, reap the jobs of dead nodes (judged by
     │                      heartbeat counts on this node's own clock: worker/reaper.py)
@@ -134,6 +134,8 @@ class WorkerNode:
         self._drain_deadline: float | None = None
         self._stop_now = threading.Event()
         self._progress: dict[str, tuple[float | None, str]] = {}
+        self._printed: dict[str, list[str]] = {}  # output batches of running jobs, not in the store yet
+        self._printing: set[str] = set()  # running jobs with output in the store from this trial
         self._writer = OutcomeWriter(self.store, self.claimant, lease_seconds)  # outcomes owed, in order
         self._outage = Outage(f"queue {redact_url(url)}", log)
         self._reaper = Reaper(self.store, host, lease_seconds)
@@ -318,6 +320,8 @@ class WorkerNode:
         for message in slot.receive():
             if message[0] == "progress" and slot.job is not None:
                 self._progress[slot.job.id] = message[1], message[2]
+            elif message[0] == "output" and slot.job is not None:
+                self._printed.setdefault(slot.job.id, []).append(message[1])
             elif message[0] == "done" and slot.job is not None:
                 job = slot.release()
                 write = outcomes.for_outcome(job, message[1], self.key_id, self.name)
@@ -335,6 +339,8 @@ class WorkerNode:
     def _owe(self, write: Write | None) -> None:
         if write is not None:
             self._progress.pop(write.job.id, None)
+            self._printed.pop(write.job.id, None)  # the outcome carries the trial's whole tail
+            self._printing.discard(write.job.id)
             self._writer.owe(write)
 
     def _police(self) -> None:
@@ -413,3 +419,14 @@ class WorkerNode:
                 except Exception as exc:  # this job's progress, not the store: drop it, never the node
                     log.error("job %s: the queue refused its progress (%s: %s)", job_id, type(exc).__name__, exc)
         self._progress.clear()
+        for job_id, batches in self._printed.items():
+            if job_id in tokens:
+                try:
+                    first = job_id not in self._printing
+                    if self.store.append_output(job_id, tokens[job_id], "".join(batches), first=first):
+                        self._printing.add(job_id)
+                except StoreUnavailable:
+                    raise
+                except Exception as exc:  # as with progress: this job's output, never the node
+                    log.error("job %s: the queue refused its output (%s: %s)", job_id, type(exc).__name__, exc)
+        self._printed.clear()
