@@ -186,7 +186,7 @@ class Job:
     lost_left: int = -1
     #: The workers that died (stopped heartbeating) under this job, "worker on node", comma-separated.
     lost_on: str = ""
-    #: The :func:`~core4nb.serialize.key_id` of the key that signed the payload ("": not known, any node may try).
+    #: The :func:`~core4nb.keys.key_id` of the key that signed the payload ("": not known, any node may try).
     key_id: str = ""
     #: Not stored as a field: the payload's out-of-band buffers (digest → bytes) that ``insert`` stores
     #: as blobs before the job; empty on jobs read back from a store.

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from core4nb import serialize
+from core4nb import keys, serialize
 from core4nb.errors import ConfigError, JobFailed, RemoteError, StoreUnavailable
 from core4nb.job import FINAL_STATES, Job, State, new_job_id, safe_text
 from core4nb.store import Store, env_url, open_store, redact_url
@@ -62,12 +62,12 @@ def make_job(fn: Callable, args: tuple = (), kwargs: dict | None = None, *, name
     merged = dict(fn.job_options()) if hasattr(fn, "job_options") else {}
     merged.update({k: v for k, v in options.items() if v is not None})
     job_id = job_id or new_job_id()
-    key = serialize.load_key() if key is None else key
+    key = keys.load_key() if key is None else key
     packed = serialize.dumps_call(fn, args, kwargs, key=key, job_id=job_id, memo=memo)
     tree = {"parent_id": parent.id, "root_id": parent.root_id} if parent else {}
     try:
         return Job(name=name or describe(fn), id=job_id, payload=packed.frame, blobs=packed.blobs,
-                   args_summary=safe_text(serialize.summarize_args(args, kwargs)), key_id=serialize.key_id(key),
+                   args_summary=safe_text(serialize.summarize_args(args, kwargs)), key_id=keys.key_id(key),
                    **tree, **merged)
     except ValueError as exc:
         raise ConfigError(f"bad job option: {exc}") from None

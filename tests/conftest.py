@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from core4nb.serialize import load_key
+from core4nb.keys import load_key
 from tests.servers import WireServer
 
 REAL_MONGO_URL = os.environ.get("CORE4NB_TEST_MONGO_URL")

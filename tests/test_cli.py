@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from core4nb import Queue, State
+from core4nb.keys import key_id, load_key
 from core4nb.report import cut
-from core4nb.serialize import key_id, load_key
 from tests import jobfuncs
 from tests.nodes import ROOT, start_node, stop_node, wait_for
 

@@ -32,8 +32,8 @@ from hypothesis import strategies as st
 from core4nb import Queue, State
 from core4nb.errors import PayloadError, SignatureError
 from core4nb.job import Job
+from core4nb.keys import key_file_path
 from core4nb.queue import make_job
-from core4nb.serialize import key_file_path
 from core4nb.store import Claimant
 from core4nb.store.decode import MALFORMED_NAME
 from tests import faultfuncs, jobfuncs

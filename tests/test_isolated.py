@@ -15,7 +15,7 @@ import time
 import pytest
 
 from core4nb import Queue, State
-from core4nb.serialize import load_key
+from core4nb.keys import load_key
 from tests import jobfuncs
 from tests.isolated import private_dir, start_isolated_node, why_not
 from tests.nodes import PATIENCE, node_log, stop_node, wait_for

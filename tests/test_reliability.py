@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from core4nb import Queue, State, serialize
+from core4nb import Queue, State, keys
+from core4nb.keys import key_file_path
 from core4nb.queue import make_job
-from core4nb.serialize import key_file_path
 from tests import faultfuncs, jobfuncs
 from tests.nodes import PATIENCE, start_node, stop_node, wait_for
 from tests.test_faults import cli, is_sqlite, no_process_left, outage, queue, raw  # noqa: F401 - fixtures, found by name
@@ -136,7 +136,7 @@ def test_a_node_with_another_key_leaves_the_queue_alone(queue, raw, tmp_path):
     assert (handed.state, handed.trial, handed.attempts_left, handed.error) == (State.PENDING, 0, 1, None)
     assert handed.progress_message.startswith("node wrong (key id ")
     assert "cannot verify its signature (key id not recorded)" in handed.progress_message
-    assert f"(key id {serialize.key_id(WRONG_KEY['CORE4NB_KEY'].encode())}) can claim none of the waiting jobs " \
+    assert f"(key id {keys.key_id(WRONG_KEY['CORE4NB_KEY'].encode())}) can claim none of the waiting jobs " \
            f"(key ids {key_id}): give it the notebook's key" in status
     assert "Traceback" not in wrong_log
     # A burst node with the wrong key hands that job back too, and then has nothing left to wait for.

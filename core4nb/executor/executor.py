@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from concurrent import futures as cf
 from typing import Any
 
-from core4nb import serialize
+from core4nb import keys, serialize
 from core4nb.executor.futures import Core4Future
 from core4nb.executor.local import LocalWorkers, acquire_node
 from core4nb.executor.runtime import Runtime
@@ -86,7 +86,7 @@ class Core4Executor(cf.Executor):
         url = url or default_url()
         store = open_store(url)
         try:
-            key = serialize.load_key()  # a bad key file fails here, not in the poller thread
+            key = keys.load_key()  # a bad key file fails here, not in the poller thread
             local = acquire_node(url, workers, share=share_workers) if embedded or workers else None
         except BaseException:
             store.close()

@@ -44,7 +44,7 @@ import socket
 import threading
 import time
 
-from core4nb import serialize
+from core4nb import keys
 from core4nb.errors import ConfigError, StoreUnavailable
 from core4nb.job import Job, State
 from core4nb.queue import default_url
@@ -116,8 +116,8 @@ class WorkerNode:
         # Before anything is claimed: a node that cannot verify payloads (no key, or a key file
         # others can read) must refuse to start, not claim jobs its children would fail.
         # A worker of a shared (MongoDB) queue never makes up a key of its own: it could verify no job.
-        self.key = serialize.load_key(create=url.partition("://")[0].lower() == "sqlite")
-        self.key_id = serialize.key_id(self.key)
+        self.key = keys.load_key(create=url.partition("://")[0].lower() == "sqlite")
+        self.key_id = keys.key_id(self.key)
         _check_reachable(url)
         self.store = open_store(url)
         self.processes = processes or os.cpu_count() or 1
