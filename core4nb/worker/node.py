@@ -52,6 +52,7 @@ from core4nb.store import DEFAULT_LEASE_SECONDS, Claimant, WorkerInfo, embedded_
 from core4nb.store.outage import Outage
 from core4nb.worker import outcomes
 from core4nb.worker.child import exit_description, process_is_gone
+from core4nb.worker.housekeeping import Housekeeper
 from core4nb.worker.outcomes import Write
 from core4nb.worker.reaper import Reaper
 from core4nb.worker.slot import Slot, StopReason
@@ -61,19 +62,8 @@ log = logging.getLogger("core4nb.worker")
 
 CONTROL_INTERVAL = 0.5
 MIN_POLL, MAX_POLL = 0.002, 0.1
-HOUSEKEEPING_ENV = "CORE4NB_HOUSEKEEPING_INTERVAL"
-#: Seconds between two housekeeping runs of a queue (any node's): retention of finished trees.
-HOUSEKEEPING_INTERVAL = 600.0
 #: With a doorbell new work wakes the node at once; polling only catches deferred/failed jobs coming due.
 MAX_POLL_WITH_BELL = 0.25
-
-
-def housekeeping_interval() -> float:
-    value = os.environ.get(HOUSEKEEPING_ENV)
-    try:
-        return HOUSEKEEPING_INTERVAL if not value else max(0.0, float(value))
-    except ValueError:
-        raise ConfigError(f"{HOUSEKEEPING_ENV}={value!r} is not a number of seconds; e.g. 600") from None
 
 
 def _check_reachable(url: str) -> None:
@@ -140,8 +130,8 @@ class WorkerNode:
         self._outage = Outage(f"queue {redact_url(url)}", log)
         self._reaper = Reaper(self.store, host, lease_seconds)
         self._unverifiable: set[str] = set()  # jobs handed back: signed with a key this node does not have
-        self._next_control = self._next_lease = self._step_started = self._next_housekeeping = 0.0
-        self.housekeeping_interval = housekeeping_interval()
+        self._next_control = self._next_lease = self._step_started = 0.0
+        self._housekeeper = Housekeeper(self.store, self.name)
         self._is_done = False
         self._bell = None  # the store's doorbell, while run() listens on it
         self._wakeup: tuple[socket.socket, socket.socket] | None = None  # stop() ends the loop's wait through it
@@ -381,25 +371,7 @@ class WorkerNode:
         own = {*self._writer.leases().values()} | {s.job.lease.token for s in busy}
         for job in self._reaper.reap(own):
             log.warning("reaped job %s of lost worker: now %s", job.id, job.state)
-        self._housekeep()
-
-    def _housekeep(self) -> None:
-        """Retention: prune finished trees past the queue's retention, one node of the queue at a time, at
-        most every :data:`HOUSEKEEPING_INTERVAL` s. A failure is logged; it never stops the node."""
-        now = time.monotonic()
-        if now < self._next_housekeeping:
-            return
-        self._next_housekeeping = now + self.housekeeping_interval
-        try:
-            if self.store.housekeeping_turn(self.name, self.housekeeping_interval):
-                report = self.store.prune(self.store.retention())
-                if report.roots:
-                    log.info("pruned %d finished tree(s) (%d jobs, %d blobs), %.1f MB given back", len(report.roots),
-                             report.jobs, report.blobs.count, report.freed / 2**20)
-        except StoreUnavailable:
-            raise
-        except Exception as exc:  # housekeeping is a courtesy: the node's work goes on
-            log.warning("housekeeping of %s failed: %s: %s", redact_url(self.url), type(exc).__name__, exc)
+        self._housekeeper.turn()
 
     def _save_info(self) -> None:
         self.store.save_worker(WorkerInfo(
