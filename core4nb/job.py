@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core4nb.errors import IllegalTransition
+from core4nb.options import DEFAULT_LOST_RETRIES as DEFAULT_LOST_RETRIES  # the stores' column default
+from core4nb.options import DEFAULTS
 
 
 class State(enum.StrEnum):
@@ -104,10 +106,6 @@ def new_token() -> str:
     return secrets.token_hex(8)
 
 
-#: Default of the ``lost_retries`` job option: reruns after the job's node died.
-DEFAULT_LOST_RETRIES = 3
-
-
 @dataclass
 class Lease:
     """Who runs a job and until when the claim holds without a heartbeat.
@@ -153,15 +151,15 @@ class Job:
     id: str = field(default_factory=new_job_id)
     parent_id: str | None = None
     root_id: str = ""
-    priority: int = 0
-    max_parallel: int | None = None
-    attempts: int = 1
+    priority: int = DEFAULTS.priority
+    max_parallel: int | None = DEFAULTS.max_parallel
+    attempts: int = DEFAULTS.attempts
     attempts_left: int = -1
     trial: int = 0
-    defer_time: float = 1.0
-    defer_max: float | None = None
-    error_time: float = 1.0
-    wall_time: float | None = None
+    defer_time: float = DEFAULTS.defer_time
+    defer_max: float | None = DEFAULTS.defer_max
+    error_time: float = DEFAULTS.error_time
+    wall_time: float | None = DEFAULTS.wall_time
     state: State = State.PENDING
     query_at: float = 0.0
     lease: Lease | None = None
@@ -177,12 +175,12 @@ class Job:
     kill_requested: bool = False
     restarted_from: str | None = None
     #: Pinned: retention never prunes the tree this job is in (``keep=True`` on any of its jobs).
-    keep: bool = False
+    keep: bool = DEFAULTS.keep
     #: What the job's last trial printed (stdout and stderr, the last OUTPUT_LIMIT characters).
     output: str = ""
     #: Reruns allowed after the node running the job died (a reaped lease); apart from ``attempts``,
     #: which counts the job's own exceptions.
-    lost_retries: int = DEFAULT_LOST_RETRIES
+    lost_retries: int = DEFAULTS.lost_retries
     lost_left: int = -1
     #: The workers that died (stopped heartbeating) under this job, "worker on node", comma-separated.
     lost_on: str = ""
@@ -196,16 +194,10 @@ class Job:
         self.state = State(self.state)
         if not self.root_id:
             self.root_id = self.id
-        if self.attempts < 1:
-            raise ValueError(f"attempts must be >= 1, got {self.attempts}")
         if self.attempts_left < 0:
             self.attempts_left = self.attempts
-        if self.lost_retries < 0:
-            raise ValueError(f"lost_retries must be >= 0, got {self.lost_retries}")
         if self.lost_left < 0:
             self.lost_left = self.lost_retries
-        if self.max_parallel is not None and self.max_parallel < 1:
-            raise ValueError(f"max_parallel must be >= 1 or None, got {self.max_parallel}")
         if not self.enqueued_at:
             self.enqueued_at = time.time()
         if not self.query_at:

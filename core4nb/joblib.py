@@ -50,8 +50,8 @@ except ImportError as exc:  # joblib is an extra: say which
 from core4nb.errors import JobNotFound, NoWorkers, PayloadError
 from core4nb.executor import Core4Executor
 from core4nb.executor.chunks import OrderedIds
-from core4nb.executor.executor import check_options
 from core4nb.job import Job
+from core4nb.options import JobOptions
 from core4nb.queue import describe, make_job
 from core4nb.serialize import DigestMemo
 from core4nb.store import redact_url
@@ -175,7 +175,7 @@ class Core4Backend(AutoBatchingMixin, ParallelBackendBase):
     def __init__(self, url: str | None = None, *, executor: Core4Executor | None = None,
                  wait_for_workers: float = 10.0, progress: bool | None = None, nesting_level: int | None = None,
                  inner_max_num_threads: int | None = None, **job_options: Any) -> None:
-        check_options(job_options)
+        job_options = JobOptions.check(job_options)
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
         self.url, self.wait_for_workers, self.progress = url, float(wait_for_workers), progress
         self.job_options = job_options
@@ -269,7 +269,7 @@ class Core4Backend(AutoBatchingMixin, ParallelBackendBase):
         runtime, fn = call.executor._runtime, _function_of(batch)
         try:
             job = make_job(run_batch, (batch,), name=describe(fn), parent=call.root_stub, key=runtime.key,
-                           job_id=call.ids.next(), memo=call.memo, **call.options)
+                           job_id=call.ids.next(), memo=call.memo, options=call.options)
         except PayloadError:
             return _failed(_diagnose(batch, call.memo))
         except Exception as exc:  # raised from the poller thread it would be lost: joblib raises it instead
@@ -278,7 +278,7 @@ class Core4Backend(AutoBatchingMixin, ParallelBackendBase):
         if call.handle is None:
             priority = (call.options.get("priority") or 0) - 1  # batches are claimed before their root
             jobs.insert(0, make_job(JoblibRoot, (call.end_id,), name=f"joblib:{describe(fn)}", key=runtime.key,
-                                    job_id=call.root_id, priority=priority))
+                                    job_id=call.root_id, options={"priority": priority}))
         try:
             futures = runtime.insert_and_track(jobs, jobs)  # the root tracked too: shutdown waits for it
         except Exception as exc:

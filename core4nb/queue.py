@@ -4,7 +4,7 @@ The executor, the magics and the CLI are built on this; user code that wants
 fine control (priorities, trees by hand) can use it directly::
 
     q = Queue("sqlite://~/work/q.db")
-    job_id = q.enqueue(count_primes, 1, 100_000, priority=5)
+    job_id = q.enqueue(count_primes, 1, 100_000, options={"priority": 5})
     q.result(job_id, timeout=60)
 """
 
@@ -13,22 +13,18 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from core4nb import keys, serialize
-from core4nb.errors import ConfigError, JobFailed, RemoteError, StoreUnavailable
+from core4nb.errors import JobFailed, RemoteError, StoreUnavailable
 from core4nb.job import FINAL_STATES, Job, State, new_job_id, safe_text
+from core4nb.options import DEFAULTS, OPTION_NAMES, JobOptions, reject_misplaced_options
 from core4nb.store import Store, env_url, open_store, redact_url
 from core4nb.store.outage import STORE_PATIENCE, Outage
 from core4nb.store.paths import home
 
 log = logging.getLogger("core4nb.queue")
-
-#: Options a job accepts besides its own arguments, with core4os's meanings.
-JOB_OPTIONS = ("priority", "max_parallel", "attempts", "defer_time", "defer_max", "error_time", "wall_time",
-               "lost_retries", "keep")
-
 
 def default_url() -> str:
     """``CORE4NB_URL``, else the embedded queue file in :func:`home`."""
@@ -44,33 +40,27 @@ def describe(fn: Any) -> str:
 
 def make_job(fn: Callable, args: tuple = (), kwargs: dict | None = None, *, name: str | None = None,
              parent: Job | None = None, key: bytes | None = None, job_id: str | None = None,
-             memo: serialize.DigestMemo | None = None, **options: Any) -> Job:
+             memo: serialize.DigestMemo | None = None, options: Mapping[str, Any] | None = None) -> Job:
     """Build (not store) a signed job for ``fn(*args, **kwargs)``; its large buffers ride in ``job.blobs``.
 
-    Option defaults come from ``fn.job_options()`` when ``fn`` provides it (the
-    :class:`~core4nb.Core4Job` class attributes), then from ``options``. ``memo`` shares
-    buffer digests between the jobs of one submission (a closure in every chunk is hashed once).
-    Raises PayloadError naming the part that cannot be pickled, TypeError for
-    an unknown option — before anything is stored.
+    The job's options are ``fn.job_options()`` when ``fn`` provides it (the
+    :class:`~core4nb.Core4Job` class attributes), else the defaults, with ``options`` on top.
+    ``memo`` shares buffer digests between the jobs of one submission (a closure in every chunk
+    is hashed once). Raises PayloadError naming the part that cannot be pickled, TypeError for
+    an unknown option, ConfigError for a bad value — before anything is stored.
     """
     kwargs = kwargs or {}
     if not callable(fn):
         raise TypeError(f"{fn!r} is not callable: enqueue a function or a Core4Job class")
-    unknown = set(options) - set(JOB_OPTIONS)
-    if unknown:
-        raise TypeError(f"unknown job option(s) {', '.join(sorted(unknown))}; valid: {', '.join(JOB_OPTIONS)}")
-    merged = dict(fn.job_options()) if hasattr(fn, "job_options") else {}
-    merged.update({k: v for k, v in options.items() if v is not None})
+    base = fn.job_options() if hasattr(fn, "job_options") else DEFAULTS
+    chosen = base.updated(options or {})
     job_id = job_id or new_job_id()
     key = keys.load_key() if key is None else key
     packed = serialize.dumps_call(fn, args, kwargs, key=key, job_id=job_id, memo=memo)
     tree = {"parent_id": parent.id, "root_id": parent.root_id} if parent else {}
-    try:
-        return Job(name=name or describe(fn), id=job_id, payload=packed.frame, blobs=packed.blobs,
-                   args_summary=safe_text(serialize.summarize_args(args, kwargs)), key_id=keys.key_id(key),
-                   **tree, **merged)
-    except ValueError as exc:
-        raise ConfigError(f"bad job option: {exc}") from None
+    return Job(name=name or describe(fn), id=job_id, payload=packed.frame, blobs=packed.blobs,
+               args_summary=safe_text(serialize.summarize_args(args, kwargs)), key_id=keys.key_id(key),
+               **tree, **chosen.as_dict())
 
 
 def outcome(job: Job, store: Store, key: bytes | None = None) -> Any:
@@ -143,16 +133,20 @@ class Queue:
         self.url = url or (store.url if store else default_url())
         self.store = store or open_store(self.url)
 
-    def enqueue(self, fn: Callable, /, *args: Any, parent: str | Job | None = None,
-                name: str | None = None, **kwargs: Any) -> str:
+    def enqueue(self, fn: Callable, /, *args: Any, options: Mapping[str, Any] | None = None,
+                parent: str | Job | None = None, name: str | None = None, **kwargs: Any) -> str:
         """Store a job for ``fn(*args, **kwargs)`` and return its id.
 
-        Keyword arguments named like :data:`JOB_OPTIONS` set job options; all
-        others go to ``fn``.
+        ``options`` sets job options (:class:`~core4nb.options.JobOptions` names:
+        ``options={"priority": 5}``); every other keyword goes to ``fn``.
+
+        Raises:
+            TypeError: an unknown option, or an option's name given as a keyword ``fn`` does not take
+                (the spelling before 0.2).
         """
-        options = {k: kwargs.pop(k) for k in JOB_OPTIONS if k in kwargs}
+        reject_misplaced_options(fn, kwargs, "enqueue")
         parent_job = self.store.get(parent, blobs=False) if isinstance(parent, str) else parent
-        job = make_job(fn, args, kwargs, name=name, parent=parent_job, **options)
+        job = make_job(fn, args, kwargs, name=name, parent=parent_job, options=options)
         self.store.insert([job])
         return job.id
 
@@ -205,13 +199,12 @@ class Queue:
         old = self.store.get(job_id)
         if old.state not in FINAL_STATES:
             raise JobFailed(f"job {job_id} is {old.state}; only a finished job can be restarted (kill it first)")
-        keep = {f: getattr(old, f) for f in ("name", "args_summary", "priority", "max_parallel",
-                                             "attempts", "defer_time", "defer_max", "error_time", "wall_time",
-                                             "lost_retries", "key_id", "keep")}
+        same_options = JobOptions(**{name: getattr(old, name) for name in OPTION_NAMES})
         tree = {"parent_id": old.parent_id, "root_id": old.root_id} if old.parent_id else {}
         new_id = new_job_id()  # the payload is signed for its job: sign the same call for the new one
         payload = serialize.rebind(old.payload, job_id=new_id, what=f"payload of job {old.id}")
-        new = Job(**keep, **tree, id=new_id, payload=payload, restarted_from=old.id)  # a child stays in its tree
+        new = Job(name=old.name, args_summary=old.args_summary, key_id=old.key_id, **same_options.as_dict(), **tree,
+                  id=new_id, payload=payload, restarted_from=old.id)  # a child stays in its tree
         self.store.insert([new])
         return new.id
 

@@ -15,11 +15,10 @@ notebook defined; the worker child calls :meth:`Core4Job.run_job`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
-from core4nb.job import DEFAULT_LOST_RETRIES
-from core4nb.queue import JOB_OPTIONS
+from core4nb.options import DEFAULTS, OPTION_NAMES, JobOptions, reject_misplaced_options
 
 if TYPE_CHECKING:
     from core4nb.context import JobContext
@@ -30,34 +29,28 @@ if TYPE_CHECKING:
 class Core4Job:
     """Base class of job classes: subclass it, set options as class attributes, write ``execute``.
 
-    Attributes (class level, the job's options; see DESIGN.md §3):
-        priority: higher is claimed first.
-        max_parallel: at most this many jobs of this class run at once, cluster-wide.
-        attempts: runs allowed in total before an exception is final.
-        defer_time: seconds between a :meth:`defer` and the next trial.
-        defer_max: seconds of deferring after which the job becomes inactive.
-        error_time: seconds between a failed attempt and the next.
-        wall_time: seconds a trial may run before it is stopped (a failed attempt).
-        lost_retries: reruns after the node running the job died (apart from ``attempts``).
+    The class attributes ``priority``, ``max_parallel``, ``attempts``, ``defer_time``, ``defer_max``,
+    ``error_time``, ``wall_time``, ``lost_retries`` and ``keep`` are the job's options (their
+    meanings and ranges: :class:`~core4nb.options.JobOptions`; DESIGN.md §3).
     """
 
-    priority: ClassVar[int] = 0
-    max_parallel: ClassVar[int | None] = None
-    attempts: ClassVar[int] = 1
-    defer_time: ClassVar[float] = 1.0
-    defer_max: ClassVar[float | None] = None
-    error_time: ClassVar[float] = 1.0
-    wall_time: ClassVar[float | None] = None
-    keep: ClassVar[bool] = False
-    lost_retries: ClassVar[int] = DEFAULT_LOST_RETRIES
+    priority: ClassVar[int] = DEFAULTS.priority
+    max_parallel: ClassVar[int | None] = DEFAULTS.max_parallel
+    attempts: ClassVar[int] = DEFAULTS.attempts
+    defer_time: ClassVar[float] = DEFAULTS.defer_time
+    defer_max: ClassVar[float | None] = DEFAULTS.defer_max
+    error_time: ClassVar[float] = DEFAULTS.error_time
+    wall_time: ClassVar[float | None] = DEFAULTS.wall_time
+    keep: ClassVar[bool] = DEFAULTS.keep
+    lost_retries: ClassVar[int] = DEFAULTS.lost_retries
 
     def __init__(self, context: JobContext) -> None:
         self.context = context
 
     @classmethod
-    def job_options(cls) -> dict[str, Any]:
-        """The class attributes :func:`core4nb.queue.make_job` turns into job options."""
-        return {name: getattr(cls, name) for name in JOB_OPTIONS}
+    def job_options(cls) -> JobOptions:
+        """The class attributes as job options (ConfigError for a bad one, naming it)."""
+        return JobOptions(**{name: getattr(cls, name) for name in OPTION_NAMES})
 
     @classmethod
     def run_job(cls, context: JobContext, *args: Any, **kwargs: Any) -> Any:
@@ -160,17 +153,18 @@ _default_lock = threading.Lock()
 _defaults: dict[str, Core4Executor] = {}
 
 
-def enqueue(job: type[Core4Job] | Callable, /, *args: Any, url: str | None = None, **kwargs: Any) -> JobHandle:
+def enqueue(job: type[Core4Job] | Callable, /, *args: Any, url: str | None = None,
+            options: Mapping[str, Any] | None = None, **kwargs: Any) -> JobHandle:
     """Enqueue a Core4Job class (or a function) and return a :class:`JobHandle`.
 
-    Keyword arguments named like job options (``priority``, ``max_parallel``…)
-    set options (as :meth:`Queue.enqueue` does); all others go to the job.
+    ``options`` sets job options (``options={"priority": 5}``, as :meth:`Queue.enqueue`
+    takes them); every other keyword goes to the job.
     The job is submitted through a live :class:`~core4nb.Core4Executor` on the
     same queue if there is one, else through a default executor for ``url``
     (the embedded one, with local workers, when ``url`` and ``CORE4NB_URL``
     are unset) that lives until the interpreter exits.
     """
-    options = {k: kwargs.pop(k) for k in JOB_OPTIONS if k in kwargs}
+    reject_misplaced_options(job, kwargs, "enqueue")
     executor = default_executor(url)
     view = executor.options(**options) if options else executor
     return JobHandle(view.submit(job, *args, **kwargs), executor.url)

@@ -134,3 +134,8 @@ def print_through_a_subprocess(text: str) -> int:
     import subprocess
 
     return subprocess.run([sys.executable, "-c", f"print({text!r})"], stdout=sys.stdout, check=True).returncode
+
+
+def ranked(item: str, priority: int = 0) -> tuple[str, int]:
+    """A function whose parameter shares a job option's name: it must receive the value itself."""
+    return item, priority

@@ -71,7 +71,7 @@ def test_swapped_payload_never_runs(queue, tmp_path):
     """An attacker with write access to the store but no key copies job A's payload into job B."""
     raw = RawQueue(queue.url)
     marker_a, marker_b = tmp_path / "a.txt", tmp_path / "b.txt"
-    job_a = queue.enqueue(datafuncs.ran, str(marker_a), np.zeros(10), priority=-1)
+    job_a = queue.enqueue(datafuncs.ran, str(marker_a), np.zeros(10), options={"priority": -1})
     job_b = queue.enqueue(datafuncs.ran, str(marker_b), np.zeros(10))
     raw.change(job_b, {"payload": raw.read(job_a)["payload"]})
     queue.kill(job_a)

@@ -137,7 +137,7 @@ def raw(queue_url):
 
 def test_memory_blowup_fails_only_its_job(queue):
     """The address-space limit turns a runaway allocation into a MemoryError in that job alone."""
-    hog = queue.enqueue(jobfuncs.crash, "memory", priority=1)
+    hog = queue.enqueue(jobfuncs.crash, "memory", options={"priority": 1})
     good = [queue.enqueue(jobfuncs.add, i, 1) for i in range(4)]
     node = start_node(queue.url, "capped", processes=1, burst=True, extra=("--memory-limit", "300"))
     assert node.wait(PATIENCE) == 0
@@ -152,7 +152,7 @@ def test_memory_blowup_fails_only_its_job(queue):
 
 def test_paused_node_cannot_overwrite_the_rescuers_result(queue, tmp_path):
     log = str(tmp_path / "runs.txt")
-    job_id = queue.enqueue(faultfuncs.whoami, log, "x", 3.0, attempts=2, error_time=0.1)
+    job_id = queue.enqueue(faultfuncs.whoami, log, "x", 3.0, options={"attempts": 2, "error_time": 0.1})
     paused = start_node(queue.url, "paused", processes=1, lease=1.5)
     rescuer = None
     try:

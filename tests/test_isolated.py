@@ -101,7 +101,7 @@ def test_kill_and_a_lost_node_across_machines(mongo_url, tmp_path, key, base_tem
     marker = str(private_dir(base_temp) / f"core4nb-isolated-{os.getpid()}-{time.monotonic_ns()}.txt")
     with Queue(mongo_url) as queue:
         slow = queue.enqueue(jobfuncs.record, marker, "slow", 60.0)
-        lost = queue.enqueue(jobfuncs.record, marker, "lost", 3.0, attempts=2, error_time=0.1)
+        lost = queue.enqueue(jobfuncs.record, marker, "lost", 3.0, options={"attempts": 2, "error_time": 0.1})
         first = start_isolated_node(mongo_url, "doomed", key, base_temp, burst=False, lease=1.5)
         wait_for(lambda: queue.get(slow).state == State.RUNNING and queue.get(lost).state == State.RUNNING,
                  timeout=60, what="both jobs running on the isolated node")

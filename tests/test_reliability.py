@@ -30,7 +30,7 @@ from tests.test_faults import cli, is_sqlite, no_process_left, outage, queue, ra
 def test_a_job_whose_node_died_reruns_without_spending_an_attempt(queue, tmp_path):
     """attempts=1 (the default) and its first node is SIGKILLed: the job runs again on the other node."""
     trials = str(tmp_path / "trials.txt")
-    job_id = queue.enqueue(faultfuncs.kill_my_node, trials, 1, error_time=0.1)
+    job_id = queue.enqueue(faultfuncs.kill_my_node, trials, 1, options={"error_time": 0.1})
     nodes = [start_node(queue.url, name, processes=1, lease=1.0) for name in ("node-a", "node-b")]
     try:
         survivor = queue.result(job_id, timeout=2 * PATIENCE)
@@ -47,7 +47,8 @@ def test_a_job_whose_node_died_reruns_without_spending_an_attempt(queue, tmp_pat
 
 def test_a_poison_job_ends_in_error_naming_every_node_it_killed(queue, tmp_path):
     trials = str(tmp_path / "trials.txt")
-    job_id = queue.enqueue(faultfuncs.kill_my_node, trials, attempts=5, lost_retries=1, error_time=0.1)
+    job_id = queue.enqueue(faultfuncs.kill_my_node, trials,
+                           options={"attempts": 5, "lost_retries": 1, "error_time": 0.1})
     nodes = [start_node(queue.url, name, processes=1, lease=1.0) for name in ("node-a", "node-b")]
     try:
         wait_for(lambda: all(node.poll() is not None for node in nodes), timeout=2 * PATIENCE, what="both nodes to die")
@@ -257,7 +258,7 @@ def test_status_and_jobs_read_a_read_only_queue_file(read_only_mount):
     directory, make_read_only = read_only_mount
     url = f"sqlite://{directory / 'queue.db'}"
     with Queue(url) as q:
-        done, waiting = q.enqueue(jobfuncs.add, 1, 2), q.enqueue(jobfuncs.add, 3, 4, priority=-1)
+        done, waiting = q.enqueue(jobfuncs.add, 1, 2), q.enqueue(jobfuncs.add, 3, 4, options={"priority": -1})
         assert start_node(url, "node", processes=1, burst=True).wait(PATIENCE) == 0
         q.restart(done)  # one more waiting job
     make_read_only()
@@ -286,8 +287,8 @@ def small_disk(tmp_path):
 def test_a_full_disk_errs_the_outcome_that_does_not_fit_and_stops_no_heartbeat(small_disk, tmp_path):
     url, log = f"sqlite://{small_disk / 'queue.db'}", str(tmp_path / "runs.txt")
     with Queue(url) as q:
-        big = q.enqueue(faultfuncs.big_result, 12 * 2**20, priority=2)  # cannot fit on the 8 MB disk
-        long = q.enqueue(jobfuncs.record, log, "long", 8.0, priority=1)  # outlives 4 leases meanwhile
+        big = q.enqueue(faultfuncs.big_result, 12 * 2**20, options={"priority": 2})  # cannot fit on the 8 MB disk
+        long = q.enqueue(jobfuncs.record, log, "long", 8.0, options={"priority": 1})  # outlives 4 leases meanwhile
         full = start_node(url, "full", processes=2, lease=2.0)
         try:
             wait_for(lambda: q.counts()[State.RUNNING] == 2, what="both jobs running on node 'full'")

@@ -199,9 +199,9 @@ def test_a_job_name_that_is_not_a_string_never_breaks_the_claim_walk(queue, raw)
     if raw.sqlite:
         pytest.skip("the slot walk is the MongoDB claim's; SQLite cannot even store a list")
     holder = Claimant(worker="elsewhere", node="other-host", pid=1)
-    queue.enqueue(jobfuncs.add, 0, 0, name="lim", max_parallel=1)
+    queue.enqueue(jobfuncs.add, 0, 0, name="lim", options={"max_parallel": 1})
     assert queue.store.claim(holder, lease_seconds=600).name == "lim"  # its only slot is held elsewhere
-    blocked = queue.enqueue(jobfuncs.add, 1, 1, name="lim", max_parallel=1, priority=5)  # tried first
+    blocked = queue.enqueue(jobfuncs.add, 1, 1, name="lim", options={"max_parallel": 1, "priority": 5})  # tried first
     bad = queue.enqueue(jobfuncs.add, 2, 2)
     raw.change(bad, {"name": [1, 2]})
     sentinel = queue.enqueue(jobfuncs.add, 2, 3)

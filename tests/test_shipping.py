@@ -72,7 +72,7 @@ def test_a_package_version_that_breaks_loading_is_named(monkeypatch):
 def test_a_node_with_other_package_versions_hands_the_job_back_unspent(queue_url, monkeypatch):
     monkeypatch.setattr(shipping, "referenced_versions", lambda body: {"numpy": "0.0.1"})
     with Queue(queue_url) as queue:
-        job_id = queue.enqueue(identity, NeedsOtherNumpy(), attempts=2)
+        job_id = queue.enqueue(identity, NeedsOtherNumpy(), options={"attempts": 2})
         node = start_node(queue_url, "other-env", processes=1, burst=True)
         assert node.wait(60) == 0, node_log(node)  # a burst node leaves what it cannot load
         job = queue.get(job_id)

@@ -6,6 +6,7 @@ import pytest
 
 from core4nb import ChildFailed, Core4Executor, Core4Job, State, enqueue
 from core4nb.examples import PrimeJob, count_primes
+from core4nb.options import JobOptions
 from tests.jobfuncs import add, fail
 
 
@@ -43,10 +44,10 @@ def test_count_primes_by_trial_division():
 
 
 def test_job_options_come_from_class_attributes():
-    assert TwoTrials.job_options() == {"priority": 3, "max_parallel": None, "attempts": 1, "defer_time": 0.1,
-                                       "defer_max": None, "error_time": 1.0, "wall_time": None, "keep": False,
-                                       "lost_retries": 3}
-    assert PrimeJob.job_options()["max_parallel"] == 5
+    assert TwoTrials.job_options() == JobOptions(priority=3, max_parallel=None, attempts=1, defer_time=0.1,
+                                                 defer_max=None, error_time=1.0, wall_time=None, keep=False,
+                                                 lost_retries=3)
+    assert PrimeJob.job_options().max_parallel == 5
 
 
 def test_core4job_defers_then_returns_and_keeps_its_options(sqlite_url):

@@ -454,7 +454,7 @@ def test_real_worker_tree_to_success(sqlite_url):
 
 def test_real_worker_tree_failure(sqlite_url):
     with Queue(sqlite_url) as queue:
-        root = queue.enqueue(jobfuncs.fan_out, 4, 2, defer_time=0.1)
+        root = queue.enqueue(jobfuncs.fan_out, 4, 2, options={"defer_time": 0.1})
         panel = progress(root, url=sqlite_url, widget=True, display=False)
         snap = wait_with_burst_node(panel, sqlite_url, "node-f")
     assert snap.is_final and snap.root.state is State.ERROR

@@ -52,7 +52,7 @@ def test_two_nodes_claim_every_job_exactly_once(queue, tmp_path):
 def test_max_parallel_is_never_exceeded_across_nodes(queue, tmp_path):
     log = str(tmp_path / "runs.txt")
     for i in range(8):
-        queue.enqueue(jobfuncs.record, log, i, 0.3, max_parallel=2)
+        queue.enqueue(jobfuncs.record, log, i, 0.3, options={"max_parallel": 2})
     nodes = [start_node(queue.url, f"node-{n}", processes=3, burst=True) for n in "ab"]
     for node in nodes:
         node.wait(120)
@@ -64,9 +64,9 @@ def test_max_parallel_is_never_exceeded_across_nodes(queue, tmp_path):
 def test_higher_priority_runs_first(queue, tmp_path):
     log = str(tmp_path / "runs.txt")
     for i in range(4):
-        queue.enqueue(jobfuncs.record, log, f"low{i}", priority=0)
+        queue.enqueue(jobfuncs.record, log, f"low{i}", options={"priority": 0})
     for i in range(4):
-        queue.enqueue(jobfuncs.record, log, f"high{i}", priority=10)
+        queue.enqueue(jobfuncs.record, log, f"high{i}", options={"priority": 10})
     start_node(queue.url, "solo", processes=1, burst=True).wait(60)
     order = [tag for tag, *_ in jobfuncs.read_records(log)]
     assert order == ["high0", "high1", "high2", "high3", "low0", "low1", "low2", "low3"]
@@ -74,7 +74,7 @@ def test_higher_priority_runs_first(queue, tmp_path):
 
 def test_sigkilled_node_jobs_finish_on_another_node(queue, tmp_path):
     log = str(tmp_path / "runs.txt")
-    ids = [queue.enqueue(jobfuncs.sleep_then_record, log, i, 1.5, attempts=2) for i in range(2)]
+    ids = [queue.enqueue(jobfuncs.sleep_then_record, log, i, 1.5, options={"attempts": 2}) for i in range(2)]
     doomed = start_node(queue.url, "doomed", processes=2, lease=1.0)
     wait_for(lambda: queue.counts()[State.RUNNING] == 2, what="doomed node to claim both jobs")
     stop_node(doomed, signal.SIGKILL)
@@ -93,7 +93,7 @@ def test_sigkilled_node_jobs_finish_on_another_node(queue, tmp_path):
 
 
 def test_reaped_job_without_lost_retries_left_is_error_worker_lost(queue):
-    job_id = queue.enqueue(jobfuncs.sleep_then_record, "/dev/null", 0, 30, lost_retries=0)
+    job_id = queue.enqueue(jobfuncs.sleep_then_record, "/dev/null", 0, 30, options={"lost_retries": 0})
     doomed = start_node(queue.url, "doomed", processes=1, lease=0.5)
     wait_for(lambda: queue.get(job_id).state == State.RUNNING, what="claim")
     stop_node(doomed, signal.SIGKILL)
@@ -143,7 +143,7 @@ def test_kill_pending_job_is_immediate(queue):
 
 def test_retry_after_error_time_until_success(queue, tmp_path):
     trials = tmp_path / "trials.txt"
-    job_id = queue.enqueue(jobfuncs.fail_until, str(trials), 3, attempts=3, error_time=0.1)
+    job_id = queue.enqueue(jobfuncs.fail_until, str(trials), 3, options={"attempts": 3, "error_time": 0.1})
     start_node(queue.url, "node", processes=1, burst=True).wait(60)
     assert queue.result(job_id) == 3
     assert trials.read_text().count("x") == 3
@@ -160,8 +160,8 @@ def test_exception_comes_back_as_its_type_with_remote_traceback(queue):
 
 
 def test_defer_then_complete_and_defer_max_inactive(queue):
-    once = queue.enqueue(jobfuncs.defer_once, 4, defer_time=0.1)
-    forever = queue.enqueue(jobfuncs.always_defer, "still waiting", defer_time=0.1, defer_max=0.5)
+    once = queue.enqueue(jobfuncs.defer_once, 4, options={"defer_time": 0.1})
+    forever = queue.enqueue(jobfuncs.always_defer, "still waiting", options={"defer_time": 0.1, "defer_max": 0.5})
     start_node(queue.url, "node", processes=2, burst=True).wait(60)
     assert queue.result(once) == 40
     job = queue.get(forever)
@@ -170,7 +170,7 @@ def test_defer_then_complete_and_defer_max_inactive(queue):
 
 
 def test_wall_time_stops_a_runaway_job(queue):
-    job_id = queue.enqueue(jobfuncs.sleep_then_record, "/dev/null", 0, 30, wall_time=0.5)
+    job_id = queue.enqueue(jobfuncs.sleep_then_record, "/dev/null", 0, 30, options={"wall_time": 0.5})
     start_node(queue.url, "node", processes=1, burst=True).wait(60)
     job = queue.get(job_id)
     assert job.state == State.ERROR and job.error.type == "WallTimeExceeded"
@@ -193,7 +193,7 @@ def test_sigterm_drains_running_job_and_hands_back_the_rest(queue, tmp_path):
     log = str(tmp_path / "runs.txt")
     short = queue.enqueue(jobfuncs.sleep_then_record, log, "short", 0.8)
     long = queue.enqueue(jobfuncs.sleep_then_record, log, "long", 30)
-    waiting = queue.enqueue(jobfuncs.add, 1, 2, priority=-1)
+    waiting = queue.enqueue(jobfuncs.add, 1, 2, options={"priority": -1})
     node = start_node(queue.url, "node", processes=2, extra=("--grace", "2"))
     wait_for(lambda: queue.counts()[State.RUNNING] == 2, what="both claimed")
     output = stop_node(node, signal.SIGTERM)

@@ -13,6 +13,7 @@ thread and the local worker node.
 
 from __future__ import annotations
 
+import copy
 import weakref
 from collections.abc import Callable, Iterable
 from concurrent import futures as cf
@@ -22,7 +23,8 @@ from core4nb import keys, serialize
 from core4nb.executor.futures import Core4Future
 from core4nb.executor.local import LocalWorkers, acquire_node
 from core4nb.executor.runtime import Runtime
-from core4nb.queue import JOB_OPTIONS, default_url, make_job
+from core4nb.options import JobOptions
+from core4nb.queue import default_url, make_job
 from core4nb.store import Store, env_url, open_store, redact_url
 
 _live: weakref.WeakSet[Core4Executor] = weakref.WeakSet()
@@ -31,14 +33,6 @@ _live: weakref.WeakSet[Core4Executor] = weakref.WeakSet()
 def find_live_executor(url: str) -> Core4Executor | None:
     """An executor of this process on ``url`` that is not shut down (for ``enqueue``)."""
     return next((ex for ex in list(_live) if ex.url == url and not ex.is_shutdown), None)
-
-
-def check_options(options: dict[str, Any]) -> None:
-    """Reject unknown or invalid job options now, not at the first submit."""
-    unknown = sorted(set(options) - set(JOB_OPTIONS))
-    if unknown:
-        raise TypeError(f"unknown job option(s) {', '.join(unknown)}; valid: {', '.join(JOB_OPTIONS)}")
-    make_job(len, key=b"-", **options)  # a throwaway job validates the values (ConfigError)
 
 
 class Core4Executor(cf.Executor):
@@ -57,17 +51,18 @@ class Core4Executor(cf.Executor):
             one of this process already serves the queue.
         mp_context: accepted for ProcessPoolExecutor compatibility, as None only: worker nodes
             start their own processes.
-        **job_defaults: job options (``priority``, ``max_parallel``, ``attempts``,
-            ``defer_time``, ``defer_max``, ``error_time``, ``wall_time``) for every job.
+        **job_defaults: job options (:class:`~core4nb.options.JobOptions`: ``priority``, ``attempts``,
+            ``wall_time``…) for every job; ``submit``'s keywords all go to the function.
 
     Raises:
         TypeError: an unknown job option, a URL that is not a string, both ``workers`` and ``max_workers``.
+        ConfigError: a job option's value of the wrong type or out of range.
         ValueError: ``workers`` < 1 for the embedded default, ``max_workers`` < 1, an ``mp_context``.
     """
 
     def __init__(self, url: str | None = None, *, workers: int | None = None, max_workers: int | None = None,
                  share_workers: bool = True, mp_context: None = None, **job_defaults: Any) -> None:
-        check_options(job_defaults)
+        job_defaults = JobOptions.check(job_defaults)
         if url is not None and not isinstance(url, str):
             raise TypeError(f"Core4Executor({url!r}): the first argument is the queue URL; "
                             f"give the worker count as max_workers={url!r}")
@@ -92,7 +87,7 @@ class Core4Executor(cf.Executor):
             store.close()
             raise
         self._runtime = Runtime(url, store, key, local)
-        self._options = dict(job_defaults)
+        self._options = job_defaults
         _live.add(self)
 
     # -- properties -------------------------------------------------------------------------
@@ -123,11 +118,10 @@ class Core4Executor(cf.Executor):
         """A view with more job options that shares this executor's store, poller and workers.
 
         ``ex.options(priority=5).submit(fn, x)``. Shutting a view down shuts the
-        executor down. Raises TypeError for an unknown option.
+        executor down. Raises TypeError for an unknown option, ConfigError for a bad value.
         """
-        check_options(options)
-        view = object.__new__(type(self))
-        view._runtime, view._options = self._runtime, {**self._options, **options}
+        view = copy.copy(self)  # the same runtime; only the options differ
+        view._options = {**self._options, **JobOptions.check(options)}
         return view
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Core4Future:
@@ -139,7 +133,7 @@ class Core4Executor(cf.Executor):
         """
         self._runtime.check_open()
         memo = serialize.DigestMemo(self._runtime.store.blobs.put_hashing)  # large arguments stored as they are hashed
-        job = make_job(fn, args, kwargs, key=self._runtime.key, memo=memo, **self._options)
+        job = make_job(fn, args, kwargs, key=self._runtime.key, memo=memo, options=self._options)
         return self._runtime.insert_and_track([job], [job])[0]
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None, chunksize: int | None = None,

@@ -66,7 +66,7 @@ class _MapRun:
         try:
             job = make_job(run_chunk, (self.fn, chunk, self.star, label, self.offset), name=self.name,
                            parent=self.root_stub, key=self.runtime.key, job_id=self.ids.next(), memo=memo,
-                           **self.options)
+                           options=self.options)
         except PayloadError:
             raise self._diagnose(chunk) from None
         # Listings show the chunk's place and items, not run_chunk's own arguments (the function, a flag).
@@ -90,7 +90,7 @@ class _MapRun:
     def root_job(self, total: int) -> Job:
         priority = (self.options.get("priority") or 0) - 1  # chunks are claimed before their root
         root = make_job(MapRoot, (), {"total": total}, name=f"map:{self.name}", key=self.runtime.key,
-                        job_id=self.root_id, priority=priority)
+                        job_id=self.root_id, options={"priority": priority})
         return root
 
     def submit(self, chunks: list[list], *, last: bool) -> None:
