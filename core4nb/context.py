@@ -11,7 +11,7 @@ import numbers
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from core4nb.errors import ChildFailed, Core4Error
+from core4nb.errors import ChildFailed, ChildrenOpen, NotInJob
 from core4nb.job import OPEN_STATES, Job, State, safe_text
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("core4nb_job", default=None)
@@ -25,11 +25,11 @@ def current_job() -> JobContext:
     """The context of the job running in this process.
 
     Raises:
-        Core4Error: when called outside a job.
+        NotInJob: when called outside a job.
     """
     ctx = _current.get()
     if ctx is None:
-        raise Core4Error("current_job() is only available inside a job running on a core4nb worker")
+        raise NotInJob("current_job() is only available inside a job running on a core4nb worker")
     return ctx
 
 
@@ -117,7 +117,7 @@ class JobContext:
             self._fail_on_child()
         open_ids = [c.id for c in children if c.state in OPEN_STATES]
         if open_ids:
-            raise Core4Error(f"{len(open_ids)} children still open (first: {open_ids[0]}); "
+            raise ChildrenOpen(f"{len(open_ids)} children still open (first: {open_ids[0]}); "
                              f"defer until children_open() is 0")
         return [outcome(c, self.queue.store) for c in children]
 

@@ -72,8 +72,24 @@ class JobFailed(Core4Error):
     """A job ended in error, killed or inactive; the message names the job."""
 
 
+class JobNotFinal(Core4Error):
+    """A job's outcome was asked for, or a restart, while the job still has work ahead of it (not a failure)."""
+
+
 class WorkerLost(Core4Error):
     """A job's worker stopped heartbeating (node died, paused or cut off)."""
+
+
+class NodeStartFailed(Core4Error):
+    """The local worker node an executor relies on cannot start (or keeps crashing): its jobs cannot run here."""
+
+
+class NotInJob(Core4Error, RuntimeError):
+    """A job-only call (``current_job()``) was made outside a job running on a worker."""
+
+
+class ChildrenOpen(Core4Error):
+    """A job asked for its children's results while some of them still have work ahead of them."""
 
 
 class NoWorkers(Core4Error, TimeoutError):

@@ -22,9 +22,10 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from core4nb import report
 from core4nb.cells import CellRunner, chunk_advice, chunk_names, default_chunks, split
-from core4nb.errors import Core4Error
+from core4nb.errors import ConfigError, Core4Error
 from core4nb.executor import Core4Executor
 from core4nb.job import State
+from core4nb.options import JobOptions
 from core4nb.queue import Queue, RemoteTraceback
 from core4nb.store import redact_url
 
@@ -205,8 +206,13 @@ class Core4Magics(Magics):
             runner = CellRunner(source, args.over, ns)
         except SyntaxError as exc:
             raise UsageError(f"the cell body is not valid Python: {exc}") from None
+        flags = {"priority": args.priority, "max_parallel": args.max_parallel}
+        options = {name: value for name, value in flags.items() if value is not None}
+        try:
+            JobOptions.check(options)  # before any worker starts: --max-parallel 0 is a usage error
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
         executor = self.executor(args.url, args.workers)
-        options = {k: v for k, v in (("priority", args.priority), ("max_parallel", args.max_parallel)) if v}
         slots = executor._runtime.slots()
         chunks = split(ns[args.over], args.chunks or default_chunks(ns[args.over], slots))
         results = executor.options(**options).map(runner, chunks, chunksize=1)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from core4nb import keys, serialize
-from core4nb.errors import JobFailed, RemoteError, StoreUnavailable
+from core4nb.errors import JobFailed, JobNotFinal, RemoteError, StoreUnavailable
 from core4nb.job import FINAL_STATES, Job, State, new_job_id, safe_text
 from core4nb.options import DEFAULTS, OPTION_NAMES, JobOptions, reject_misplaced_options
 from core4nb.store import Store, env_url, open_store, redact_url
@@ -80,7 +80,7 @@ def outcome(job: Job, store: Store, key: bytes | None = None) -> Any:
     if job.state in (State.KILLED, State.INACTIVE):
         reason = job.error.summary() if job.error else job.progress_message or "no reason recorded"
         raise JobFailed(f"job {job.id} ({job.name}) is {job.state}: {reason}")
-    raise JobFailed(f"job {job.id} ({job.name}) is {job.state}, not final; wait for it first")
+    raise JobNotFinal(f"job {job.id} ({job.name}) is {job.state}, not final; wait for it first")
 
 
 class RemoteTraceback(Exception):
@@ -198,7 +198,7 @@ class Queue:
         """Enqueue a fresh copy of a final job (linked by ``restarted_from``); returns its id."""
         old = self.store.get(job_id)
         if old.state not in FINAL_STATES:
-            raise JobFailed(f"job {job_id} is {old.state}; only a finished job can be restarted (kill it first)")
+            raise JobNotFinal(f"job {job_id} is {old.state}; only a finished job can be restarted (kill it first)")
         same_options = JobOptions(**{name: getattr(old, name) for name in OPTION_NAMES})
         tree = {"parent_id": old.parent_id, "root_id": old.root_id} if old.parent_id else {}
         new_id = new_job_id()  # the payload is signed for its job: sign the same call for the new one

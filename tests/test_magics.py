@@ -93,6 +93,7 @@ def test_exception_in_a_chunk_is_raised_as_its_type(shell):
     ("--chunks 4", "needs --over"),
     ("--over missing", "no variable 'missing'"),
     ("--over numbers --chunks 0", "--chunks must be at least 1"),
+    ("--over numbers --max-parallel 0", r"^bad job option max_parallel=0: must be an integer >= 1 or None$"),
     ("--over numbers --reduce nosuchfn", "--reduce nosuchfn"),
     ("--over numbers --out 'not a name'", "not a valid Python name"),
     ("--over numbers --bogus", "unrecognized arguments"),
@@ -332,7 +333,7 @@ def test_in_a_kernel_ctrl_c_is_one_true_line_and_a_chunk_error_shows_the_users_l
                                    "    y = 1 / (numbers[0] - 40)", "        ~~^~~~~~~~~~~~~~~~~~~",
                                    "ZeroDivisionError: division by zero"]
     [panel] = [t for t in texts(failing) if "cell_over_numbers" in t]
-    assert panel.startswith("failed: cell_over_numbers")
+    assert panel.startswith("broken: cell_over_numbers")
 
 
 def test_in_a_kernel_submit_and_enqueue_stream_to_their_own_cells(tmp_path, monkeypatch):

@@ -124,7 +124,7 @@ def test_snapshot_counts_and_derived_values(store, running_tree):
     assert snap.nodes == (("node-a", 1), ("node-b", 1))
     assert [j.error.message for j in snap.failures] == ["flaky"]
     assert snap.subtrees == ()
-    assert (snap.status, snap.is_final, snap.is_failed) == ("running", False, False)
+    assert (snap.status, snap.is_final, snap.is_broken) == ("running", False, False)
     timed = at(snap, 2.0)
     assert (timed.elapsed, timed.throughput, timed.eta) == (2.0, 2.0, 3.0)
 
@@ -141,7 +141,7 @@ def test_snapshot_is_the_same_on_every_backend(queue_url):
         snap = take_snapshot(store, root.id)
     assert snap.counts == {State.PENDING: 3, State.RUNNING: 1, State.DEFERRED: 1, State.FAILED: 0,
                            State.COMPLETE: 0, State.ERROR: 1, State.INACTIVE: 0, State.KILLED: 0}
-    assert (snap.total, snap.done, snap.child_count, snap.status) == (6, 1, 3, "failed")
+    assert (snap.total, snap.done, snap.child_count, snap.status) == (6, 1, 3, "broken")
     assert [(s.job.id, s.total, s.done) for s in snap.subtrees] == [(parent.id, 3, 1)]
     assert snap.nodes == (("node-x", 1),)
     assert [j.error.traceback for j in snap.failures] == [TRACEBACK]
@@ -247,10 +247,10 @@ def test_panel_failure_shows_traceback_and_stays_red(store, running_tree):
     assert "ZeroDivisionError: division by zero" in failures
     assert failures.count("<details") == 2  # the error and the retrying failure
     assert "line 2, in &lt;module&gt;\nZeroDivisionError: division by zero" in failures  # escaped traceback
-    assert "failed: fan_out" in repr(panel) and "ZeroDivisionError: division by zero" in repr(panel)
+    assert "broken: fan_out" in repr(panel) and "ZeroDivisionError: division by zero" in repr(panel)
     store.remove(bad.id)  # the tree looks healthy again: the bar stays red
     panel.update(take_snapshot(store, running_tree.id))
-    assert not panel.snapshot.is_failed and panel.bar.bar_style == "danger"
+    assert not panel.snapshot.is_broken and panel.bar.bar_style == "danger"
     assert TreePanel(panel.snapshot).bar.bar_style == "info"  # a fresh panel would not be red
 
 

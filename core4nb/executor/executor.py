@@ -4,7 +4,7 @@ Data flow (the executor never runs user code; DESIGN.md §2)::
 
     submit/map ──► make_job (pickle + sign) ──► store.insert ──► sys.queue ◄── worker nodes
         │                                                          │   (local ones: local.py)
-        └──► Core4Future ◄── set_result/set_exception ── Poller ◄──┘   (one thread, adaptive polling)
+        └──► Core4Future ◄── set_result/set_exception ── FuturePoller ◄──┘   (one thread, adaptive polling)
 
 An executor and every view made by :meth:`Core4Executor.options` share one
 :class:`~core4nb.executor.runtime.Runtime`: the store connection, the poller

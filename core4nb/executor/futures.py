@@ -100,7 +100,7 @@ class Core4Future(Future):
         return True
 
     def _see(self, progress: Progress) -> None:
-        """Poller only: record a snapshot and mark the future running once the job starts."""
+        """FuturePoller only: record a snapshot and mark the future running once the job starts."""
         self._progress = progress
         if progress.state in (State.RUNNING, State.DEFERRED):
             with self._condition:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import InvalidStateError
 
-from core4nb.errors import JobNotFound, StoreUnavailable, WorkerLost
+from core4nb.errors import JobNotFound, NodeStartFailed, StoreUnavailable
 from core4nb.executor.futures import Core4Future, Progress
 from core4nb.executor.liveoutput import JobOutput, submitters_sink
 from core4nb.executor.local import LocalWorkers
@@ -67,7 +67,7 @@ def _batches(ids: list[str]) -> Iterator[list[str]]:
         yield ids[i : i + BATCH]
 
 
-class Poller:
+class FuturePoller:
     """Tracks futures by job id and completes them from one daemon thread."""
 
     def __init__(self, store: Store, key: bytes, local: LocalWorkers | None = None) -> None:
@@ -248,7 +248,7 @@ class Poller:
         """A crashed local node is restarted; one that cannot start fails the waiting futures."""
         problem = self.local.check() if self.local is not None else None
         if problem:
-            self._fail_all(lambda future: WorkerLost(f"job {future.job_id} cannot run here: {problem}"))
+            self._fail_all(lambda future: NodeStartFailed(f"job {future.job_id} cannot run here: {problem}"))
 
     def _store_failing(self, exc: Exception) -> None:
         self._fail_all(lambda future: StoreUnavailable(

@@ -21,7 +21,7 @@ from concurrent import futures as cf
 from core4nb.errors import JobNotFound
 from core4nb.executor.futures import Core4Future
 from core4nb.executor.local import LocalWorkers
-from core4nb.executor.poller import Poller
+from core4nb.executor.poller import FuturePoller
 from core4nb.job import Job, State
 from core4nb.store import DEFAULT_LEASE_SECONDS, Store, WorkerInfo, redact_url
 
@@ -30,7 +30,7 @@ log = logging.getLogger("core4nb.executor")
 DRAIN_CHECK = 5.0
 
 
-def _close(poller: Poller, local: LocalWorkers | None, store: Store) -> None:
+def _close(poller: FuturePoller, local: LocalWorkers | None, store: Store) -> None:
     """Finalizer: must not refer to the runtime, or the runtime would never be collected."""
     poller.stop()
     if local is not None:
@@ -43,7 +43,7 @@ class Runtime:
 
     def __init__(self, url: str, store: Store, key: bytes, local: LocalWorkers | None) -> None:
         self.url, self.store, self.key, self.local = url, store, key, local
-        self.poller = Poller(store, key, local)
+        self.poller = FuturePoller(store, key, local)
         self.is_shutdown = False
         self._lock = threading.Lock()  # submit vs shutdown
         self._close_lock = threading.Lock()

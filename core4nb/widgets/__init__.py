@@ -3,7 +3,7 @@
 ::
 
     panel = core4nb.progress(future)      # TreePanel in a notebook, TextProgress elsewhere
-    panel.wait(); panel.snapshot.status   # 'complete' | 'failed' | 'killed'
+    panel.wait(); panel.snapshot.status   # 'complete' | 'broken' | 'killed'
 
 ``TreePanel`` needs ipywidgets and is imported on first use, so importing this
 package (or core4nb) never imports ipywidgets.

@@ -55,7 +55,7 @@ class TreePanel(Polled):
     def __init__(self, snapshot: TreeSnapshot | None = None, *, unit: str = "jobs") -> None:
         self.unit = unit
         self.snapshot: TreeSnapshot | None = None
-        self.has_failed = False
+        self.has_broken = False
         # description_width 'initial': the tree's name in full (up to 24 characters); the default
         # (JupyterLab's 80 px label column) cut it to "cell_over_..." in the browser.
         self.bar = w.FloatProgress(value=0.0, min=0.0, max=1.0, bar_style="info", layout=w.Layout(width="45%"),
@@ -81,8 +81,8 @@ class TreePanel(Polled):
     def update(self, snapshot: TreeSnapshot) -> None:
         """Draw a new snapshot."""
         self.snapshot = snapshot
-        self.has_failed = self.has_failed or snapshot.is_failed
-        style = "danger" if self.has_failed else "success" if snapshot.is_final else "info"
+        self.has_broken = self.has_broken or snapshot.is_broken
+        style = "danger" if self.has_broken else "success" if snapshot.is_final else "info"
         with self.bar.hold_sync():
             self.bar.description = snapshot.name[:24]
             self.bar.max = float(max(snapshot.total, 1))  # max before value: value is clamped to max

@@ -36,7 +36,7 @@ def counts_table(counts: dict[State, int]) -> str:
 def summary_html(snapshot: TreeSnapshot, unit: str) -> str:
     """The label next to the bar: done/total, status, elapsed, throughput, ETA."""
     s = snapshot
-    color = STATE_COLORS[State.ERROR] if s.status in ("failed", "killed") else "inherit"
+    color = STATE_COLORS[State.ERROR] if s.status in ("broken", "killed") else "inherit"
     parts = [f"<b>{s.completed}</b>/{s.total} {html.escape(unit)}",
              f'<span style="color:{color}">{s.status}</span>',
              f"elapsed {format_seconds(s.elapsed)}"]
@@ -49,7 +49,7 @@ def summary_html(snapshot: TreeSnapshot, unit: str) -> str:
 
 def static_html(snapshot: TreeSnapshot, unit: str) -> str:
     """The panel without widgets, for a saved notebook where they do not render (nbviewer, GitHub)."""
-    color = STATE_COLORS[State.ERROR] if snapshot.status in ("failed", "killed") else STATE_COLORS[State.COMPLETE] \
+    color = STATE_COLORS[State.ERROR] if snapshot.status in ("broken", "killed") else STATE_COLORS[State.COMPLETE] \
         if snapshot.is_final else STATE_COLORS[State.RUNNING]
     bar = (f'<div style="display:inline-block;width:40%;height:1em;background:#e9ecef;vertical-align:middle">'
            f'<div style="width:{snapshot.fraction * 100:.1f}%;height:100%;background:{color}"></div></div>')

@@ -136,8 +136,10 @@ class TreeSnapshot(_Tally):
         return self.root.is_final and self.open_count == 0
 
     @property
-    def is_failed(self) -> bool:
-        """Some job of the tree ended in error, inactive or killed (or the root is being killed)."""
+    def is_broken(self) -> bool:
+        """Some job of the tree ended in error, inactive or killed (or the root is being killed).
+
+        Not "failed": ``State.FAILED`` is a job that will be retried, which breaks nothing yet."""
         return self.root.kill_requested or any(self.tree_counts[state] for state in BAD_STATES)
 
     @property
@@ -147,11 +149,11 @@ class TreeSnapshot(_Tally):
 
     @property
     def status(self) -> str:
-        """One word: pending, running, complete, failed or killed."""
+        """One word: pending, running, complete, broken (see :attr:`is_broken`) or killed."""
         if self.is_killed:
             return "killed"
-        if self.is_failed:
-            return "failed"
+        if self.is_broken:
+            return "broken"
         if self.is_final:
             return "complete"
         busy = self.done or any(self.tree_counts[s] for s in (State.RUNNING, State.DEFERRED, State.FAILED))
