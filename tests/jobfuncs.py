@@ -101,7 +101,7 @@ def fan_out(n: int, fail_at: int | None = None, levels: int = 1, seconds: float 
     if job.trial == 1:
         for i in range(n):
             if levels > 1:
-                job.enqueue_child(fan_out, n, fail_at, levels - 1, seconds, defer_time=0.1)
+                job.enqueue_child(fan_out, n, fail_at, levels - 1, seconds, options={"defer_time": 0.1})
             elif i == fail_at:
                 job.enqueue_child(fail, f"chunk {i} is bad")
             else:
@@ -139,3 +139,10 @@ def print_through_a_subprocess(text: str) -> int:
 def ranked(item: str, priority: int = 0) -> tuple[str, int]:
     """A function whose parameter shares a job option's name: it must receive the value itself."""
     return item, priority
+
+
+def eager_parent() -> list:
+    """Asks for its child's result at once: with one worker slot (its own) the child cannot have run."""
+    job = current_job()
+    job.enqueue_child(add, 1, 2)
+    return job.child_results()

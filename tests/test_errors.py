@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from core4nb import JobFailed, Queue, current_job
-from core4nb.errors import JobNotFinal, NotInJob
+from core4nb import Core4Executor, JobFailed, Queue, current_job
+from core4nb.errors import ChildrenOpen, JobNotFinal, NotInJob
 from core4nb.queue import outcome
 from tests import jobfuncs
+from tests.nodes import PATIENCE
 
 
 def test_a_waiting_job_is_not_final_rather_than_failed(queue_url):
@@ -25,3 +26,10 @@ def test_a_waiting_job_is_not_final_rather_than_failed(queue_url):
 def test_current_job_outside_a_job_is_not_in_job():
     with pytest.raises(NotInJob, match=r"^current_job\(\) is only available inside a job running on a core4nb"):
         current_job()
+
+
+def test_child_results_while_children_are_open_is_children_open(queue_url):
+    with Core4Executor(queue_url, workers=1) as ex:
+        future = ex.submit(jobfuncs.eager_parent)
+        with pytest.raises(ChildrenOpen, match=r"^1 children still open \(first: \w+\); defer until children_open"):
+            future.result(timeout=PATIENCE)
