@@ -56,9 +56,12 @@ class JobOptions:
         """``changes`` as a plain dict once every name and value in it is valid.
 
         Raises:
-            TypeError: an unknown option name (the valid ones listed).
+            TypeError: not a mapping, or an unknown option name (the valid ones listed).
             ConfigError: a value of the wrong type or out of range.
         """
+        if not isinstance(changes, Mapping):  # a whole JobOptions would silently undo a Core4Job's attributes
+            raise TypeError(f"job options are a dict of the ones to change, e.g. options={{'priority': 5}}; "
+                            f"got {changes!r}")
         unknown = sorted(set(changes) - set(OPTION_NAMES))
         if unknown:
             raise TypeError(f"unknown job option(s) {', '.join(unknown)}; valid: {', '.join(OPTION_NAMES)}")

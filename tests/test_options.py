@@ -46,6 +46,13 @@ def test_an_unknown_name_is_a_type_error_listing_the_valid_ones():
     assert str(info.value) == f"unknown job option(s) prio; valid: {', '.join(OPTION_NAMES)}"
 
 
+def test_options_given_whole_are_a_type_error_showing_the_dict_spelling():
+    with pytest.raises(TypeError) as info:
+        JobOptions.check(JobOptions(priority=1))  # type: ignore[arg-type]
+    assert str(info.value).startswith("job options are a dict of the ones to change, e.g. options={'priority': 5}; "
+                                      "got JobOptions(priority=1, ")
+
+
 def test_updated_layers_changes_over_the_base():
     base = JobOptions(priority=3, attempts=2)
     assert base.updated({"priority": 5, "wall_time": 2}) == JobOptions(priority=5, attempts=2, wall_time=2)
