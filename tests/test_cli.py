@@ -241,3 +241,18 @@ def test_unknown_tree_is_an_error(queue):
     done = core4nb("jobs", queue.url, "--tree", "0" * 24)
     assert done.returncode == 1
     assert done.stderr.startswith(f"core4nb: error: no job with id {'0' * 24}") and done.stderr.count("\n") == 1
+
+
+def test_a_long_argument_list_is_summarized_from_its_first_items_only():
+    from core4nb.serialize import summarize_args
+
+    class Counted:
+        looked_at = 0
+
+        def __repr__(self) -> str:
+            Counted.looked_at += 1
+            return "item"
+
+    text = summarize_args(tuple(Counted() for _ in range(10_000)), {}, limit=40)
+    assert text == "item, item, item, item, item, item, ite…" and Counted.looked_at == 7  # 40 characters
+    assert summarize_args((1, 2), {"b": 3}) == "1, 2, b=3"
