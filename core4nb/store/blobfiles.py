@@ -121,7 +121,7 @@ class FileBlobs:
     def put_hashing(self, data: memoryview) -> str:
         """Store a blob whose digest is not known yet and return it: the bytes are hashed in this thread
         while another thread copies them into the file, one pass over memory instead of a hash and then
-        a copy (a third less time for a 100 MB array here). A blob stored already is written in vain."""
+        a copy (0.030 s instead of 0.039 s for a 100 MB array here). A blob stored already is written in vain."""
         data = data.cast("B")
         hasher = buffers.hasher(threads=1)
         with self._new_file(None) as (handle, commit):
