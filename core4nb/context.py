@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from core4nb.errors import ChildFailed, ChildrenOpen, NotInJob
-from core4nb.job import OPEN_STATES, Job, State, safe_text
+from core4nb.job import OPEN_STATES, UNSUCCESSFUL_STATES, Job, JobError, State, safe_text
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("core4nb_job", default=None)
 
@@ -104,7 +104,7 @@ class JobContext:
                 killed, so a failed tree never keeps deferring (core4os did).
         """
         counts = self.children()
-        if counts[State.ERROR] or counts[State.KILLED] or counts[State.INACTIVE]:
+        if any(counts[state] for state in UNSUCCESSFUL_STATES):
             self._fail_on_child()
         return sum(n for state, n in counts.items() if state in OPEN_STATES)
 
@@ -113,7 +113,7 @@ class JobContext:
         from core4nb.queue import outcome
 
         children = self.queue.store.find(parent_id=self.id, blobs=True)
-        if any(c.state in (State.ERROR, State.KILLED, State.INACTIVE) for c in children):
+        if any(c.state in UNSUCCESSFUL_STATES for c in children):
             self._fail_on_child()
         open_ids = [c.id for c in children if c.state in OPEN_STATES]
         if open_ids:
@@ -122,11 +122,10 @@ class JobContext:
         return [outcome(c, self.queue.store) for c in children]
 
     def _fail_on_child(self) -> NoReturn:
-        bad = self.queue.store.find(parent_id=self.id, states=[State.ERROR, State.KILLED, State.INACTIVE], limit=1)[0]
+        bad = self.queue.store.find(parent_id=self.id, states=UNSUCCESSFUL_STATES, limit=1)[0]
         for child in self.queue.store.find(parent_id=self.id, states=OPEN_STATES):
             self.queue.store.request_kill(child.id)
-        reason = bad.error.summary() if bad.error else bad.state
-        raise ChildFailed(f"child job {bad.id} ({bad.name}) ended {bad.state}: {reason}")
+        raise ChildFailed(JobError.child_failed(bad).message)
 
     def close(self) -> None:
         if self._queue is not None and self._store is None:

@@ -8,6 +8,8 @@ States and transitions are core4os's::
        │          │  └────► pending  (released: node drained, slot not granted)
        └► killed  └──────► inactive   (deferred again past defer_max)
 
+    gathering ──► complete | error | killed   (a passive root: the store completes it with its children)
+
 Every store write names the state it expects to find, and every write that
 leaves ``running`` names the lease token, so a node that lost its lease cannot
 overwrite the work of the node that took the job over (fencing). What each transition
@@ -29,12 +31,15 @@ from core4nb.options import DEFAULTS
 
 
 class State(enum.StrEnum):
-    """The eight states of a job."""
+    """The nine states of a job: core4os's eight, and ``gathering``."""
 
     PENDING = "pending"
     RUNNING = "running"
     DEFERRED = "deferred"
     FAILED = "failed"
+    #: A tree's passive root (a map's): no node runs it; the store completes it in the write that
+    #: finishes its last child, or fails it (killing the rest) in the write that fails one.
+    GATHERING = "gathering"
     COMPLETE = "complete"
     ERROR = "error"
     INACTIVE = "inactive"
@@ -53,6 +58,8 @@ FINAL_STATES = frozenset({State.COMPLETE, State.ERROR, State.INACTIVE, State.KIL
 CLAIMABLE_STATES = frozenset({State.PENDING, State.DEFERRED, State.FAILED})
 #: States in which a job still has work ahead of it.
 OPEN_STATES = frozenset(State) - FINAL_STATES
+#: Final without a result: such a child fails its tree's root.
+UNSUCCESSFUL_STATES = FINAL_STATES - {State.COMPLETE}
 
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.PENDING: frozenset({State.RUNNING, State.KILLED}),
@@ -71,6 +78,7 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     # waiting deferred job's next trial may still complete; nothing watches waiting jobs' clocks.
     State.DEFERRED: frozenset({State.RUNNING, State.KILLED}),
     State.FAILED: frozenset({State.RUNNING, State.KILLED}),
+    State.GATHERING: frozenset({State.COMPLETE, State.ERROR, State.KILLED}),
     State.COMPLETE: frozenset(),
     State.ERROR: frozenset(),
     State.INACTIVE: frozenset(),
@@ -136,6 +144,12 @@ class JobError:
     def summary(self) -> str:
         return f"{self.type}: {self.message}"
 
+    @classmethod
+    def child_failed(cls, child: Job) -> JobError:
+        """What a parent records (or raises, as ChildFailed) when ``child`` ended without a result."""
+        reason = child.error.summary() if child.error else child.progress_message or child.state
+        return cls("ChildFailed", f"child job {child.id} ({child.name}) ended {child.state}: {reason}")
+
 
 @dataclass
 class Job:
@@ -186,6 +200,9 @@ class Job:
     lost_on: str = ""
     #: The :func:`~core4nb.keys.key_id` of the key that signed the payload ("": not known, any node may try).
     key_id: str = ""
+    #: A passive root (a map's): inserted ``gathering``, it runs nothing and carries no payload; its
+    #: result is its children's results, chained in id order (each child returns a list).
+    gather: bool = False
     #: Not stored as a field: the payload's out-of-band buffers (digest → bytes) that ``insert`` stores
     #: as blobs before the job; empty on jobs read back from a store.
     blobs: dict[str, memoryview] = field(default_factory=dict, repr=False, compare=False)
@@ -223,7 +240,7 @@ LARGE_FIELDS = ("payload", "result", "output")
 OUTPUT_LIMIT = 64 * 1024
 
 #: Fields added after 0.1: a document written before may lack them, and then reads as the field's default.
-ADDED_FIELDS = frozenset({"output", "lost_retries", "lost_left", "lost_on", "key_id", "keep"})
+ADDED_FIELDS = frozenset({"output", "lost_retries", "lost_left", "lost_on", "key_id", "keep", "gather"})
 #: Lease fields added after 0.1: a lease written before lacks them (or, in SQLite, has them NULL).
 ADDED_LEASE_FIELDS = frozenset({"beat", "period"})
 

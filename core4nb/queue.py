@@ -10,6 +10,7 @@ fine control (priorities, trees by hand) can use it directly::
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import traceback
@@ -71,6 +72,9 @@ def outcome(job: Job, store: Store, key: bytes | None = None) -> Any:
     cannot be rebuilt here, as :class:`RemoteError`.
     """
     if job.state == State.COMPLETE:
+        if job.gather:  # a passive root (a map's): its children's results, chained in order
+            children = store.find(parent_id=job.id, blobs=True)
+            return list(itertools.chain.from_iterable(outcome(child, store, key) for child in children))
         if not job.result:
             return None
         return serialize.loads(job.result, key=key, job_id=job.id, kinds={serialize.Kind.RESULT},
@@ -199,6 +203,9 @@ class Queue:
         old = self.store.get(job_id)
         if old.state not in FINAL_STATES:
             raise JobNotFinal(f"job {job_id} is {old.state}; only a finished job can be restarted (kill it first)")
+        if old.gather:
+            raise ValueError(f"job {job_id} is a map's root, which runs nothing: run the map again, or restart "
+                             "its chunks (`core4nb jobs --tree` lists them)")
         same_options = JobOptions(**{name: getattr(old, name) for name in OPTION_NAMES})
         tree = {"parent_id": old.parent_id, "root_id": old.root_id} if old.parent_id else {}
         new_id = new_job_id()  # the payload is signed for its job: sign the same call for the new one

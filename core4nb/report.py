@@ -123,8 +123,9 @@ def runs(jobs: list[Job], limit: int) -> list[Run]:
     for root_id, members in trees.items():
         root = next((j for j in members if j.id == root_id), members[0])
         states = collections.Counter(j.state for j in members)
-        # The chunk that failed, not the map root that failed because of it (it finishes later).
-        failed = min((j for j in members if j.error is not None), key=lambda j: j.finished_at or math.inf, default=None)
+        # The chunk that failed, not the root that failed because of it (later, or in the same write).
+        failed = min((j for j in members if j.error is not None), default=None,
+                     key=lambda j: (j.finished_at or math.inf, j.id == root_id))
         out.append(Run(root_id, readable_name(root.name), root.enqueued_at,
                        {str(state): states[state] for state in State if states[state]},
                        first_error(failed) if failed else ""))

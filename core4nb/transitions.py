@@ -86,10 +86,27 @@ def flag_kill() -> Transition:
     return Transition(OPEN_STATES, None, {"kill_requested": True})
 
 
+#: The states in which no process holds a job: a kill request kills it at once.
+UNHELD_OPEN_STATES = CLAIMABLE_STATES | {State.GATHERING}
+
+
 def kill_waiting(now: float) -> Transition:
-    """After :func:`flag_kill`: a flagged waiting job is killed at once. Flag first, then kill: once both
-    writes are done no job of the request is waiting, without a transaction."""
-    return Transition(CLAIMABLE_STATES, State.KILLED, {"finished_at": now}, kill_requested=True)
+    """After :func:`flag_kill`: a flagged job that no process holds (waiting to be claimed, or gathering)
+    is killed at once. Flag first, then kill: once both writes are done no job of the request is
+    waiting, without a transaction."""
+    return Transition(UNHELD_OPEN_STATES, State.KILLED, {"finished_at": now}, kill_requested=True)
+
+
+def gather(failed: Job | None, any_open: bool, now: float) -> Transition | None:
+    """What a gathering root becomes once one of its children changed: error when a child ``failed``
+    (ended error, killed or inactive: the store then kills the rest of the tree), complete when no child
+    is open any more, else nothing yet. The children are all there: a root is inserted after them."""
+    if failed is not None:
+        error = JobError.child_failed(failed)
+        return Transition(frozenset({State.GATHERING}), State.ERROR, {"error": error, "finished_at": now})
+    if any_open:
+        return None
+    return Transition(frozenset({State.GATHERING}), State.COMPLETE, {"finished_at": now, "progress_value": 1.0})
 
 
 def gone_because(job: Job, now: float, host: str | None, silent: Mapping[str, Lease]) -> str | None:

@@ -92,7 +92,7 @@ def test_insert_get_round_trips_every_field(store: Store) -> None:
         runtime=1.25, result=b"\x80result\x00",
         error=JobError("ValueError", "bad value", "Traceback (most recent call last): ...", exit_code=3),
         kill_requested=True, restarted_from="s" * 24, output="printed\nand warned\n", lost_retries=5, lost_left=4,
-        lost_on="worker w0 on node-0", key_id="0123456789abcdef", keep=True,
+        lost_on="worker w0 on node-0", key_id="0123456789abcdef", keep=True, gather=True,
     )
     default = Job(name="x")
     # Guard: every field differs from its default, so the round trip really covers every field.

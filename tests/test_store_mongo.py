@@ -223,6 +223,34 @@ def test_finishing_a_limited_job_rings_work_in_one_round_trip(counted) -> None:
         work.close()
 
 
+def test_a_map_chunk_settles_its_gathering_root_in_the_writes_right_after_its_own(counted) -> None:
+    """While a sibling is open a chunk's finish costs two reads more (its root is gathering; a sibling is
+    open); the last chunk's completes the root in one more read and one update."""
+    store, commands = counted
+    root = Job(name="map:fn", state=State.GATHERING, gather=True)
+    store.insert([Job(name="fn", parent_id=root.id, root_id=root.id) for _ in range(2)] + [root])
+    first, last = store.claim(CLAIMANT), store.claim(CLAIMANT)
+    commands.take()
+    assert store.finish(first.id, first.lease.token, State.COMPLETE)
+    assert commands.take() == ["update", "find", "find"]
+    assert store.finish(last.id, last.lease.token, State.COMPLETE)
+    assert commands.take() == ["update", "find", "find", "find", "update"]
+    assert store.get(root.id).state is State.COMPLETE
+
+
+def test_settle_roots_completes_a_root_whose_last_childs_writer_stopped_short(store: MongoStore) -> None:
+    """Without a transaction the root is settled in the write after its last child's: a node that dies (or
+    loses the store) in between leaves it gathering, and housekeeping's sweep settles it."""
+    root = Job(name="map:fn", state=State.GATHERING, gather=True)
+    kid = Job(name="fn", parent_id=root.id, root_id=root.id)
+    store.insert([kid, root])
+    raw_db(store)[store.collections["queue"]].update_one({"_id": kid.id}, {"$set": {"state": "complete"}})
+    assert store.get(root.id).state is State.GATHERING
+    assert store.settle_roots() == 1
+    assert store.get(root.id).state is State.COMPLETE
+    assert store.settle_roots() == 0
+
+
 def test_limited_job_whose_slot_is_free_claims_in_one_round_trip(counted) -> None:
     store, commands = counted
     store.insert([Job(name="lim", max_parallel=2) for _ in range(2)])  # slots lim#0 and lim#1

@@ -46,6 +46,7 @@ def test_every_edge_of_the_table_is_taken_by_a_transition() -> None:
              transitions.reap(job, "gone", 0.0), transitions.reap(running(lost_left=0), "gone", 0.0),
              transitions.reap(running(kill_requested=True), "gone", 0.0)]
     moves += [m for state in TRANSITIONS[State.RUNNING] for m in transitions.finish(state, {}, 0.0)]
+    moves += [transitions.gather(None, False, 0.0), transitions.gather(make(state=State.ERROR), False, 0.0)]
     taken = {(old, move.state) for move in moves for old in move.expect}
     assert taken == {(old, new) for old, targets in TRANSITIONS.items() for new in targets}
 
@@ -192,3 +193,94 @@ def test_a_handed_back_job_rings_work(store: Store) -> None:
         assert work.wait(1)
     finally:
         work.close()
+
+
+# -- a gathering (passive) root: settled by the store in the write that changes its children --------------
+def gathering_tree(store: Store, n: int, **child_fields) -> tuple[Job, list[Job]]:
+    """A map's shape: ``n`` pending children, then their gathering root, in one insert."""
+    root = make("map:pkg.fn", state=State.GATHERING, gather=True, payload=None)
+    kids = [make("pkg.fn", parent_id=root.id, root_id=root.id, **child_fields) for _ in range(n)]
+    store.insert([*kids, root])
+    return root, kids
+
+
+def claim_kid(store: Store, kid: Job) -> Job:
+    job = store.claim(CLAIMANT)
+    assert job is not None and job.id == kid.id
+    return job
+
+
+def test_a_gathering_root_is_never_claimed_and_completes_in_the_write_of_its_last_child(store: Store) -> None:
+    root, kids = gathering_tree(store, 2)
+    first, second = claim_kid(store, kids[0]), claim_kid(store, kids[1])
+    assert store.claim(CLAIMANT) is None  # the root is not claimable
+    assert store.finish(first.id, first.lease.token, State.COMPLETE)
+    assert store.get(root.id).state is State.GATHERING  # a child is still open
+    before = time.time()
+    assert store.finish(second.id, second.lease.token, State.COMPLETE)
+    got = store.get(root.id)
+    assert (got.state, got.trial, got.gather, got.progress_value) == (State.COMPLETE, 0, True, 1.0)
+    assert within(got.finished_at, before, time.time()) and got.finished_at >= store.get(second.id).finished_at
+
+
+def test_a_deferred_or_retried_child_leaves_its_root_gathering(store: Store) -> None:
+    root, [kid] = gathering_tree(store, 1)
+    for state in (State.DEFERRED, State.FAILED):
+        job = store.claim(CLAIMANT)
+        assert job.id == kid.id and store.finish(job.id, job.lease.token, state, query_at=0.0)
+        assert store.get(root.id).state is State.GATHERING
+
+
+def test_a_failed_child_fails_its_root_and_kills_the_rest_of_the_tree(store: Store) -> None:
+    root, kids = gathering_tree(store, 3)
+    bad, busy = claim_kid(store, kids[0]), claim_kid(store, kids[1])
+    assert store.finish(bad.id, bad.lease.token, State.ERROR, error=JobError("ValueError", "bad item"))
+    got = store.get(root.id)
+    assert (got.state, got.error.type) == (State.ERROR, "ChildFailed")
+    assert got.error.message == f"child job {bad.id} (pkg.fn) ended error: ValueError: bad item"
+    running_kid, waiting_kid = store.get(busy.id), store.get(kids[2].id)
+    assert (running_kid.state, running_kid.kill_requested) == (State.RUNNING, True)  # its node kills it
+    assert waiting_kid.state is State.KILLED
+    assert store.finish(busy.id, busy.lease.token, State.COMPLETE)  # a late result changes the root no more
+    assert store.get(root.id).state is State.ERROR
+
+
+def test_killing_one_child_fails_its_root(store: Store) -> None:
+    root, kids = gathering_tree(store, 2)
+    assert store.request_kill(kids[0].id, tree=False) == 1
+    got = store.get(root.id)
+    assert (got.state, got.error.type) == (State.ERROR, "ChildFailed")
+    assert got.error.message.startswith(f"child job {kids[0].id} (pkg.fn) ended killed")
+    assert store.get(kids[1].id).state is State.KILLED
+
+
+def test_a_child_reaped_for_good_fails_its_root(store: Store) -> None:
+    root = make("map:pkg.fn", state=State.GATHERING, gather=True, payload=None)
+    kid = running(parent_id=root.id, root_id=root.id, until=time.time() - 5, lost_left=0)
+    store.insert([kid, root])
+    [reaped] = store.reap()
+    assert reaped.state is State.ERROR
+    got = store.get(root.id)
+    assert (got.state, got.error.type) == (State.ERROR, "ChildFailed") and "WorkerLost" in got.error.message
+
+
+def test_a_root_inserted_after_its_children_finished_completes_at_its_insert(store: Store) -> None:
+    root = make("map:pkg.fn", state=State.GATHERING, gather=True, payload=None)
+    done = [make(parent_id=root.id, root_id=root.id, state=State.COMPLETE, finished_at=time.time()) for _ in range(2)]
+    store.insert(done)
+    store.insert([root])
+    assert store.get(root.id).state is State.COMPLETE
+
+
+def test_a_kill_request_kills_a_gathering_root_at_once(store: Store) -> None:
+    root, kids = gathering_tree(store, 2)
+    busy = claim_kid(store, kids[0])
+    assert store.request_kill(root.id) == 3
+    assert [store.get(j.id).state for j in (root, kids[1])] == [State.KILLED, State.KILLED]
+    assert store.get(busy.id).kill_requested
+
+
+def test_settle_roots_leaves_open_roots_alone(store: Store) -> None:
+    root, _ = gathering_tree(store, 1)
+    assert store.settle_roots() == 0
+    assert store.get(root.id).state is State.GATHERING

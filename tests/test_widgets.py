@@ -117,7 +117,7 @@ def running_tree(store):
 # -- the data layer --------------------------------------------------------------------------------
 def test_snapshot_counts_and_derived_values(store, running_tree):
     snap = take_snapshot(store, running_tree.id)
-    assert snap.counts == {State.PENDING: 3, State.RUNNING: 2, State.DEFERRED: 0, State.FAILED: 1,
+    assert snap.counts == {State.PENDING: 3, State.RUNNING: 2, State.DEFERRED: 0, State.FAILED: 1, State.GATHERING: 0,
                            State.COMPLETE: 4, State.ERROR: 0, State.INACTIVE: 0, State.KILLED: 0}
     assert snap.tree_counts[State.DEFERRED] == 1  # the root itself
     assert (snap.total, snap.done, snap.fraction, snap.child_count) == (10, 4, 0.4, 10)
@@ -139,7 +139,7 @@ def test_snapshot_is_the_same_on_every_backend(queue_url):
         run(store, 1, State.RUNNING, worker="node-x")
         run(store, 1, State.ERROR, error=JobError("ZeroDivisionError", "division by zero", TRACEBACK))
         snap = take_snapshot(store, root.id)
-    assert snap.counts == {State.PENDING: 3, State.RUNNING: 1, State.DEFERRED: 1, State.FAILED: 0,
+    assert snap.counts == {State.PENDING: 3, State.RUNNING: 1, State.DEFERRED: 1, State.FAILED: 0, State.GATHERING: 0,
                            State.COMPLETE: 0, State.ERROR: 1, State.INACTIVE: 0, State.KILLED: 0}
     assert (snap.total, snap.done, snap.child_count, snap.status) == (6, 1, 3, "broken")
     assert [(s.job.id, s.total, s.done) for s in snap.subtrees] == [(parent.id, 3, 1)]
@@ -326,7 +326,8 @@ def test_ten_thousand_children_cost_a_few_bounded_calls(store):
     snap = take_snapshot(Counting(), root.id)
     assert sorted(calls) == ["counts", "counts", "find", "find", "get"]
     assert snap.counts == {State.PENDING: 3600, State.RUNNING: 300, State.DEFERRED: 0, State.FAILED: 70,
-                           State.COMPLETE: 6000, State.ERROR: 30, State.INACTIVE: 0, State.KILLED: 0}
+                           State.GATHERING: 0, State.COMPLETE: 6000, State.ERROR: 30, State.INACTIVE: 0,
+                           State.KILLED: 0}
     assert (snap.total, snap.done, snap.child_count) == (10000, 6030, 10000)
     assert len(snap.failures) == MAX_FAILURES and len(snap.running) == MAX_RUNNING
     assert sum(n for _, n in snap.nodes) == MAX_RUNNING and len(snap.nodes) == 4

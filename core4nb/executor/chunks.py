@@ -2,15 +2,15 @@
 
 A map is one job tree::
 
-    MapRoot(total)        defers while chunks are open, then returns every value, flattened
+    map:<fn>  (gathering)      a passive root: no node runs it, the store completes it with the last chunk
      ├─ run_chunk(fn, items)   → [fn(x) for x in items]
      ├─ run_chunk(fn, items)
      └─ …
 
 The executor yields values straight from the chunk jobs, in order; the root
 exists so that a map can be reattached from another process
-(``Core4Executor(url).attach(root_id).result()`` is the whole list) and killed
-as one tree.
+(``Core4Executor(url).attach(root_id).result()`` chains the chunks' results)
+and killed as one tree.
 
 A chunk that raises at element ``i`` raises :class:`ChunkError` carrying the
 ``i`` values computed before it and the original exception, so the executor
@@ -30,7 +30,6 @@ from typing import Any, NoReturn
 
 from core4nb import serialize
 from core4nb.errors import Core4Error, RemoteError
-from core4nb.tree import Core4Job
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
@@ -115,24 +114,6 @@ def _transportable(exc: Exception, tb: str) -> BaseException:
     if serialize.round_trips(exc):
         return exc
     return RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), tb)
-
-
-class MapRoot(Core4Job):
-    """The root of a map's job tree: waits for its chunks, returns all values in order."""
-
-    # Cheap trials (two counts per run), so a short defer keeps reattach and shutdown
-    # prompt without loading the claim loop. One attempt: a failed chunk fails the root
-    # for good (a retry would fail the same way), and a trial lasts milliseconds, so
-    # losing its worker mid-trial is rare.
-    defer_time = 0.25
-
-    def execute(self, total: int) -> list:
-        open_children = self.children_open()  # raises ChildFailed if a chunk failed
-        if open_children:
-            self.defer(f"{open_children} of {total} chunks open")
-        if sum(self.context.children().values()) < total:  # chunks still being submitted
-            self.defer(f"waiting for chunks: {total} expected")
-        return list(itertools.chain.from_iterable(self.child_results()))
 
 
 def auto_chunksize(n: int, slots: int) -> int:

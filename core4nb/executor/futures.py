@@ -102,7 +102,7 @@ class Core4Future(Future):
     def _see(self, progress: Progress) -> None:
         """FuturePoller only: record a snapshot and mark the future running once the job starts."""
         self._progress = progress
-        if progress.state in (State.RUNNING, State.DEFERRED):
+        if progress.state in (State.RUNNING, State.DEFERRED, State.GATHERING):
             with self._condition:
                 if self._state != PENDING:
                     return

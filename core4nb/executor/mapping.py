@@ -19,7 +19,6 @@ from core4nb.buffers import DigestMemo
 from core4nb.errors import PayloadError, UnpicklableError
 from core4nb.executor.chunks import (
     ChunkError,
-    MapRoot,
     OrderedIds,
     auto_chunksize,
     chunk_label,
@@ -30,7 +29,8 @@ from core4nb.executor.chunks import (
     raise_remote,
     run_chunk,
 )
-from core4nb.job import Job, safe_text
+from core4nb.job import Job, State, safe_text
+from core4nb.keys import key_id
 from core4nb.queue import RemoteTraceback, describe, make_job
 from core4nb.serialize import summarize_args
 
@@ -87,21 +87,20 @@ class _MapRun:
         culprit = first_unpicklable(chunk, self.offset) or f"a chunk of {len(chunk)} items"
         return UnpicklableError(f"cannot send {culprit} to a worker: it cannot be pickled")
 
-    def root_job(self, total: int) -> Job:
-        priority = (self.options.get("priority") or 0) - 1  # chunks are claimed before their root
-        root = make_job(MapRoot, (), {"total": total}, name=f"map:{self.name}", key=self.runtime.key,
-                        job_id=self.root_id, options={"priority": priority})
-        return root
+    def root_job(self) -> Job:
+        """The map's passive root: no node runs it; the store completes it with its last chunk (or fails it
+        with the first failed one). Inserted after every chunk, so "no chunk open" means "all done"."""
+        return Job(name=f"map:{self.name}", id=self.root_id, state=State.GATHERING, gather=True,
+                   args_summary=f"{self.submitted} chunks, {self.offset} items", key_id=key_id(self.runtime.key))
 
     def submit(self, chunks: list[list], *, last: bool) -> None:
-        """Insert these chunk jobs (and the root when ``last``) and track them: in one insert, or, when
-        they carry large data, in groups of about :data:`STREAM_BYTES`, so that workers start on the
-        first chunks while later ones are still pickled and stored."""
+        """Insert these chunk jobs (and the root after them when ``last``) and track them: in one insert,
+        or, when they carry large data, in groups of about :data:`STREAM_BYTES`, so that workers start on
+        the first chunks while later ones are still pickled and stored."""
         # One submission: a value in every chunk (the function's closure) is hashed once, and stored as it is hashed.
         memo = DigestMemo(self.runtime.store.blobs.put_hashing)
         total = self.submitted + len(chunks) if last else None
-        group = [self.root_job(total)] if last and (self.submitted or chunks) else []
-        size, inserted = 0, False
+        group, size, inserted = [], 0, False
         try:
             for chunk in chunks:
                 job = self.chunk_job(chunk, memo, total)
@@ -112,17 +111,17 @@ class _MapRun:
                     group, size, inserted = [], 0, True
         except BaseException:
             if inserted:  # all or nothing: the chunks already stored must not run without the rest
+                self.runtime.insert_and_track([self.root_job()], [])
                 self.runtime.store.request_kill(self.root_id)
             raise
-        self._insert(group, total)
+        self._insert(group, total, root=last and bool(self.submitted))
 
-    def _insert(self, jobs: list[Job], total: int | None) -> None:
-        if jobs:
-            futures = self.runtime.insert_and_track(jobs, jobs)
-            chunks = [f for f in futures if f.job_id != self.root_id]
-            for number, future in enumerate(chunks, self.submitted - len(chunks) + 1):  # how its lines are labelled
+    def _insert(self, chunks: list[Job], total: int | None, *, root: bool = False) -> None:
+        if chunks or root:
+            futures = self.runtime.insert_and_track(chunks + [self.root_job()] * root, chunks)
+            for number, future in enumerate(futures, self.submitted - len(futures) + 1):  # how its lines are labelled
                 future.label = chunk_label(number, total)
-            self.futures.extend(chunks)
+            self.futures.extend(futures)
 
 
 class MapIterator:

@@ -250,7 +250,16 @@ class Store(abc.ABC):
         were killed or flagged. Raises JobNotFound for an unknown id.
 
         A flagged job is never claimed again, so when it leaves ``running`` for
-        pending, deferred or failed (``finish`` or ``reap``) it becomes killed instead."""
+        pending, deferred or failed (``finish`` or ``reap``) it becomes killed instead. A gathering
+        job is killed at once too; a gathering parent of the job is settled (see ``settle_roots``)."""
+
+    @abc.abstractmethod
+    def settle_roots(self) -> int:
+        """Settle every gathering root (:func:`~core4nb.transitions.gather`); returns how many moved.
+
+        Each write that ends a child (``finish``, ``reap``, ``request_kill``) and the ``insert`` of
+        a root settles that root already: on SQLite in the same transaction, on MongoDB in the next
+        write. This sweep, run by node housekeeping, repairs a root whose writer died in between."""
 
     @abc.abstractmethod
     def sweep_blobs(self, older_than: float = DEFAULT_SWEEP_AGE, *, dry_run: bool = False) -> BlobSweep:

@@ -20,6 +20,7 @@ no lock collection.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 import time
@@ -47,6 +48,7 @@ CONNECT_TIMEOUT_MS = 5000  # server selection; a serverSelectionTimeoutMS in the
 MAX_SET_ASIDE = 16  # malformed documents one claim moves to error before it answers "nothing now"
 
 _NO_BLOBS = dict.fromkeys(LARGE_FIELDS, 0)  # listings leave the large fields out
+log = logging.getLogger("core4nb.store")
 
 
 class MongoStore(MongoHousekeeping, Store):
@@ -62,9 +64,10 @@ class MongoStore(MongoHousekeeping, Store):
         self._closed = False
         self._bells = bell.bell_dir(redact_url(url))  # this machine's nodes and executors of this queue
         self._idle = False  # the last claim found nothing: the next one looks (a read) before it writes
-        # The max_parallel of the limited jobs this store claimed: finish rings "work" for the slot it frees
-        # without reading the document (its update answers no fields).
-        self._limits: dict[str, int] = {}
+        # (max_parallel, parent_id) of the jobs this store claimed that have either: finish rings "work" for
+        # the slot it frees and settles the gathering parent without reading the document (its update answers
+        # no fields).
+        self._claimed: dict[str, tuple[int | None, str | None]] = {}
         self._connect()
         bucket = Bucket(lambda: self._col("queue").database, self.collections["blobs"])
         self.frames = FrameFiles(bucket)
@@ -168,6 +171,7 @@ class MongoStore(MongoHousekeeping, Store):
             raise base.duplicate_job(jobs, self.url) from None
         self._recheck_blobs(jobs, blobs)
         bell.ring(self._bells, "work")
+        bell.ring_after(self._bells, self._gather([job.id for job in jobs if job.state is State.GATHERING]))
 
     def _recheck_blobs(self, jobs: Sequence[Job], blobs: dict[str, memoryview]) -> None:
         """After the insert: a remove or sweep racing it may have deleted a blob it found stored; store it again."""
@@ -263,8 +267,8 @@ class MongoStore(MongoHousekeeping, Store):
             claims.set_aside(self._col("queue"), doc["_id"], str(exc), {"lease_token": token})
             job = None
         self._in_flight.token = None
-        if job is not None and job.max_parallel is not None:
-            self._limits[job.id] = job.max_parallel
+        if job is not None and (job.max_parallel is not None or job.parent_id):
+            self._claimed[job.id] = (job.max_parallel, job.parent_id)
         return job
 
     @guarded
@@ -274,16 +278,18 @@ class MongoStore(MongoHousekeeping, Store):
         if "result" in fields:
             stored = {**self.frames.put("result", fields["result"], job_id),
                       "result_refs": frame_digests(fields["result"])}
-        queue = self._col("queue")
+        queue, (limit, parent) = self._col("queue"), self._claimed.pop(job_id, (None, None))
         for move in moves:  # the first that matches: see transitions.finish
             update = claims.transition_update(move, job_id)
             update["$set"].pop("result", None)
             update["$set"].update(stored)
             query = {"_id": job_id, "lease_token": token, **claims.expect_filter(move)}
             if queue.update_one(query, update).matched_count:
-                bell.ring_after(self._bells, [(move.state, self._limits.pop(job_id, None))])
+                # Its gathering parent may be done now: the next write (settle_roots repairs a gap between them).
+                gathered = self._gather([parent], completed=move.state is State.COMPLETE) if move.state.is_final else []
+                bell.ring_after(self._bells, [(move.state, limit), *gathered])
                 return True
-        self._limits.pop(job_id, None)  # the lease is lost: this store finishes the job never
+        # The lease is lost: this store finishes the job never.
         if stored.get("result_ref"):
             self.frames.delete([stored["result_ref"]])
         return False
@@ -321,8 +327,27 @@ class MongoStore(MongoHousekeeping, Store):
     @guarded
     def reap(self, *, host: str | None = None, silent: Mapping[str, Lease] | None = None) -> list[Job]:
         reaped = mongo_lease.reap(self._col("queue"), lambda doc: self._job(doc, blobs=False), host, dict(silent or {}))
-        bell.ring_after(self._bells, [(job.state, job.max_parallel) for job in reaped])
+        gathered = self._gather([job.parent_id for job in reaped if job.is_final])
+        bell.ring_after(self._bells, [(job.state, job.max_parallel) for job in reaped] + gathered)
         return reaped
+
+    def _gather(self, root_ids: Iterable[str | None], *, completed: bool = False) -> list[tuple[State, None]]:
+        """Settle gathering roots after the write that changed their children. That write is done: a failure
+        here must not make its caller retry it, so it is logged and left to ``settle_roots``."""
+        try:
+            return claims.gather_roots(self._col("queue"), root_ids, claims.epoch(time.time()),
+                                       lambda doc: self._listed(doc, blobs=False), completed=completed)
+        except PyMongoError as exc:
+            log.warning("cannot settle root(s) %s now (%s: %s); housekeeping will", sorted(filter(None, root_ids)),
+                        type(exc).__name__, exc)
+            return []
+
+    @guarded
+    def settle_roots(self) -> int:
+        roots = [doc["_id"] for doc in self._col("queue").find({"state": State.GATHERING}, {"_id": 1})]
+        gathered = self._gather(roots)
+        bell.ring_after(self._bells, gathered)
+        return len(gathered)
 
     def _subtree(self, job_id: str, tree: bool) -> dict[str, Any]:
         """A filter selecting the job (and with ``tree`` its descendants)."""
@@ -352,7 +377,8 @@ class MongoStore(MongoHousekeeping, Store):
         flagged, killed = [queue.update_many({**query, **claims.expect_filter(move)}, claims.transition_update(move))
                            for move in (transitions.flag_kill(), transitions.kill_waiting(claims.epoch(time.time())))]
         if killed.modified_count:
-            bell.ring_after(self._bells, [(State.KILLED, None)])
+            parent = (queue.find_one({"_id": job_id}, {"parent_id": 1}) or {}).get("parent_id")
+            bell.ring_after(self._bells, [(State.KILLED, None), *self._gather([parent])])
         return flagged.matched_count
 
     @guarded

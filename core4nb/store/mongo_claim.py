@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
@@ -24,7 +25,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from core4nb import transitions
 from core4nb.errors import MalformedJob
-from core4nb.job import CLAIMABLE_STATES, JobError, Lease, State
+from core4nb.job import CLAIMABLE_STATES, OPEN_STATES, UNSUCCESSFUL_STATES, Job, JobError, Lease, State
 from core4nb.store.decode import decode_job, set_aside_error
 from core4nb.transitions import Transition
 
@@ -199,3 +200,29 @@ def _set_aside_if_malformed(queue: Collection, cand: dict) -> bool:
         set_aside(queue, cand["_id"], str(malformed), {"state": cand["state"]})
         return True
     return False
+
+
+def gather_roots(queue: Collection, root_ids: Iterable[str | None], now: float,
+                 decode: Callable[[dict[str, Any]], Job], *, completed: bool = False) -> list[tuple[State, None]]:
+    """Settle each of ``root_ids`` that is gathering, as :func:`~core4nb.transitions.gather` says (a failed
+    child also kills the rest of its tree); the moves made, for the bells. Called right after the write that
+    changed a child: of two children finishing at once, the second to look sees both final. ``completed``:
+    that write completed a child, so while a sibling is open there is nothing more to read."""
+    moves: list[tuple[State, None]] = []
+    for root_id in set(filter(None, root_ids)):
+        if queue.find_one({"_id": root_id, "state": State.GATHERING}, {"_id": 1}) is None:
+            continue
+        busy = queue.find_one({"parent_id": root_id, "state": {"$in": sorted(OPEN_STATES)}}, {"_id": 1}) is not None
+        if busy and completed:
+            continue
+        bad = queue.find_one({"parent_id": root_id, "state": {"$in": sorted(UNSUCCESSFUL_STATES)}},
+                             {"payload": 0, "result": 0, "output": 0}, sort=[("seq", ASCENDING)])
+        move = transitions.gather(decode(bad) if bad else None, busy, now)
+        if move is None or not queue.update_one({"_id": root_id, **expect_filter(move)},
+                                                transition_update(move, root_id)).matched_count:
+            continue
+        moves.append((move.state, None))
+        if bad:
+            for kill in (transitions.flag_kill(), transitions.kill_waiting(now)):
+                queue.update_many({"root_id": root_id, **expect_filter(kill)}, transition_update(kill))
+    return moves

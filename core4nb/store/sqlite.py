@@ -189,9 +189,11 @@ class SQLiteStore(SQLiteHousekeeping, Store):
             with self._tx() as conn:
                 self._check_blobs(jobs, blobs)
                 conn.executemany(sql.INSERT, rows)
+                gathered = sql.gather_roots(conn, [j.id for j in jobs if j.state is State.GATHERING], time.time())
         except sqlite3.IntegrityError:
             raise base.duplicate_job(jobs, self.url) from None
         bell.ring(self._bells, "work")
+        bell.ring_after(self._bells, gathered)
 
     def _check_blobs(self, jobs: Sequence[Job], blobs: dict[str, memoryview]) -> None:
         """Under the write lock: every blob the jobs name is there (a racing remove or sweep may have
@@ -274,21 +276,24 @@ class SQLiteStore(SQLiteHousekeeping, Store):
         """finish(), and with a claimant the claim of the next job in the same transaction."""
         moves = [(move, *sql.transition_sql(move)) for move in transitions.finish(state, fields, time.time())]
         params = sql.claim_params(claimant, lease_seconds) if claimant else None
-        moved = None  # (new state, max_parallel) of the job, once a move matched
+        moved = []  # (new state, max_parallel) of the job once a move matched, and of a root it completed
         with self._tx() as conn:
             for move, sets, expect, values in moves:  # the first that matches: see transitions.finish
                 rows = conn.execute(f"UPDATE queue SET {sets} WHERE id = :_id AND lease_token = :_token AND {expect} "
-                                    "RETURNING max_parallel", {**values, "_id": job_id, "_token": token}).fetchall()
-                if rows:  # fetched whole: a RETURNING statement left unfinished would still be in progress
-                    moved = (move.state, rows[0][0])
+                                    "RETURNING max_parallel, parent_id", {**values, "_id": job_id, "_token": token})
+                rows = rows.fetchall()  # whole: a RETURNING statement left unfinished would still be in progress
+                if rows:
+                    moved.append((move.state, rows[0][0]))
+                    if move.state.is_final:  # its gathering parent may be done now: in the same transaction
+                        moved += sql.gather_roots(conn, [rows[0][1]], values["finished_at"],
+                                                  completed=move.state is State.COMPLETE)
                     break
             claimed = sql.claim_rows(conn, params) if params else []
-        if moved is not None:
-            bell.ring_after(self._bells, [moved])
+        bell.ring_after(self._bells, moved)
         job = self._decoded(claimed[0], params["now"]) if claimed else None
         if claimant and claimed and job is None:  # it was malformed and is set aside: claim the next one
             job = self.claim(claimant, lease_seconds=lease_seconds)
-        return moved is not None, job
+        return bool(moved), job
 
     def heartbeat(self, leases: dict[str, str], *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> set[str]:
         lost = set()
@@ -335,7 +340,8 @@ class SQLiteStore(SQLiteHousekeeping, Store):
         with self._tx() as conn:
             params["now"] = time.time()
             reaped = sql.reap_rows(conn, params, dict(silent or {}))
-        bell.ring_after(self._bells, [(job.state, job.max_parallel) for job in reaped])
+            gathered = sql.gather_roots(conn, [job.parent_id for job in reaped if job.is_final], params["now"])
+        bell.ring_after(self._bells, [(job.state, job.max_parallel) for job in reaped] + gathered)
         return reaped
 
     def _subtree(self, job_id: str, tree: bool) -> tuple[str, dict[str, str]]:
@@ -354,14 +360,24 @@ class SQLiteStore(SQLiteHousekeeping, Store):
     def request_kill(self, job_id: str, *, tree: bool = True) -> int:
         where, params = self._subtree(job_id, tree)
         with self._tx() as conn:
-            counts = []
-            for move in (transitions.flag_kill(), transitions.kill_waiting(time.time())):
+            counts, now = [], time.time()
+            for move in (transitions.flag_kill(), transitions.kill_waiting(now)):
                 sets, expect, values = sql.transition_sql(move)
                 counts.append(conn.execute(f"UPDATE queue SET {sets} WHERE {where} AND {expect}",
                                            {**values, **params}).rowcount)
-        if counts[1]:
-            bell.ring_after(self._bells, [(State.KILLED, None)])
+            parent = conn.execute("SELECT parent_id FROM queue WHERE id = ?", (job_id,)).fetchone()
+            gathered = sql.gather_roots(conn, [parent[0]], now) if counts[1] and parent else []
+        bell.ring_after(self._bells, [(State.KILLED, None)] * bool(counts[1]) + gathered)
         return counts[0]
+
+    def settle_roots(self) -> int:
+        roots = [row[0] for row in self._read("SELECT id FROM queue WHERE state = 'gathering'")]
+        if not roots:  # the common case: no write lock
+            return 0
+        with self._tx() as conn:
+            gathered = sql.gather_roots(conn, roots, time.time())
+        bell.ring_after(self._bells, gathered)
+        return len(gathered)
 
     def kill_requests(self, job_ids: Iterable[str]) -> set[str]:
         rows = self._read("SELECT id FROM queue WHERE id IN (SELECT value FROM json_each(?)) "

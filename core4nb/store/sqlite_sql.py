@@ -11,7 +11,7 @@ import functools
 import json
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
 from typing import Any
 
@@ -21,14 +21,16 @@ from core4nb.job import (
     CLAIMABLE_STATES,
     DEFAULT_LOST_RETRIES,
     LARGE_FIELDS,
+    OPEN_STATES,
     SCALAR_FIELDS,
+    UNSUCCESSFUL_STATES,
     Job,
     Lease,
     State,
     new_token,
 )
 from core4nb.serialize import frame_digests
-from core4nb.store.base import Claimant, lease_for
+from core4nb.store.base import Claimant, lease_for, listed_job
 from core4nb.store.decode import decode_job, set_aside_error
 from core4nb.transitions import Transition
 
@@ -47,12 +49,13 @@ COLUMNS = {  # Job fields, the lease flattened into lease_* columns, blobs apart
     "output": "TEXT NOT NULL DEFAULT ''", "lost_retries": f"INTEGER NOT NULL DEFAULT {DEFAULT_LOST_RETRIES}",
     "lost_left": f"INTEGER NOT NULL DEFAULT {DEFAULT_LOST_RETRIES}", "lost_on": "TEXT NOT NULL DEFAULT ''",
     "key_id": "TEXT NOT NULL DEFAULT ''", "keep": "INTEGER NOT NULL DEFAULT 0",
+    "gather": "INTEGER NOT NULL DEFAULT 0",
     # The blob digests the payload and the result name (space separated): what remove and sweep_blobs keep.
     "payload_refs": "TEXT NOT NULL DEFAULT ''", "result_refs": "TEXT NOT NULL DEFAULT ''",
 }
 #: Columns added after 0.1: every other one is in any core4nb queue file (else it is not one).
 ADDED_COLUMNS = frozenset({"output", "lost_retries", "lost_left", "lost_on", "key_id", "lease_beat", "lease_period",
-                           "keep", "payload_refs", "result_refs"})
+                           "keep", "payload_refs", "result_refs", "gather"})
 # A new Job field must get a column here, or jobs would silently lose it.
 assert set(SCALAR_FIELDS) <= set(COLUMNS), set(SCALAR_FIELDS) - set(COLUMNS)
 
@@ -61,7 +64,8 @@ assert set(SCALAR_FIELDS) <= set(COLUMNS), set(SCALAR_FIELDS) - set(COLUMNS)
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS queue ({", ".join(f"{c} {t}" for c, t in COLUMNS.items())});
 """
-VERSION = 3  # PRAGMA user_version: 2 has key_id and lease_beat, and queue_claim_key; 3 blob refs, keep, retention
+VERSION = 4  # PRAGMA user_version: 2 has key_id and lease_beat, and queue_claim_key; 3 blob refs, keep, retention;
+# 4 gather (passive roots)
 INDEXES = f"""
 CREATE INDEX IF NOT EXISTS queue_claim_key
     ON queue (state, priority DESC, id, query_at, kill_requested, key_id, max_parallel, name);
@@ -87,6 +91,8 @@ def states_sql(states: frozenset[State]) -> str:
 
 
 CLAIMABLE = states_sql(CLAIMABLE_STATES)
+OPEN = states_sql(OPEN_STATES)
+UNSUCCESSFUL = states_sql(UNSUCCESSFUL_STATES)
 NO_LEASE = dict.fromkeys(("lease_worker", "lease_node", "lease_pid", "lease_token", "lease_until", "lease_beat",
                           "lease_period"))
 
@@ -99,7 +105,7 @@ def columns(fields: dict[str, Any]) -> dict[str, Any]:
     out = dict(fields)
     if "state" in out:
         out["state"] = str(State(out["state"]))
-    for flag in ("kill_requested", "keep"):
+    for flag in ("kill_requested", "keep", "gather"):
         if flag in out:
             out[flag] = int(bool(out[flag]))
     for blob in ("payload", "result"):
@@ -198,6 +204,34 @@ def reap_rows(conn: sqlite3.Connection, params: dict[str, Any], silent: dict[str
                             {**values, "_id": job.id, "_token": job.lease.token, "_beat": job.lease.beat}).fetchall()
         reaped.extend(decode_job(fields(row)) for row in rows)
     return reaped
+
+
+def gather_roots(conn: sqlite3.Connection, root_ids: Iterable[str | None], now: float, *,
+                 completed: bool = False) -> list[tuple[State, None]]:
+    """Inside the caller's write transaction (the one that changed a child, or inserted the root): settle each
+    of ``root_ids`` that is gathering, as :func:`~core4nb.transitions.gather` says; a failed child also kills
+    the rest of its tree. ``completed``: the write completed a child, so while a sibling is open there is
+    nothing to look for (a failed one would have settled the root). Returns the moves made, for the bells.
+    A gathering job is always a root (a map's)."""
+    moves: list[tuple[State, None]] = []
+    for root_id in set(filter(None, root_ids)):
+        if conn.execute("SELECT 1 FROM queue WHERE id = ? AND state = 'gathering'", (root_id,)).fetchone() is None:
+            continue
+        busy = conn.execute(f"SELECT 1 FROM queue WHERE parent_id = ? AND state IN {OPEN} LIMIT 1", (root_id,))
+        busy = busy.fetchone() is not None
+        if busy and completed:
+            continue
+        bad = conn.execute(f"SELECT {NO_BLOBS} FROM queue WHERE parent_id = ? AND state IN {UNSUCCESSFUL} "
+                           "ORDER BY id LIMIT 1", (root_id,)).fetchone()
+        move = transitions.gather(listed_job(fields(bad)) if bad else None, busy, now)
+        if move is None:
+            continue
+        kills = (transitions.flag_kill(), transitions.kill_waiting(now)) if bad else ()
+        for change, where in ((move, "id = :_id"), *((kill, "root_id = :_id") for kill in kills)):
+            sets, expect, values = transition_sql(change)
+            conn.execute(f"UPDATE queue SET {sets} WHERE {where} AND {expect}", {**values, "_id": root_id})
+        moves.append((move.state, None))
+    return moves
 
 
 def fields(row: sqlite3.Row) -> dict[str, Any]:

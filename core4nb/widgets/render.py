@@ -17,7 +17,8 @@ TABLE_STATES = (State.PENDING, State.RUNNING, State.DEFERRED, State.FAILED, Stat
                 State.KILLED)
 STATE_COLORS = {
     State.PENDING: "#6c757d", State.RUNNING: "#0d6efd", State.DEFERRED: "#6f42c1", State.FAILED: "#fd7e14",
-    State.COMPLETE: "#198754", State.ERROR: "#dc3545", State.INACTIVE: "#6c757d", State.KILLED: "#842029",
+    State.GATHERING: "#0d6efd", State.COMPLETE: "#198754", State.ERROR: "#dc3545", State.INACTIVE: "#6c757d",
+    State.KILLED: "#842029",
 }
 #: Tracebacks longer than this keep their tail: the raising frame and the error are at the end.
 MAX_TRACEBACK_CHARS = 8000
@@ -61,8 +62,9 @@ def static_html(snapshot: TreeSnapshot, unit: str) -> str:
 def info_html(snapshot: TreeSnapshot) -> str:
     """The root job (state and message) and the nodes running its jobs."""
     root = snapshot.root
-    # A root not claimed yet waits for its children: the tree's status says what is going on, not "pending".
-    line = f"<b>{html.escape(job_title(root))}</b> {snapshot.status if root.state is State.PENDING else root.state}"
+    # A root not claimed yet, or gathering, waits for its children: the tree's status says what is going on.
+    waiting = root.state in (State.PENDING, State.GATHERING)
+    line = f"<b>{html.escape(job_title(root))}</b> {snapshot.status if waiting else root.state}"
     if root.progress_message and not root.is_final:
         line += f": {html.escape(root.progress_message)}"
     if snapshot.child_count:

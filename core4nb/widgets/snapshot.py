@@ -17,7 +17,7 @@ import collections
 import time
 from dataclasses import dataclass
 
-from core4nb.job import OPEN_STATES, Job, State
+from core4nb.job import OPEN_STATES, UNSUCCESSFUL_STATES, Job, State
 from core4nb.store.base import Store
 
 #: At most this many failed/error jobs are listed (their tracebacks included).
@@ -29,8 +29,6 @@ MAX_RUNNING = 256
 
 #: States listed as failures: retrying (failed) and for good (error, inactive).
 FAILURE_STATES = (State.FAILED, State.ERROR, State.INACTIVE)
-#: States that mean the tree did not (or will not) end well.
-BAD_STATES = frozenset({State.ERROR, State.INACTIVE, State.KILLED})
 
 
 def short_name(name: str) -> str:
@@ -140,7 +138,7 @@ class TreeSnapshot(_Tally):
         """Some job of the tree ended in error, inactive or killed (or the root is being killed).
 
         Not "failed": ``State.FAILED`` is a job that will be retried, which breaks nothing yet."""
-        return self.root.kill_requested or any(self.tree_counts[state] for state in BAD_STATES)
+        return self.root.kill_requested or any(self.tree_counts[state] for state in UNSUCCESSFUL_STATES)
 
     @property
     def is_killed(self) -> bool:
