@@ -18,10 +18,12 @@ expects and sets is decided in :mod:`core4nb.transitions`, once for every store.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +104,21 @@ def safe_text(text: str) -> str:
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
+
+
+def descendants(links: Iterable[tuple[str, str | None]], job_id: str) -> list[str]:
+    """``job_id`` and every job below it, from a tree's ``(id, parent_id)`` pairs; each id once, so a
+    hand-edited cycle (a job its own parent) ends the walk."""
+    children = collections.defaultdict(list)
+    for child, parent in links:
+        children[parent].append(child)
+    ids, stack = {job_id: None}, [job_id]
+    while stack:
+        for child in children[stack.pop()]:
+            if child not in ids:
+                ids[child] = None
+                stack.append(child)
+    return list(ids)
 
 
 def new_job_id() -> str:

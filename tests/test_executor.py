@@ -28,7 +28,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from core4nb import Core4Executor, Core4Future, JobFailed, PayloadError, Queue, State
+from core4nb import ChildFailed, Core4Executor, Core4Future, JobFailed, PayloadError, Queue, State
 from core4nb.context import current_job
 from core4nb.executor.futures import Progress
 from core4nb.queue import RemoteTraceback, outcome
@@ -63,6 +63,13 @@ def fail_at_seven(x: int) -> int:
     if x == 7:
         raise ValueError(f"bad element {x}")
     return x
+
+
+def fail_or_wait(what: str) -> str:
+    """``"fail"`` raises; any other value is a file to wait for."""
+    if what == "fail":
+        raise ValueError("bad input")
+    return str(wait_for_file(what, what))
 
 
 def sleep_return(seconds: float, value: object) -> object:
@@ -373,6 +380,51 @@ def test_map_buffersize_over_a_generator_grows_its_chunks(ex):
     assert list(it) == [x * x for x in range(20)]
     chunks = ex.store.find(parent_id=it.job_id, blobs=True)
     assert [len(outcome(c, ex.store)) for c in chunks] == [1, 2, 4, 8, 5]  # early results fast, later ones cheap
+
+
+def test_a_maps_root_runs_nowhere_and_completes_in_the_write_of_its_last_chunk(ex):
+    it = ex.map(sleep_return, [0.3, 0.05, 0.2, 0.1], range(4), chunksize=1)
+    assert list(it) == [0, 1, 2, 3]
+    root, chunks = ex.store.get(it.job_id), ex.store.find(parent_id=it.job_id)
+    assert (root.state, root.trial, root.gather, root.payload) == (State.COMPLETE, 0, True, None)
+    assert root.finished_at == max(c.finished_at for c in chunks)  # the same write, on SQLite
+    assert root.args_summary == "4 chunks, 4 items"
+    assert ex.attach(it.job_id).result(timeout=60) == [0, 1, 2, 3]
+
+
+def test_a_failed_chunk_fails_the_root_and_kills_the_chunks_not_started(ex, tmp_path):
+    gate = release(tmp_path)
+    it = ex.map(fail_or_wait, ["fail", gate, gate, gate, gate], chunksize=1)
+    with pytest.raises(ValueError, match=r"^bad input\nchunk 1/5 "):
+        list(it)
+    root = wait_for(lambda: (job := ex.store.get(it.job_id)).is_final and job, PATIENCE)
+    assert (root.state, root.error.type) == (State.ERROR, "ChildFailed")
+    chunks = ex.store.find(parent_id=it.job_id)
+    assert root.error.message.startswith(f"child job {chunks[0].id} (tests.test_executor.fail_or_wait) ended error")
+    Path(gate).touch()  # the chunk that was running finishes (it was flagged); no chunk waits to run
+    wait_for(lambda: all(c.is_final for c in ex.store.find(parent_id=it.job_id)), PATIENCE)
+    assert {c.state for c in ex.store.find(parent_id=it.job_id)[1:]} <= {State.KILLED, State.COMPLETE}
+    assert State.KILLED in {c.state for c in ex.store.find(parent_id=it.job_id)}
+    with pytest.raises(ChildFailed, match=r"ended error: ChunkError: chunk 1/5 raised ValueError: bad input$"):
+        ex.attach(it.job_id).result(timeout=60)
+
+
+def test_a_map_that_fails_between_two_stored_groups_leaves_nothing_to_run(ex, monkeypatch):
+    """Chunks carrying large data are stored in groups; one that cannot be pickled after a group was
+    stored kills the stored ones (with their root), so no part of the map runs without the rest."""
+    import numpy as np
+
+    from core4nb.executor import mapping
+
+    monkeypatch.setattr(mapping, "STREAM_BYTES", 1)  # every chunk is a group of its own
+    items = [np.full(300_000, i) for i in range(3)] + [threading.Lock()]
+    with pytest.raises(PayloadError, match="element 3 of the map"):
+        ex.map(np.sum, items, chunksize=1)
+    (root,) = [job for job in ex.store.find() if job.gather]
+    chunks = ex.store.find(parent_id=root.id)
+    assert len(chunks) == 3 and {job.state for job in chunks} <= {State.KILLED, State.COMPLETE}
+    # Killed with its tree -- unless the workers were quicker than the failing pickle, and all three are done.
+    assert root.state is (State.COMPLETE if {job.state for job in chunks} == {State.COMPLETE} else State.KILLED)
 
 
 def test_map_of_a_job_class_is_refused(ex):

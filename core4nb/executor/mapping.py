@@ -166,8 +166,10 @@ class MapIterator:
         """What each chunk is in its user's words (``numbers[40:50]``): a chunk's error names it so."""
         self._run.chunk_names = names
 
-    def __iter__(self) -> MapIterator:
-        return self
+    def __iter__(self) -> Iterator[Any]:
+        """The results' generator itself: a ``for`` loop or ``list()`` then takes each value without a
+        Python call of ours per item (a third of the client's time per item of a 100,000-item map)."""
+        return self._gen
 
     def __next__(self) -> Any:
         __tracebackhide__ = True  # IPython shows the user's line and the remote error, not this frame

@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 
 from core4nb.errors import ConfigError
-from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, redact_url
+from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo
+from core4nb.store.urls import redact_url
 
 URL_ENV = "CORE4NB_URL"
 

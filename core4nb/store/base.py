@@ -16,7 +16,6 @@ the field, without handing it to anyone.
 from __future__ import annotations
 
 import abc
-import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any
 from core4nb.errors import DuplicateJob, JobNotFound, MalformedJob, StoreUnavailable
 from core4nb.job import Job, Lease, State
 from core4nb.store.decode import decode_job, placeholder_job
+from core4nb.store.urls import redact_url
 
 #: A claim grants this many seconds before the lease expires without a heartbeat.
 DEFAULT_LEASE_SECONDS = 30.0
@@ -90,45 +90,6 @@ class Claimant:
     node: str
     pid: int
     key_id: str | None = None
-
-
-#: URL options whose values are safe to show; every other option's value is shown as ``***`` (tokens,
-#: key file passwords and whatever else a driver may take in the URL).
-SHOWN_OPTIONS = frozenset(name.lower() for name in (
-    "collection_prefix", "serverSelectionTimeoutMS", "connectTimeoutMS", "socketTimeoutMS", "tls", "ssl",
-    "replicaSet", "authSource", "authMechanism", "directConnection", "retryWrites", "readPreference", "w",
-    "appName"))
-
-
-def _split_url(url: str) -> tuple[str, str, str, list[str]]:
-    """(scheme with ``://``, user info, hosts and path, options) of a URL. The user info ends at the *last*
-    ``@``: a password with a raw ``/`` or ``@`` (invalid, but typed by people) must not leak through a
-    narrower pattern; over-redacting a URL that merely has an ``@`` in its options is harmless."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:  # no scheme: the whole text may be "user:pass@host"
-        scheme, rest = "", url
-    userinfo, at, hosts = rest.rpartition("@")
-    head, _, query = hosts.partition("?")
-    return scheme + sep, userinfo + at, head, [item for item in re.split("[&;]", query) if item]
-
-
-def url_secrets(url: str) -> list[str]:
-    """The password and the values of options not in :data:`SHOWN_OPTIONS`: what must never be printed."""
-    _, userinfo, _, options = _split_url(url)
-    found = [userinfo[:-1].partition(":")[2]] + [value for key, _, value in (o.partition("=") for o in options)
-                                                 if key.lower() not in SHOWN_OPTIONS]
-    return [secret for secret in found if secret]
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password and every option value not in :data:`SHOWN_OPTIONS` replaced by ``***``:
-    safe to print in errors, logs and status."""
-    scheme, userinfo, head, options = _split_url(url)
-    if ":" in userinfo:
-        userinfo = userinfo.split(":", 1)[0] + ":***@"
-    shown = [o if o.partition("=")[0].lower() in SHOWN_OPTIONS or "=" not in o else o.partition("=")[0] + "=***"
-             for o in options]
-    return f"{scheme}{userinfo}{head}" + ("?" + "&".join(shown) if shown else "")
 
 
 class Store(abc.ABC):
@@ -398,7 +359,7 @@ def listed_job(data: dict[str, Any]) -> Job:
 
 
 def count_states(pairs: Iterable[tuple[Any, int]]) -> dict[State, int]:
-    """All eight states with the counts of ``(state, n)`` rows; a state no job can have
+    """All nine states with the counts of ``(state, n)`` rows; a state no job can have
     (a malformed document) counts as error, as listings show such a document."""
     out = dict.fromkeys(State, 0)
     for state, n in pairs:

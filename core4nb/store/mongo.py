@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -33,16 +33,17 @@ from pymongo.errors import BulkWriteError, PyMongoError
 
 from core4nb import transitions
 from core4nb.errors import BlobMissing, Core4Error, JobNotFound, MalformedJob, StoreUnavailable
-from core4nb.job import LARGE_FIELDS, OUTPUT_LIMIT, SCALAR_FIELDS, Job, Lease, State, new_token
+from core4nb.job import LARGE_FIELDS, OUTPUT_LIMIT, SCALAR_FIELDS, Job, Lease, State, descendants, new_token
 from core4nb.serialize import frame_digests
 from core4nb.store import base, bell, mongo_lease
 from core4nb.store import mongo_claim as claims
-from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, lease_for, redact_url
+from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, lease_for
 from core4nb.store.blobfiles import FileBlobs
 from core4nb.store.decode import decode_job, placeholder_job
 from core4nb.store.mongo_blobs import Bucket, FrameFiles, GridFSBlobs, cache_dir, cache_limit
 from core4nb.store.mongo_connect import guarded, parse_url
 from core4nb.store.mongo_keeping import MongoHousekeeping
+from core4nb.store.urls import redact_url
 
 CONNECT_TIMEOUT_MS = 5000  # server selection; a serverSelectionTimeoutMS in the URL wins
 MAX_SET_ASIDE = 16  # malformed documents one claim moves to error before it answers "nothing now"
@@ -342,42 +343,27 @@ class MongoStore(MongoHousekeeping, Store):
                         type(exc).__name__, exc)
             return []
 
-    @guarded
-    def settle_roots(self) -> int:
-        roots = [doc["_id"] for doc in self._col("queue").find({"state": State.GATHERING}, {"_id": 1})]
-        gathered = self._gather(roots)
-        bell.ring_after(self._bells, gathered)
-        return len(gathered)
-
-    def _subtree(self, job_id: str, tree: bool) -> dict[str, Any]:
-        """A filter selecting the job (and with ``tree`` its descendants)."""
+    def _subtree(self, job_id: str, tree: bool) -> tuple[dict[str, Any], str | None]:
+        """A filter selecting the job (and with ``tree`` its descendants), and the job's parent."""
         queue = self._col("queue")
-        doc = queue.find_one({"_id": job_id}, {"root_id": 1})
+        doc = queue.find_one({"_id": job_id}, {"root_id": 1, "parent_id": 1})
         if doc is None:
             raise self._not_found(job_id)
+        parent = doc.get("parent_id")
         if not tree:
-            return {"_id": job_id}
+            return {"_id": job_id}, parent
         if doc.get("root_id", job_id) == job_id:  # a root: its tree is exactly the jobs carrying its root_id
-            return {"root_id": job_id}
-        children = defaultdict(list)  # one read of the tree's parent links, walked here
-        for row in queue.find({"root_id": doc["root_id"]}, {"parent_id": 1}):
-            children[row.get("parent_id")].append(row["_id"])
-        ids, stack = {job_id: None}, [job_id]  # each id once: a hand-edited cycle (its own parent) ends the walk
-        while stack:
-            for child in children[stack.pop()]:
-                if child not in ids:
-                    ids[child] = None
-                    stack.append(child)
-        return {"_id": {"$in": list(ids)}}
+            return {"root_id": job_id}, parent
+        rows = queue.find({"root_id": doc["root_id"]}, {"parent_id": 1})  # one read of the tree's parent links
+        return {"_id": {"$in": descendants(((r["_id"], r.get("parent_id")) for r in rows), job_id)}}, parent
 
     @guarded
     def request_kill(self, job_id: str, *, tree: bool = True) -> int:
-        query, queue = self._subtree(job_id, tree), self._col("queue")
+        (query, parent), queue = self._subtree(job_id, tree), self._col("queue")
         # In this order (see transitions.kill_waiting): no job of the subtree is left waiting, without a transaction.
         flagged, killed = [queue.update_many({**query, **claims.expect_filter(move)}, claims.transition_update(move))
                            for move in (transitions.flag_kill(), transitions.kill_waiting(claims.epoch(time.time())))]
         if killed.modified_count:
-            parent = (queue.find_one({"_id": job_id}, {"parent_id": 1}) or {}).get("parent_id")
             bell.ring_after(self._bells, [(State.KILLED, None), *self._gather([parent])])
         return flagged.matched_count
 
@@ -389,7 +375,7 @@ class MongoStore(MongoHousekeeping, Store):
     @guarded
     def remove(self, job_id: str) -> int:
         queue = self._col("queue")
-        ids = [doc["_id"] for doc in queue.find(self._subtree(job_id, tree=True), {"_id": 1})]
+        ids = [doc["_id"] for doc in queue.find(self._subtree(job_id, tree=True)[0], {"_id": 1})]
         named = self._referenced({"_id": {"$in": ids}})
         removed = queue.delete_many({"_id": {"$in": ids}}).deleted_count
         # After the documents: a crash leaves orphan files, never dangling references.

@@ -11,8 +11,8 @@ from pymongo import uri_parser
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from core4nb.errors import ConfigError, StoreUnavailable
-from core4nb.store.base import redact_url, url_secrets
 from core4nb.store.mongo_claim import AUTH_ERRORS
+from core4nb.store.urls import redact_url, url_secrets
 
 
 def parse_url(url: str) -> tuple[str, str, str, dict[str, Any]]:

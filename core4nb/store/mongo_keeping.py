@@ -1,4 +1,4 @@
-"""The MongoDB store's housekeeping: blob sweeps, retention of finished trees, settings.
+"""The MongoDB store's housekeeping: blob sweeps, left-behind roots, retention of finished trees, settings.
 
 A mixin of :class:`~core4nb.store.mongo.MongoStore`. Without transactions, a tree is pruned only when
 every job in it is final and none is pinned, found by separate reads; a job that reopens in between
@@ -14,8 +14,8 @@ from typing import Any
 
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from core4nb.job import FINAL_STATES, OPEN_STATES
-from core4nb.store import base
+from core4nb.job import FINAL_STATES, OPEN_STATES, State
+from core4nb.store import base, bell
 from core4nb.store.mongo_claim import epoch
 from core4nb.store.mongo_connect import guarded
 
@@ -25,7 +25,15 @@ _PINNED = {"keep": {"$in": [True, 1]}}  # nx stores a set True as 1
 
 
 class MongoHousekeeping:
-    """Blob sweeps, prune, usage, settings and the housekeeping turn of the MongoDB store."""
+    """Blob sweeps, settling left-behind roots, prune, usage, settings and the housekeeping turn of the MongoDB
+    store."""
+
+    @guarded
+    def settle_roots(self) -> int:
+        roots = [doc["_id"] for doc in self._col("queue").find({"state": State.GATHERING}, {"_id": 1})]
+        gathered = self._gather(roots)
+        bell.ring_after(self._bells, gathered)
+        return len(gathered)
 
     def _referenced(self, query: dict[str, Any]) -> set[str]:
         docs = self._col("queue").find(query, {"payload_refs": 1, "result_refs": 1})

@@ -3,7 +3,7 @@
 Why it is built this way (the table and its SQL are in :mod:`core4nb.store.sqlite_sql`):
 
 - WAL journal: readers (status, widgets) never block the writer and vice versa;
-  racing writers retry the write lock in short jittered steps (``_begin_immediate``).
+  racing writers retry the write lock in short jittered steps (``sqlite_file.begin_immediate``).
 - Every write runs inside ``BEGIN IMMEDIATE``, which takes the database's single
   write lock up front. A read-then-write inside one such transaction therefore
   cannot interleave with another process's write: that is what makes ``claim``
@@ -24,7 +24,6 @@ import dataclasses
 import json
 import logging
 import os
-import random
 import sqlite3
 import threading
 import time
@@ -39,39 +38,19 @@ from core4nb.job import LARGE_FIELDS, OUTPUT_LIMIT, SCALAR_FIELDS, Job, Lease, S
 from core4nb.serialize import frame_digests
 from core4nb.store import base, bell, sqlite_file
 from core4nb.store import sqlite_sql as sql
-from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, redact_url
+from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo
 from core4nb.store.blobfiles import FileBlobs
 from core4nb.store.decode import decode_job, decode_lease
 from core4nb.store.sqlite_keeping import SQLiteHousekeeping
+from core4nb.store.urls import redact_url
 
 log = logging.getLogger("core4nb.store")
 
-BUSY_TIMEOUT = 30.0  # seconds a writer waits for the lock before giving up
-# SQLite's own busy handler sleeps up to 100 ms between tries: when 32 idle nodes are woken at once,
-# the last ones then claim long after the lock is free. Short jittered sleeps in Python instead.
-_LOCK_RETRY = (0.0005, 0.002)
 MAX_SET_ASIDE = 16  # malformed rows one claim moves to error before it answers "nothing now"
 
 # Error codes that mean "the database is not usable right now", not "the SQL is wrong".
 _UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN",
                 "SQLITE_FULL", "SQLITE_NOTADB", "SQLITE_CORRUPT")
-
-
-def _begin_immediate(conn: sqlite3.Connection) -> None:
-    """Take the write lock, retrying briefly and often while another writer holds it."""
-    deadline = time.monotonic() + BUSY_TIMEOUT
-    conn.execute("PRAGMA busy_timeout = 0")
-    try:
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if getattr(exc, "sqlite_errorname", "") != "SQLITE_BUSY" or time.monotonic() > deadline:
-                    raise
-                time.sleep(random.uniform(*_LOCK_RETRY))
-    finally:
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
 
 
 class SQLiteStore(SQLiteHousekeeping, Store):
@@ -127,9 +106,9 @@ class SQLiteStore(SQLiteHousekeeping, Store):
         conn = getattr(self._local, "conn", None)
         if conn is None:
             with self._errors():
-                conn = sqlite_file.connect(self.path, BUSY_TIMEOUT, read_only=self.read_only)
+                conn = sqlite_file.connect(self.path, sqlite_file.BUSY_TIMEOUT, read_only=self.read_only)
                 conn.row_factory = sqlite3.Row
-                conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+                conn.execute(f"PRAGMA busy_timeout = {int(sqlite_file.BUSY_TIMEOUT * 1000)}")
             self._local.conn = conn
             with self._lock:
                 self._conns.append(conn)
@@ -157,7 +136,7 @@ class SQLiteStore(SQLiteHousekeeping, Store):
         """One write transaction holding the database's write lock from its start."""
         conn = self._conn()
         with self._errors():
-            _begin_immediate(conn)
+            sqlite_file.begin_immediate(conn)
             try:
                 yield conn
             except BaseException:
@@ -369,15 +348,6 @@ class SQLiteStore(SQLiteHousekeeping, Store):
             gathered = sql.gather_roots(conn, [parent[0]], now) if counts[1] and parent else []
         bell.ring_after(self._bells, [(State.KILLED, None)] * bool(counts[1]) + gathered)
         return counts[0]
-
-    def settle_roots(self) -> int:
-        roots = [row[0] for row in self._read("SELECT id FROM queue WHERE state = 'gathering'")]
-        if not roots:  # the common case: no write lock
-            return 0
-        with self._tx() as conn:
-            gathered = sql.gather_roots(conn, roots, time.time())
-        bell.ring_after(self._bells, gathered)
-        return len(gathered)
 
     def kill_requests(self, job_ids: Iterable[str]) -> set[str]:
         rows = self._read("SELECT id FROM queue WHERE id IN (SELECT value FROM json_each(?)) "

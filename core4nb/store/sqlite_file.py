@@ -1,4 +1,4 @@
-"""The embedded queue's file on disk: where it may live, how it is opened, its schema.
+"""The embedded queue's file on disk: where it may live, how it is opened and write-locked, its schema.
 
 :mod:`core4nb.store.sqlite` owns the store's verbs; this module decides whether a path is
 fit to be a queue (see :func:`check_path`), opens it read-only when this user cannot write
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import sqlite3
 import stat
+import time
 from contextlib import suppress
 from pathlib import Path
 from urllib.parse import quote
@@ -22,6 +24,10 @@ from core4nb.store import sqlite_sql as sql
 
 FIX = "point the queue URL at a writable file, e.g. sqlite://~/.core4nb/queue.db"
 PRIVATE = "keep the queue in a directory only you own and can write, e.g. sqlite://~/.core4nb/queue.db"
+BUSY_TIMEOUT = 30.0  # seconds a writer waits for the lock before giving up
+# SQLite's own busy handler sleeps up to 100 ms between tries: when 32 idle nodes are woken at once,
+# the last ones then claim long after the lock is free. Short jittered sleeps in Python instead.
+_LOCK_RETRY = (0.0005, 0.002)
 log = logging.getLogger("core4nb.store")
 
 
@@ -129,3 +135,20 @@ def create_schema(conn: sqlite3.Connection) -> None:
     sql.add_missing_columns(conn)
     for statement in filter(str.strip, sql.INDEXES.split(";")):
         conn.execute(statement)
+
+
+def begin_immediate(conn: sqlite3.Connection) -> None:
+    """Take the write lock, retrying briefly and often while another writer holds it."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorname", "") != "SQLITE_BUSY" or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(*_LOCK_RETRY))
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")

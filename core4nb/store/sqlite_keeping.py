@@ -1,4 +1,4 @@
-"""The embedded store's housekeeping: blob sweeps, retention of finished trees, space given back.
+"""The embedded store's housekeeping: blob sweeps, left-behind roots, retention of finished trees, space given back.
 
 A mixin of :class:`~core4nb.store.sqlite.SQLiteStore` (it uses the store's write transactions,
 reads and blob files): every write here runs under the database's write lock, so a prune, a sweep
@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import time
 
-from core4nb.store import base
+from core4nb.store import base, bell
 from core4nb.store import sqlite_sql as sql
 
 
 class SQLiteHousekeeping:
-    """Blob sweeps, prune, usage, settings and the housekeeping turn of the embedded store."""
+    """Blob sweeps, settling left-behind roots, prune, usage, settings and the housekeeping turn of the embedded
+    store."""
 
     def sweep_blobs(self, older_than: float = base.DEFAULT_SWEEP_AGE, *, dry_run: bool = False) -> base.BlobSweep:
         with self._tx() as conn:
@@ -24,6 +25,15 @@ class SQLiteHousekeeping:
             if not dry_run:
                 self.blobs.delete(b.digest for b in orphans)
         return base.BlobSweep(len(orphans), sum(b.size for b in orphans))
+
+    def settle_roots(self) -> int:
+        roots = [row[0] for row in self._read("SELECT id FROM queue WHERE state = 'gathering'")]
+        if not roots:  # the common case: no write lock
+            return 0
+        with self._tx() as conn:
+            gathered = sql.gather_roots(conn, roots, time.time())
+        bell.ring_after(self._bells, gathered)
+        return len(gathered)
 
     def _disk_size(self) -> int:
         files = [self.path, *(self.path.with_name(self.path.name + end) for end in ("-wal", "-shm"))]
