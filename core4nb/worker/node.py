@@ -264,6 +264,9 @@ class WorkerNode:
             if slot.is_busy:
                 slot.process.join(5)
                 self._collect_slot(slot)
+            else:  # its child exits now, while the others are hung up on: they exit side by side
+                slot.hang_up()
+        for slot in self.slots:
             slot.close()
         try:
             self._writer.flush()

@@ -129,9 +129,13 @@ class Slot:
         self.conn.close()
         self._spawn()
 
+    def hang_up(self) -> None:
+        """Close the child's pipe: an idle child exits (a node stopping hangs up on all before it waits for one)."""
+        self.conn.close()
+
     def close(self, timeout: float = 2.0) -> None:
         """Stop the child: close its pipe (it exits), then terminate/kill if needed."""
-        self.conn.close()
+        self.hang_up()
         self.process.join(timeout)
         if self.process.is_alive():
             self.process.terminate()
