@@ -98,12 +98,14 @@ def kill_waiting(now: float) -> Transition:
 
 
 def gather(failed: Job | None, any_open: bool, now: float) -> Transition | None:
-    """What a gathering root becomes once one of its children changed: error when a child ``failed``
-    (ended error, killed or inactive: the store then kills the rest of the tree), complete when no child
-    is open any more, else nothing yet. The children are all there: a root is inserted after them."""
+    """What a gathering root becomes once one of its children changed: killed when a child ``failed`` by
+    being killed (a cancelled map, a kill request), error when it ended error or inactive -- the store then
+    kills the rest of the tree --, complete when no child is open any more, else nothing yet. The children
+    are all there: a root is inserted after them."""
     if failed is not None:
-        error = JobError.child_failed(failed)
-        return Transition(frozenset({State.GATHERING}), State.ERROR, {"error": error, "finished_at": now})
+        state = State.KILLED if failed.state is State.KILLED else State.ERROR
+        return Transition(frozenset({State.GATHERING}), state, {"error": JobError.child_failed(failed),
+                                                                "finished_at": now})
     if any_open:
         return None
     return Transition(frozenset({State.GATHERING}), State.COMPLETE, {"finished_at": now, "progress_value": 1.0})

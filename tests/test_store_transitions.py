@@ -46,7 +46,8 @@ def test_every_edge_of_the_table_is_taken_by_a_transition() -> None:
              transitions.reap(job, "gone", 0.0), transitions.reap(running(lost_left=0), "gone", 0.0),
              transitions.reap(running(kill_requested=True), "gone", 0.0)]
     moves += [m for state in TRANSITIONS[State.RUNNING] for m in transitions.finish(state, {}, 0.0)]
-    moves += [transitions.gather(None, False, 0.0), transitions.gather(make(state=State.ERROR), False, 0.0)]
+    moves += [transitions.gather(None, False, 0.0)]
+    moves += [transitions.gather(make(state=state), False, 0.0) for state in (State.ERROR, State.KILLED)]
     taken = {(old, move.state) for move in moves for old in move.expect}
     assert taken == {(old, new) for old, targets in TRANSITIONS.items() for new in targets}
 
@@ -245,11 +246,12 @@ def test_a_failed_child_fails_its_root_and_kills_the_rest_of_the_tree(store: Sto
     assert store.get(root.id).state is State.ERROR
 
 
-def test_killing_one_child_fails_its_root(store: Store) -> None:
+def test_killing_one_child_kills_its_root(store: Store) -> None:
+    """A cancelled chunk (a map closed early, Ctrl-C in a cell) stops the whole map: the root is killed."""
     root, kids = gathering_tree(store, 2)
     assert store.request_kill(kids[0].id, tree=False) == 1
     got = store.get(root.id)
-    assert (got.state, got.error.type) == (State.ERROR, "ChildFailed")
+    assert (got.state, got.error.type) == (State.KILLED, "ChildFailed")
     assert got.error.message.startswith(f"child job {kids[0].id} (pkg.fn) ended killed")
     assert store.get(kids[1].id).state is State.KILLED
 
