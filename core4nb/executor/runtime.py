@@ -83,7 +83,7 @@ class Runtime:
                 continue  # started (use kill()), finished (the poller completes it) or removed
             # Future first: once it is cancelled the poller ignores the job's "killed" outcome.
             if future._cancel_locally():
-                # tree=False: the job alone (a pending job has started no children; its siblings run on).
+                # tree=False: the job alone (a map chunk's root then stops the rest of its map: transitions.gather).
                 with contextlib.suppress(JobNotFound):  # removed meanwhile: nothing left to kill
                     self.store.request_kill(future.job_id, tree=False)
                 cancelled += 1
