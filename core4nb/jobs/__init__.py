@@ -1,7 +1,7 @@
 """The worker-side job layer: the job classes and the functions a worker runs for the executor.
 
-Below the executor and the notebook layer: nothing here imports them, so a
-worker child loads only what a job needs.
+Below the executor and the notebook layer (widgets, magics, cells): nothing here
+imports them; the executor imports this layer (a map's chunks run :func:`run_chunk`).
 """
 
 from core4nb.jobs.chunk import ChunkError, run_chunk
