@@ -51,8 +51,8 @@ class OwnerCounter(CallCounter):
 
 def store_loop(url: str, n: int) -> dict[str, Any]:
     """Insert n jobs, then claim and finish each from one claimant; rates of both."""
+    from core4nb.calls import make_job
     from core4nb.job import State
-    from core4nb.queue import make_job
     from core4nb.store import Claimant, open_store
 
     jobs = [make_job(identity, (i,)) for i in range(n)]

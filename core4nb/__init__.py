@@ -14,7 +14,9 @@ from core4nb.errors import (
     ConfigError,
     Core4Error,
     JobFailed,
+    JobNotFinal,
     JobNotFound,
+    NodeStartFailed,
     PayloadError,
     RemoteError,
     SignatureError,
@@ -22,10 +24,11 @@ from core4nb.errors import (
     WorkerLost,
 )
 from core4nb.executor import Core4Executor, Core4Future
+from core4nb.executor.handle import enqueue
 from core4nb.job import Job, State
+from core4nb.jobs import Core4Job
 from core4nb.queue import Queue
 from core4nb.serialize import ship
-from core4nb.tree import Core4Job, enqueue
 from core4nb.widgets import progress  # imports ipywidgets only when a notebook panel is made
 
 __version__ = "0.1.0"
@@ -41,7 +44,9 @@ __all__ = [
     "Job",
     "JobContext",
     "JobFailed",
+    "JobNotFinal",
     "JobNotFound",
+    "NodeStartFailed",
     "PayloadError",
     "Queue",
     "RemoteError",

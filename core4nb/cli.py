@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from core4nb import report
 from core4nb.errors import Core4Error
 from core4nb.job import State
-from core4nb.queue import Queue, default_url
+from core4nb.queue import Queue
+from core4nb.store import default_url
 
 
 def _parser() -> argparse.ArgumentParser:

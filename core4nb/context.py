@@ -110,7 +110,7 @@ class JobContext:
 
     def child_results(self) -> list[Any]:
         """The children's results in enqueue order (raises ChildFailed if one failed)."""
-        from core4nb.queue import outcome
+        from core4nb.remote import outcome
 
         children = self.queue.store.find(parent_id=self.id, blobs=True)
         if any(c.state in UNSUCCESSFUL_STATES for c in children):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core4nb.tree import Core4Job
+from core4nb.jobs import Core4Job
 
 
 def is_prime(n: int) -> bool:
@@ -25,7 +25,8 @@ def count_primes(start: int, end: int) -> int:
 
 
 class PrimeJob(Core4Job):
-    """Count the primes in ``[start, end)``; with ``chunksize``, as a tree of child jobs (DESIGN.md §1).
+    """Count the primes in ``[start, end)``; with ``chunksize``, as a tree of child jobs
+    (README, "In a notebook": divide and conquer).
 
     Trial 1 splits the range into children and defers; later trials defer while
     children are open (a failed child fails this job, naming it), then add up

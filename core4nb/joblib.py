@@ -47,15 +47,16 @@ try:
 except ImportError as exc:  # joblib is an extra: say which
     raise ImportError(f"core4nb.joblib needs joblib ({exc}): pip install 'core4nb[joblib]'") from exc
 
+from core4nb.calls import describe, make_job
 from core4nb.errors import JobNotFound, NoWorkers, PayloadError
 from core4nb.executor import Core4Executor
 from core4nb.executor.chunks import OrderedIds
+from core4nb.executor.handle import default_executor
 from core4nb.job import Job
+from core4nb.jobs import Core4Job
 from core4nb.options import JobOptions
-from core4nb.queue import describe, make_job
 from core4nb.serialize import DigestMemo
 from core4nb.store import redact_url
-from core4nb.tree import Core4Job, default_executor
 
 log = logging.getLogger("core4nb.joblib")
 

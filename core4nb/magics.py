@@ -26,7 +26,8 @@ from core4nb.errors import ConfigError, Core4Error
 from core4nb.executor import Core4Executor
 from core4nb.job import State
 from core4nb.options import JobOptions
-from core4nb.queue import Queue, RemoteTraceback
+from core4nb.queue import Queue
+from core4nb.remote import RemoteTraceback
 from core4nb.store import redact_url
 
 DEFAULT_OUT = "_core4"

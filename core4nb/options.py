@@ -1,4 +1,4 @@
-"""Job options: their names, defaults, types and ranges, in one place (DESIGN.md §3).
+"""Job options: their names, defaults, types and ranges, in one place (README, "Use it": job options).
 
 A job's options come in layers — a :class:`~core4nb.Core4Job` class's attributes, an
 executor's defaults, ``ex.options(...)`` views, ``options=`` of one ``enqueue`` — and each

@@ -9,8 +9,8 @@ import math
 import time
 
 from core4nb.job import Job, State
-from core4nb.queue import Queue, default_url
-from core4nb.store import WorkerInfo, open_store, redact_url
+from core4nb.queue import Queue
+from core4nb.store import WorkerInfo, default_url, open_store, redact_url
 
 
 def open_existing(url: str | None) -> Queue:

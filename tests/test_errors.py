@@ -6,7 +6,7 @@ import pytest
 
 from core4nb import Core4Executor, JobFailed, Queue, current_job
 from core4nb.errors import ChildrenOpen, JobNotFinal, NotInJob
-from core4nb.queue import outcome
+from core4nb.remote import outcome
 from tests import jobfuncs
 from tests.nodes import PATIENCE
 

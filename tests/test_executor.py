@@ -31,7 +31,7 @@ import pytest
 from core4nb import ChildFailed, Core4Executor, Core4Future, JobFailed, PayloadError, Queue, State
 from core4nb.context import current_job
 from core4nb.executor.futures import Progress
-from core4nb.queue import RemoteTraceback, outcome
+from core4nb.remote import RemoteTraceback, outcome
 from tests.jobfuncs import add, fail
 from tests.nodes import PATIENCE, start_node, wait_for
 

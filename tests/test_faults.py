@@ -30,10 +30,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core4nb import Queue, State
+from core4nb.calls import make_job
 from core4nb.errors import PayloadError, SignatureError
 from core4nb.job import Job
 from core4nb.keys import key_file_path
-from core4nb.queue import make_job
 from core4nb.store import Claimant
 from core4nb.store.decode import MALFORMED_NAME
 from tests import faultfuncs, jobfuncs
@@ -343,7 +343,7 @@ def test_load_every_result_checked_and_rss_bounded(queue_url):
         assert codes == [0, 0, 0, 0]
         assert queue.counts()[State.COMPLETE] == n
         results = {job.id: job for job in queue.store.find(blobs=True)}
-        from core4nb.queue import outcome
+        from core4nb.remote import outcome
 
         assert [outcome(results[job.id], queue.store) for job in jobs] == [2 * i for i in range(n)]
     first_node, last_node = _thirds(samples, 1)

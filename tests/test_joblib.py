@@ -25,7 +25,7 @@ import core4nb
 import core4nb.joblib
 from core4nb import Core4Executor, PayloadError, Queue, State, buffers
 from core4nb.errors import NoWorkers
-from core4nb.queue import RemoteTraceback, outcome
+from core4nb.remote import RemoteTraceback, outcome
 from tests.nodes import start_node, stop_node, wait_for
 from tests.test_executor import assert_all_gone, process_tree, square, wait_for_file
 

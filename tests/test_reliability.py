@@ -18,8 +18,8 @@ import time
 import pytest
 
 from core4nb import Queue, State, keys
+from core4nb.calls import make_job
 from core4nb.keys import key_file_path
-from core4nb.queue import make_job
 from tests import faultfuncs, jobfuncs
 from tests.nodes import PATIENCE, start_node, stop_node, wait_for
 from tests.test_faults import cli, is_sqlite, no_process_left, outage, queue, raw  # noqa: F401 - fixtures, found by name

@@ -21,9 +21,9 @@ import pytest
 
 from core4nb import Core4Executor, Queue, State, progress
 from core4nb.errors import ConfigError, JobNotFound
+from core4nb.executor.handle import JobHandle
 from core4nb.job import Job, JobError, Lease
 from core4nb.store import Claimant, open_store
-from core4nb.tree import JobHandle
 from core4nb.widgets import MAX_FAILURES, MAX_RUNNING, TextProgress, TreePanel, resolve_target, take_snapshot
 from tests import jobfuncs
 from tests.nodes import PATIENCE, start_node, stop_node

@@ -1,6 +1,6 @@
 """``Core4Executor``: ``concurrent.futures`` on the core4nb queue.
 
-Data flow (the executor never runs user code; DESIGN.md §2)::
+Data flow (the executor never runs user code: worker nodes do, README "How a job runs")::
 
     submit/map ──► make_job (pickle + sign) ──► store.insert ──► sys.queue ◄── worker nodes
         │                                                          │   (local ones: local.py)
@@ -20,12 +20,12 @@ from concurrent import futures as cf
 from typing import Any
 
 from core4nb import keys, serialize
+from core4nb.calls import make_job
 from core4nb.executor.futures import Core4Future
 from core4nb.executor.local import LocalWorkers, acquire_node
 from core4nb.executor.runtime import Runtime
 from core4nb.options import JobOptions
-from core4nb.queue import default_url, make_job
-from core4nb.store import Store, env_url, open_store, redact_url
+from core4nb.store import Store, default_url, env_url, open_store, redact_url
 
 _live: weakref.WeakSet[Core4Executor] = weakref.WeakSet()
 

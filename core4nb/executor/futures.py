@@ -9,15 +9,16 @@ so ``wait``, ``as_completed`` and done-callbacks work unchanged, and reading
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from core4nb.job import State
 
 if TYPE_CHECKING:
-    from core4nb.executor.runtime import Runtime
+    from core4nb.store import Store
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,18 @@ class Progress:
     trial: int = 0
 
 
+class FutureOwner(Protocol):
+    """What a future needs of the executor's runtime that made it: its store (to kill the job) and
+    cancelling (which the runtime decides, as it knows which jobs are still pending).
+
+    A protocol, not the Runtime class: the runtime imports this module, so this one must not import it.
+    """
+
+    store: Store
+
+    def cancel(self, futures: Iterable[Core4Future]) -> int: ...
+
+
 class Core4Future(Future):
     """The future of one job.
 
@@ -49,7 +62,7 @@ class Core4Future(Future):
         label: what its printed lines are prefixed with (``chunk 5/64`` for a map's chunk).
     """
 
-    def __init__(self, job_id: str, runtime: Runtime) -> None:
+    def __init__(self, job_id: str, runtime: FutureOwner) -> None:
         super().__init__()
         self.job_id = job_id
         self.output = ""

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from core4nb.buffers import DigestMemo
+from core4nb.calls import describe, make_job
 from core4nb.errors import PayloadError, UnpicklableError
 from core4nb.executor.chunks import (
-    ChunkError,
     OrderedIds,
     auto_chunksize,
     chunk_label,
@@ -26,12 +26,11 @@ from core4nb.executor.chunks import (
     first_unpicklable,
     fixed_chunks,
     growing_chunks,
-    raise_remote,
-    run_chunk,
 )
 from core4nb.job import Job, State, safe_text
+from core4nb.jobs import ChunkError, run_chunk
 from core4nb.keys import key_id
-from core4nb.queue import RemoteTraceback, describe, make_job
+from core4nb.remote import raise_remote, with_remote_cause
 from core4nb.serialize import summarize_args
 
 if TYPE_CHECKING:
@@ -228,7 +227,4 @@ def _chunk_result(future: Core4Future, end_time: float | None) -> tuple[list, Ba
         finally:
             future.cancel()  # a no-op once done; after a timeout it cancels a chunk not yet started
     except ChunkError as err:
-        error = err.error
-        error.__cause__ = RemoteTraceback(err.remote_traceback)
-        error.__suppress_context__ = True
-        return err.values, error
+        return err.values, with_remote_cause(err.error, err.remote_traceback)

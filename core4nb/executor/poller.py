@@ -31,7 +31,7 @@ from core4nb.executor.futures import Core4Future, Progress
 from core4nb.executor.liveoutput import JobOutput, submitters_sink
 from core4nb.executor.local import LocalWorkers
 from core4nb.job import FINAL_STATES, Job, State
-from core4nb.queue import outcome
+from core4nb.remote import outcome
 from core4nb.store import Store, redact_url
 from core4nb.store.outage import STORE_PATIENCE
 

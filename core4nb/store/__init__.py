@@ -10,11 +10,13 @@ from pathlib import Path
 
 from core4nb.errors import ConfigError
 from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo
+from core4nb.store.paths import home
 from core4nb.store.urls import redact_url
 
 URL_ENV = "CORE4NB_URL"
 
-__all__ = ["DEFAULT_LEASE_SECONDS", "URL_ENV", "Claimant", "Store", "WorkerInfo", "open_store", "redact_url"]
+__all__ = ["DEFAULT_LEASE_SECONDS", "URL_ENV", "Claimant", "Store", "WorkerInfo", "default_url", "open_store",
+           "redact_url"]
 
 
 def open_store(url: str, *, read_only: bool = False) -> Store:
@@ -56,3 +58,8 @@ def embedded_path(url: str) -> Path | None:
 def env_url() -> str | None:
     """The queue URL from ``CORE4NB_URL``, or None for the embedded default."""
     return os.environ.get(URL_ENV) or None
+
+
+def default_url() -> str:
+    """``CORE4NB_URL``, else the embedded queue file in :func:`~core4nb.store.paths.home`."""
+    return env_url() or f"sqlite://{home() / 'queue.db'}"

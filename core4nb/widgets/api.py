@@ -18,7 +18,7 @@ def resolve_target(target: Any, url: str | None = None) -> tuple[str, str]:
     Args:
         target: a job id; a :class:`~core4nb.Job`; a
             :class:`~core4nb.Core4Future` (``job_id``, its executor's URL); a
-            :class:`~core4nb.tree.JobHandle` (``id``, ``url``); or any object
+            :class:`~core4nb.executor.handle.JobHandle` (``id``, ``url``); or any object
             with a string ``job_id`` or ``id`` and optionally a ``url``.
         url: the queue URL; wins over what the target knows. Without either,
             ``CORE4NB_URL`` or the embedded queue.
@@ -33,7 +33,7 @@ def resolve_target(target: Any, url: str | None = None) -> tuple[str, str]:
     if url is None:
         url = _url_of(target)
     if url is None:
-        from core4nb.queue import default_url
+        from core4nb.store import default_url
 
         url = default_url()
     return job_id, url

@@ -28,7 +28,7 @@ from core4nb import serialize
 from core4nb.context import Defer, JobContext, activate, deactivate
 from core4nb.errors import PayloadError
 from core4nb.job import Job, JobError
-from core4nb.queue import format_exception
+from core4nb.remote import exception_frame, job_error
 from core4nb.store import Store, open_store
 from core4nb.worker.output import LiveOutput, OutputTail, Sender
 
@@ -203,7 +203,7 @@ def run_job(job: Job, store: LazyStore, key: bytes, sender: Sender, live: LiveOu
     except BaseException as exc:  # signed but cannot load here (a missing module), or its unpickling raised
         # (a __reduce__ calling sys.exit): the child lives on and result() raises what was raised
         return Outcome(OutcomeKind.REJECTED, elapsed(), result=_exception_frame(exc, job, store, key),
-                       error=_job_error(exc))
+                       error=job_error(exc))
 
     ctx = JobContext(job, store.url, lambda value, message: sender.send(("progress", value, message)), store.get)
     token, printed = activate(ctx), OutputTail(live)
@@ -214,7 +214,7 @@ def run_job(job: Job, store: LazyStore, key: bytes, sender: Sender, live: LiveOu
         return Outcome(OutcomeKind.DEFERRED, elapsed(), message=str(defer), output=printed.text())
     except BaseException as exc:
         return Outcome(OutcomeKind.FAILED, elapsed(), result=_exception_frame(exc, job, store, key),
-                       error=_job_error(exc), output=printed.text())
+                       error=job_error(exc), output=printed.text())
     finally:
         deactivate(token)
         ctx.close()
@@ -227,7 +227,7 @@ def run_job(job: Job, store: LazyStore, key: bytes, sender: Sender, live: LiveOu
                        output=printed.text())
     except BaseException as exc:  # the result's __reduce__ raised SystemExit or the like: as if the job raised it
         return Outcome(OutcomeKind.FAILED, elapsed(), result=_exception_frame(exc, job, store, key),
-                       error=_job_error(exc), output=printed.text())
+                       error=job_error(exc), output=printed.text())
 
 
 def _store_frame(value: object, job: Job, store: LazyStore, key: bytes, kind: serialize.Kind, what: str) -> bytes:
@@ -239,18 +239,10 @@ def _store_frame(value: object, job: Job, store: LazyStore, key: bytes, kind: se
     return packed.frame
 
 
-def _job_error(exc: BaseException) -> JobError:
-    return JobError(type(exc).__qualname__, str(exc), format_exception(exc))
-
-
 def _exception_frame(exc: BaseException, job: Job, store: LazyStore, key: bytes) -> bytes | None:
-    """The exception itself, so the notebook can re-raise its own type; None if it cannot travel."""
-    if not serialize.round_trips(exc):  # some exceptions pickle but cannot be rebuilt
-        return None
-    try:
-        return _store_frame(exc, job, store, key, serialize.Kind.EXCEPTION, "exception")
-    except Exception:
-        return None
+    """The exception itself, signed for ``job`` (its blobs stored now), when it can travel; else None."""
+    return exception_frame(exc, lambda error: _store_frame(error, job, store, key, serialize.Kind.EXCEPTION,
+                                                           "exception"))
 
 
 def exit_description(exitcode: int | None) -> str:

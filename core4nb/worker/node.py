@@ -47,8 +47,15 @@ import time
 from core4nb import keys
 from core4nb.errors import ConfigError, StoreUnavailable
 from core4nb.job import Job, State
-from core4nb.queue import default_url
-from core4nb.store import DEFAULT_LEASE_SECONDS, Claimant, WorkerInfo, embedded_path, open_store, redact_url
+from core4nb.store import (
+    DEFAULT_LEASE_SECONDS,
+    Claimant,
+    WorkerInfo,
+    default_url,
+    embedded_path,
+    open_store,
+    redact_url,
+)
 from core4nb.store.outage import Outage
 from core4nb.worker import outcomes
 from core4nb.worker.child import exit_description, process_is_gone
