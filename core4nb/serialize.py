@@ -27,7 +27,6 @@ import hashlib
 import hmac
 import importlib
 import io
-import itertools
 import json
 import linecache
 import os
@@ -374,38 +373,3 @@ def is_picklable(obj: Any) -> bool:
 def _describe(obj: Any) -> str:
     name = getattr(obj, "__qualname__", None)
     return name if isinstance(name, str) else f"a {type(obj).__qualname__}"
-
-
-def summarize_args(args: tuple, kwargs: dict, limit: int = 120) -> str:
-    """A short, human-readable text of a call's arguments for listings (the arguments past ``limit``
-    characters are not looked at: a map's chunk of 10,000 items costs as much as one of ten)."""
-    parts, size, cut = [], 0, False
-    for name, value in itertools.chain(((None, a) for a in args), kwargs.items()):
-        if size > limit:
-            cut = True
-            break
-        parts.append(_short_repr(value) if name is None else f"{name}={_short_repr(value)}")
-        size += len(parts[-1]) + 2
-    text = ", ".join(parts)
-    return text if len(text) <= limit and not cut else text[: limit - 1] + "…"
-
-
-#: Built-in containers whose repr grows with their length: past SHORT_REPR items, their size is shown
-#: without making the repr (a map chunk's list of 12,500 items made a 60 kB string to show 40 characters).
-_SIZED = (list, tuple, dict, set, frozenset, str, bytes, bytearray)
-SHORT_REPR = 40
-
-
-def _short_repr(value: Any) -> str:
-    if isinstance(value, Shared):
-        return repr(value)
-    if type(value) in _SIZED and len(value) > SHORT_REPR:
-        return f"<{type(value).__qualname__} len={len(value)}>"
-    try:
-        text = repr(value)
-    except Exception:
-        text = f"<{type(value).__qualname__}>"
-    if len(text) > SHORT_REPR:
-        size = f" len={len(value)}" if hasattr(value, "__len__") else ""
-        text = f"<{type(value).__qualname__}{size}>"
-    return text

@@ -244,7 +244,7 @@ def test_unknown_tree_is_an_error(queue):
 
 
 def test_a_long_argument_list_is_summarized_from_its_first_items_only():
-    from core4nb.serialize import summarize_args
+    from core4nb.calls import summarize_args
 
     class Counted:
         looked_at = 0

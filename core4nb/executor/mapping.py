@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from core4nb.buffers import DigestMemo
-from core4nb.calls import describe, make_job
+from core4nb.calls import describe, make_job, summarize_args
 from core4nb.errors import PayloadError, UnpicklableError
 from core4nb.executor.chunks import (
     OrderedIds,
@@ -31,7 +31,6 @@ from core4nb.job import Job, State, safe_text
 from core4nb.jobs import ChunkError, run_chunk
 from core4nb.keys import key_id
 from core4nb.remote import raise_remote, with_remote_cause
-from core4nb.serialize import summarize_args
 
 if TYPE_CHECKING:
     from core4nb.executor.futures import Core4Future

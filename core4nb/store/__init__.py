@@ -5,18 +5,12 @@ The only package that imports a database driver.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from core4nb.errors import ConfigError
 from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo
-from core4nb.store.paths import home
-from core4nb.store.urls import redact_url
+from core4nb.store.urls import URL_ENV, check_on_this_machine, default_url, embedded_path, env_url, redact_url
 
-URL_ENV = "CORE4NB_URL"
-
-__all__ = ["DEFAULT_LEASE_SECONDS", "URL_ENV", "Claimant", "Store", "WorkerInfo", "default_url", "open_store",
-           "redact_url"]
+__all__ = ["DEFAULT_LEASE_SECONDS", "URL_ENV", "Claimant", "Store", "WorkerInfo", "check_on_this_machine",
+           "default_url", "embedded_path", "env_url", "open_store", "redact_url"]
 
 
 def open_store(url: str, *, read_only: bool = False) -> Store:
@@ -47,19 +41,3 @@ def open_store(url: str, *, read_only: bool = False) -> Store:
     raise ConfigError(
         f"queue URL {redact_url(url)!r} has unknown scheme {scheme!r}: use sqlite:///path or mongodb://host/dbname"
     )
-
-
-def embedded_path(url: str) -> Path | None:
-    """The file of an embedded (``sqlite://``) queue URL, or None for another kind of URL."""
-    scheme, sep, raw = url.partition("://")
-    return Path(raw).expanduser() if sep and scheme.lower() == "sqlite" and raw else None
-
-
-def env_url() -> str | None:
-    """The queue URL from ``CORE4NB_URL``, or None for the embedded default."""
-    return os.environ.get(URL_ENV) or None
-
-
-def default_url() -> str:
-    """``CORE4NB_URL``, else the embedded queue file in :func:`~core4nb.store.paths.home`."""
-    return env_url() or f"sqlite://{home() / 'queue.db'}"

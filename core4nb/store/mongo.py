@@ -333,8 +333,7 @@ class MongoStore(MongoHousekeeping, Store):
         return reaped
 
     def _gather(self, root_ids: Iterable[str | None], *, completed: bool = False) -> list[tuple[State, None]]:
-        """Settle gathering roots after the write that changed their children. That write is done: a failure
-        here must not make its caller retry it, so it is logged and left to ``settle_roots``."""
+        """Settle gathering roots after the write that changed a child (done: a failure is left to settle_roots)."""
         try:
             return claims.gather_roots(self._col("queue"), root_ids, claims.epoch(time.time()),
                                        lambda doc: self._listed(doc, blobs=False), completed=completed)

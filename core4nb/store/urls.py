@@ -1,8 +1,16 @@
-"""What of a queue URL may be shown: the password and secret option values never are."""
+"""Queue URLs: the default one, the file an embedded one names, and what of a URL may be shown (the password
+and secret option values never are)."""
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
+
+from core4nb.errors import ConfigError
+from core4nb.store.paths import home
+
+URL_ENV = "CORE4NB_URL"
 
 #: URL options whose values are safe to show; every other option's value is shown as ``***`` (tokens,
 #: key file passwords and whatever else a driver may take in the URL).
@@ -41,3 +49,32 @@ def redact_url(url: str) -> str:
     shown = [o if o.partition("=")[0].lower() in SHOWN_OPTIONS or "=" not in o else o.partition("=")[0] + "=***"
              for o in options]
     return f"{scheme}{userinfo}{head}" + ("?" + "&".join(shown) if shown else "")
+
+
+def embedded_path(url: str) -> Path | None:
+    """The file of an embedded (``sqlite://``) queue URL, or None for another kind of URL."""
+    scheme, sep, raw = url.partition("://")
+    return Path(raw).expanduser() if sep and scheme.lower() == "sqlite" and raw else None
+
+
+def env_url() -> str | None:
+    """The queue URL from ``CORE4NB_URL``, or None for the embedded default."""
+    return os.environ.get(URL_ENV) or None
+
+
+def default_url() -> str:
+    """``CORE4NB_URL``, else the embedded queue file in :func:`~core4nb.store.paths.home`."""
+    return env_url() or f"sqlite://{home() / 'queue.db'}"
+
+
+def check_on_this_machine(url: str) -> None:
+    """Raise ConfigError for an embedded queue whose file is on another machine. A worker node must not
+    start an empty queue of its own: an embedded queue's file is on the notebook's machine, and a node
+    that cannot see it (another machine, another mount namespace) would serve nothing."""
+    path = embedded_path(url)
+    # A missing file in an existing folder is a queue about to be made here (a node started before the
+    # notebook); a folder that is not there either names another machine's queue.
+    if path is not None and not path.parent.exists() and url != default_url():
+        raise ConfigError(f"queue file {path} does not exist on this machine: an embedded queue serves the "
+                          "machine that holds its file (open it there first, e.g. Core4Executor or core4nb "
+                          "status); for nodes on other machines use a mongodb:// queue")

@@ -47,15 +47,7 @@ import time
 from core4nb import keys
 from core4nb.errors import ConfigError, StoreUnavailable
 from core4nb.job import Job, State
-from core4nb.store import (
-    DEFAULT_LEASE_SECONDS,
-    Claimant,
-    WorkerInfo,
-    default_url,
-    embedded_path,
-    open_store,
-    redact_url,
-)
+from core4nb.store import DEFAULT_LEASE_SECONDS, Claimant, WorkerInfo, check_on_this_machine, open_store, redact_url
 from core4nb.store.outage import Outage
 from core4nb.worker import outcomes
 from core4nb.worker.child import exit_description, process_is_gone
@@ -71,18 +63,6 @@ CONTROL_INTERVAL = 0.5
 MIN_POLL, MAX_POLL = 0.002, 0.1
 #: With a doorbell new work wakes the node at once; polling only catches deferred/failed jobs coming due.
 MAX_POLL_WITH_BELL = 0.25
-
-
-def _check_reachable(url: str) -> None:
-    """A node must not start an empty queue of its own: an embedded queue's file is on the notebook's
-    machine, and a node that cannot see it (another machine, another mount namespace) would serve nothing."""
-    path = embedded_path(url)
-    # A missing file in an existing folder is a queue about to be made here (a node started before the
-    # notebook); a folder that is not there either names another machine's queue.
-    if path is not None and not path.parent.exists() and url != default_url():
-        raise ConfigError(f"queue file {path} does not exist on this machine: an embedded queue serves the "
-                          "machine that holds its file (open it there first, e.g. Core4Executor or core4nb "
-                          "status); for nodes on other machines use a mongodb:// queue")
 
 
 class WorkerNode:
@@ -115,7 +95,7 @@ class WorkerNode:
         # A worker of a shared (MongoDB) queue never makes up a key of its own: it could verify no job.
         self.key = keys.load_key(create=url.partition("://")[0].lower() == "sqlite")
         self.key_id = keys.key_id(self.key)
-        _check_reachable(url)
+        check_on_this_machine(url)
         self.store = open_store(url)
         self.processes = processes or os.cpu_count() or 1
         host = socket.gethostname()
