@@ -70,10 +70,10 @@ class JobOptions:
 
     def updated(self, changes: Mapping[str, Any]) -> JobOptions:
         """These options with ``changes`` on top (validated as :meth:`check` does)."""
-        return dataclasses.replace(self, **self.check(changes))
+        return dataclasses.replace(self, **self.check(changes)) if changes else self
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {name: getattr(self, name) for name in OPTION_NAMES}  # flat values: asdict's deep copies cost
 
 
 #: name → (type, lowest allowed value or None, whether None is allowed); bool is not an int here.

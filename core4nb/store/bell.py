@@ -115,17 +115,27 @@ class Bell:
             self.path.parent.rmdir()
 
 
+#: Directories found private once: only this user (or root) could make them otherwise, and a directory
+#: removed since fails the listing. A ring is on every insert and finish: two lstat calls less each.
+_trusted: set[Path] = set()
+_sender: socket.socket | None = None  # one unbound datagram socket for every ring of this process
+
+
 def ring(directory: Path, role: str) -> None:
     """Wake every listener of ``role``; forget the sockets of processes that are gone. Never raises: a
     ring is a hint, and the write that rang is committed already."""
+    global _sender
     try:
-        if not _is_trusted(directory):
-            return
+        if directory not in _trusted:
+            if not _is_trusted(directory):
+                return
+            _trusted.add(directory)
         names = [n for n in os.listdir(directory) if n.startswith(role + "-")]
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
-            sender.setblocking(False)
-            for name in names:
-                _send(sender, directory / name)
+        if names and _sender is None:
+            _sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            _sender.setblocking(False)
+        for name in names:
+            _send(_sender, directory / name)
     except OSError:
         return
 

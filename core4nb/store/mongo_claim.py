@@ -210,10 +210,10 @@ def gather_roots(queue: Collection, root_ids: Iterable[str | None], now: float,
     that write completed a child, so while a sibling is open there is nothing more to read."""
     moves: list[tuple[State, None]] = []
     for root_id in set(filter(None, root_ids)):
-        if queue.find_one({"_id": root_id, "state": State.GATHERING}, {"_id": 1}) is None:
-            continue
         busy = queue.find_one({"parent_id": root_id, "state": {"$in": sorted(OPEN_STATES)}}, {"_id": 1}) is not None
-        if busy and completed:
+        if busy and completed:  # the common case, asked first: one read while a sibling is still at work
+            continue
+        if queue.find_one({"_id": root_id, "state": State.GATHERING}, {"_id": 1}) is None:
             continue
         bad = queue.find_one({"parent_id": root_id, "state": {"$in": sorted(UNSUCCESSFUL_STATES)}},
                              {"payload": 0, "result": 0, "output": 0}, sort=[("seq", ASCENDING)])

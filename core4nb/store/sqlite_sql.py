@@ -215,11 +215,11 @@ def gather_roots(conn: sqlite3.Connection, root_ids: Iterable[str | None], now: 
     A gathering job is always a root (a map's)."""
     moves: list[tuple[State, None]] = []
     for root_id in set(filter(None, root_ids)):
-        if conn.execute("SELECT 1 FROM queue WHERE id = ? AND state = 'gathering'", (root_id,)).fetchone() is None:
-            continue
         busy = conn.execute(f"SELECT 1 FROM queue WHERE parent_id = ? AND state IN {OPEN} LIMIT 1", (root_id,))
         busy = busy.fetchone() is not None
-        if busy and completed:
+        if busy and completed:  # the common case, asked first: a sibling is still at work
+            continue
+        if conn.execute("SELECT 1 FROM queue WHERE id = ? AND state = 'gathering'", (root_id,)).fetchone() is None:
             continue
         bad = conn.execute(f"SELECT {NO_BLOBS} FROM queue WHERE parent_id = ? AND state IN {UNSUCCESSFUL} "
                            "ORDER BY id LIMIT 1", (root_id,)).fetchone()
