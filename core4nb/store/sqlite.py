@@ -344,8 +344,10 @@ class SQLiteStore(SQLiteHousekeeping, Store):
                 sets, expect, values = sql.transition_sql(move)
                 counts.append(conn.execute(f"UPDATE queue SET {sets} WHERE {where} AND {expect}",
                                            {**values, **params}).rowcount)
-            parent = conn.execute("SELECT parent_id FROM queue WHERE id = ?", (job_id,)).fetchone()
-            gathered = sql.gather_roots(conn, [parent[0]], now) if counts[1] and parent else []
+            gathered = []
+            if counts[1]:  # a job killed now may settle its gathering parent (a chunk's root)
+                parent = conn.execute("SELECT parent_id FROM queue WHERE id = ?", (job_id,)).fetchone()
+                gathered = sql.gather_roots(conn, [parent[0]], now)
         bell.ring_after(self._bells, [(State.KILLED, None)] * bool(counts[1]) + gathered)
         return counts[0]
 
