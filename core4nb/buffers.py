@@ -89,16 +89,21 @@ _SCAN_ITEMS = 10_000
 
 
 def out_of_band_bytes(value: Any, threshold: int, depth: int = 2) -> Any:
-    """``value`` with large bytes wrapped, looked for at its top and inside lists, tuples and dict values."""
+    """``value`` with large bytes wrapped, looked for at its top and inside lists, tuples and dict values
+    (every call of every job passes here: a container without large bytes is returned as it is, uncopied)."""
     kind = type(value)
-    if kind in (bytes, bytearray):
+    if kind in _BYTES:
         return LargeBytes(value) if len(value) >= threshold else value
-    if depth == 0:
+    if depth == 0 or kind not in _CONTAINERS or len(value) > _SCAN_ITEMS:
         return value
-    if kind in (list, tuple) and len(value) <= _SCAN_ITEMS:
-        items = [out_of_band_bytes(v, threshold, depth - 1) for v in value]
-        return value if all(a is b for a, b in zip(items, value, strict=True)) else kind(items)
-    if kind is dict and len(value) <= _SCAN_ITEMS:
-        items = {k: out_of_band_bytes(v, threshold, depth - 1) for k, v in value.items()}
-        return value if all(items[k] is v for k, v in value.items()) else items
-    return value
+    pairs = value.items() if kind is dict else enumerate(value)
+    changed = {k: new for k, v in pairs if (new := out_of_band_bytes(v, threshold, depth - 1)) is not v}
+    if not changed:
+        return value
+    if kind is dict:
+        return {**value, **changed}
+    return kind(changed.get(i, v) for i, v in enumerate(value))
+
+
+_BYTES = (bytes, bytearray)
+_CONTAINERS = (list, tuple, dict)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import functools
 import hashlib
 import hmac
 import importlib
@@ -182,6 +183,11 @@ def _code_keeping_its_file(code: types.CodeType) -> tuple:
     lines: cloudpickle writes ``<dynamic-code>`` (for deterministic pickles, which nothing here needs),
     and a notebook cell's "file" exists only in its kernel's linecache, so a remote traceback would
     otherwise hide which of the user's lines raised."""
+    return _code_reduction(code, code.co_filename)  # code objects compare equal across files
+
+
+@functools.lru_cache(maxsize=1024)  # a code object never changes, and every submit of its function pickles it
+def _code_reduction(code: types.CodeType, _filename: str) -> tuple:
     _, args = cloudpickle.cloudpickle._code_reduce(code)
     args = tuple(code.co_filename if arg == "<dynamic-code>" else arg for arg in args)
     return _code_with_source, (args, code.co_filename, _source_lines(code))

@@ -37,28 +37,40 @@ def _kinds(annotation: str) -> frozenset[str]:
     return frozenset(kind.strip() for kind in annotation.split("|"))
 
 
+#: The Python types of a stored value that fit an annotation's kind outright, by type alone (an int fits
+#: "float": SQLite and nx hand back integral floats as ints) ...
+_PLAIN_TYPES = {"None": (type(None),), "bool": (bool,), "int": (int,), "float": (float, int), "str": (str,),
+                "bytes": (bytes,)}
+#: ... and those that fit by type and value: flags come back from SQLite and nx as 0/1, states as text.
+_VALUES = {"bool": (int, frozenset({0, 1})), "State": (str, _STATE_VALUES)}
+
+
+@functools.cache
+def _rule(annotation: str) -> tuple[frozenset[type], dict[type, frozenset], Any]:
+    """(the types that fit ``annotation`` outright, {type: the values of it that fit}, the conversion of a
+    fitting value or None): every field of every job read back is decoded, so the common case is a lookup
+    or two."""
+    kinds = _kinds(annotation)
+    plain = frozenset(t for kind in kinds for t in _PLAIN_TYPES.get(kind, ()))
+    by_value = dict(_VALUES[kind] for kind in kinds if kind in _VALUES)
+    convert = float if annotation.startswith("float") else bool if annotation == "bool" else None
+    return plain, by_value, convert
+
+
 def _fits(value: Any, annotation: str) -> bool:
     """Does a stored value fit a field annotated ``annotation`` (e.g. ``"float | None"``)?"""
-    kinds = _kinds(annotation)
-    if value is None:
-        return "None" in kinds
-    if isinstance(value, bool):  # before int: True is an int, but not a priority
-        return "bool" in kinds
-    if isinstance(value, int):  # SQLite and nx hand back flags as 0/1 and integral floats as ints
-        return bool(kinds & {"int", "float"}) or ("bool" in kinds and value in (0, 1))
-    if isinstance(value, float):
-        return "float" in kinds
-    if isinstance(value, str):
-        return "str" in kinds or ("State" in kinds and value in _STATE_VALUES)
-    return isinstance(value, bytes) and "bytes" in kinds
+    plain, by_value, _ = _rule(annotation)
+    kind = type(value)
+    if kind in plain or value in by_value.get(kind, ()):
+        return True
+    # A subclass (an IntEnum, a numpy float64) fits as its built-in base; a bool is no int here (nor a priority).
+    base = next((b for b in (bool, int, float, str, bytes) if isinstance(value, b)), kind)
+    return base is not kind and (base in plain or value in by_value.get(base, ()))
 
 
 def _convert(value: Any, annotation: str) -> Any:
-    if value is None:
-        return None
-    if annotation.startswith("float"):
-        return float(value)
-    return bool(value) if annotation == "bool" else value
+    convert = _rule(annotation)[2]
+    return value if value is None or convert is None else convert(value)
 
 
 def _describe(value: Any) -> str:
@@ -68,14 +80,18 @@ def _describe(value: Any) -> str:
 
 def _checked(cls: type, data: Mapping[str, Any], names: Any, prefix: str = "", label: str = "") -> dict[str, Any]:
     """The fields ``names`` of ``cls`` read from ``data[prefix + name]``; messages call them ``label + name``."""
-    out = {}
+    out, types = {}, _TYPES[cls]
     for name in names:
-        key, annotation, shown = prefix + name, _TYPES[cls][name], label + name
-        if key not in data:
-            raise MalformedJob(f"field {shown!r} is missing")
-        if not _fits(data[key], annotation):
-            raise MalformedJob(f"field {shown!r} is {_describe(data[key])}, expected {annotation}")
-        out[name] = _convert(data[key], annotation)
+        annotation = types[name]
+        try:
+            value = data[prefix + name]
+        except KeyError:
+            raise MalformedJob(f"field {label + name!r} is missing") from None
+        plain, by_value, convert = _rule(annotation)
+        kind = type(value)  # the common case inline (decoding runs for every job read): _fits decides the rest
+        if kind not in plain and value not in by_value.get(kind, ()) and not _fits(value, annotation):
+            raise MalformedJob(f"field {label + name!r} is {_describe(value)}, expected {annotation}")
+        out[name] = value if value is None or convert is None else convert(value)
     return out
 
 

@@ -35,7 +35,6 @@ from typing import Any
 from core4nb import transitions
 from core4nb.errors import BlobMissing, ConfigError, JobNotFound, MalformedJob, PayloadError, StoreUnavailable
 from core4nb.job import LARGE_FIELDS, OUTPUT_LIMIT, SCALAR_FIELDS, Job, Lease, State
-from core4nb.serialize import frame_digests
 from core4nb.store import base, bell, sqlite_file
 from core4nb.store import sqlite_sql as sql
 from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo
@@ -166,7 +165,7 @@ class SQLiteStore(SQLiteHousekeeping, Store):
         self.blobs.put(blobs)  # before the lock: writing 100s of MB must not stall every node's claims
         try:
             with self._tx() as conn:
-                self._check_blobs(jobs, blobs)
+                self._check_blobs(jobs, [row["payload_refs"].split() for row in rows], blobs)
                 conn.executemany(sql.INSERT, rows)
                 gathered = sql.gather_roots(conn, [j.id for j in jobs if j.state is State.GATHERING], time.time())
         except sqlite3.IntegrityError:
@@ -174,11 +173,12 @@ class SQLiteStore(SQLiteHousekeeping, Store):
         bell.ring(self._bells, "work")
         bell.ring_after(self._bells, gathered)
 
-    def _check_blobs(self, jobs: Sequence[Job], blobs: dict[str, memoryview]) -> None:
-        """Under the write lock: every blob the jobs name is there (a racing remove or sweep may have
-        deleted one stored just before; it is written again). Raises BlobMissing for one nobody has."""
-        for job in jobs:
-            for name in frame_digests(job.payload):
+    def _check_blobs(self, jobs: Sequence[Job], names: Sequence[list[str]], blobs: dict[str, memoryview]) -> None:
+        """Under the write lock: every blob the jobs name (``names``, per job) is there (a racing remove or
+        sweep may have deleted one stored just before; it is written again). Raises BlobMissing for one
+        nobody has."""
+        for job, named in zip(jobs, names, strict=True):
+            for name in named:
                 if not self.blobs.has(name):
                     if name not in blobs:
                         raise BlobMissing(f"job {job.id} ({job.name}) names blob {name}, which queue "
@@ -253,8 +253,9 @@ class SQLiteStore(SQLiteHousekeeping, Store):
     def _finish(self, job_id: str, token: str, state: State, claimant: Claimant | None, lease_seconds: float,
                 fields: dict[str, Any]) -> tuple[bool, Job | None]:
         """finish(), and with a claimant the claim of the next job in the same transaction."""
-        moves = [(move, *sql.transition_sql(move)) for move in transitions.finish(state, fields, time.time())]
-        params = sql.claim_params(claimant, lease_seconds) if claimant else None
+        now = time.time()
+        moves = [(move, *sql.transition_sql(move)) for move in transitions.finish(state, fields, now)]
+        params, claimed = None, []
         moved = []  # (new state, max_parallel) of the job once a move matched, and of a root it completed
         with self._tx() as conn:
             for move, sets, expect, values in moves:  # the first that matches: see transitions.finish
@@ -267,7 +268,10 @@ class SQLiteStore(SQLiteHousekeeping, Store):
                         moved += sql.gather_roots(conn, [rows[0][1]], values["finished_at"],
                                                   completed=move.state is State.COMPLETE)
                     break
-            claimed = sql.claim_rows(conn, params) if params else []
+            # Most finishes find nothing due (a lone job, the end of a map): one read, not the claim's UPDATE.
+            if claimant and conn.execute(sql.ANY_DUE, {"now": now, "key_id": claimant.key_id}).fetchone():
+                params = sql.claim_params(claimant, lease_seconds)
+                claimed = sql.claim_rows(conn, params)
         bell.ring_after(self._bells, moved)
         job = self._decoded(claimed[0], params["now"]) if claimed else None
         if claimant and claimed and job is None:  # it was malformed and is set aside: claim the next one

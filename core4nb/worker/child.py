@@ -106,6 +106,10 @@ class LazyStore:
             self._store = open_store(self.url)
         return self._store
 
+    def open(self, digest: str, size: int) -> memoryview:
+        """A :class:`~core4nb.serialize.BlobSource`: the first blob a payload names opens the store."""
+        return self.get().blobs.open(digest, size)
+
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
@@ -195,9 +199,8 @@ def run_job(job: Job, store: LazyStore, key: bytes, sender: Sender, live: LiveOu
         return time.monotonic() - started
 
     try:
-        blobs = store.get().blobs if serialize.frame_digests(job.payload) else None
         fn, args, kwargs = serialize.loads(job.payload, key=key, job_id=job.id, kinds={serialize.Kind.CALL},
-                                           blobs=blobs, what=f"payload of job {job.id} ({job.name})")
+                                           blobs=store, what=f"payload of job {job.id} ({job.name})")
     except PayloadError as exc:  # unsigned, tampered, foreign or a blob missing: never unpickled
         return Outcome(OutcomeKind.REJECTED, elapsed(), error=JobError(type(exc).__name__, str(exc)))
     except BaseException as exc:  # signed but cannot load here (a missing module), or its unpickling raised

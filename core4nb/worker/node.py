@@ -173,8 +173,9 @@ class WorkerNode:
         """Everything the loop does with the store; raises StoreUnavailable when it is down. True: claimed."""
         # Outcomes first: they free the jobs' max_parallel slots in the store. With a slot free, the last
         # outcome's write also claims the next job (on SQLite in one transaction: one write lock per job, not two).
-        claimed = self._claim(self._writer.flush(claim=self._drain_deadline is None
-                                                 and len(self._busy()) < self.processes))
+        # A finish that claimed and found nothing due answers for the other free slots too: one look per step.
+        tried, first = self._writer.flush(claim=self._drain_deadline is None and len(self._busy()) < self.processes)
+        claimed = self._claim(first, more=first is not None or not tried)
         now = time.monotonic()
         if now >= self._next_control:
             self._control()
@@ -271,15 +272,16 @@ class WorkerNode:
     def _busy(self) -> list[Slot]:
         return [s for s in self.slots if s.is_busy]
 
-    def _claim(self, first: Job | None = None) -> bool:
-        """Start ``first`` (claimed along with an outcome), then claim a job for every other free slot."""
+    def _claim(self, first: Job | None = None, *, more: bool = True) -> bool:
+        """Start ``first`` (claimed along with an outcome), then, with ``more``, claim a job for every other
+        free slot."""
         claimed = False
         for slot in self.slots:
             if slot.is_busy:
                 continue
             if first is not None:
                 job, first = first, None
-            elif self._drain_deadline is not None:
+            elif self._drain_deadline is not None or not more:
                 break
             else:
                 job = self.store.claim(self.claimant, lease_seconds=self.lease_seconds)

@@ -44,21 +44,24 @@ class OutcomeWriter:
         """``{job_id: token}`` of the outcomes owed: their leases are kept alive until they are written."""
         return {w.job.id: w.job.lease.token for w in self.unsaved}
 
-    def flush(self, *, claim: bool = False) -> Job | None:
+    def flush(self, *, claim: bool = False) -> tuple[bool, Job | None]:
         """Write the outcomes owed that are due, oldest first, until one fails with StoreUnavailable (it
         stays for the next try; :meth:`judge` decides after the node's store step whether it was an outage).
-        With ``claim``, the last write also claims the next job, returned."""
-        claimed, now, self._refused = None, time.monotonic(), None
+        With ``claim``, the last write also claims the next job. Returns (whether a claim was made, the
+        job it claimed)."""
+        tried, claimed, now, self._refused = False, None, time.monotonic(), None
         for write in list(self.unsaved):
             if write.retry_at > now:
                 continue
+            last = claim and write is self.unsaved[-1]
             try:
-                claimed = self._finish(write, claim=claim and write is self.unsaved[-1])
+                claimed = self._finish(write, claim=last)
             except StoreUnavailable as exc:
                 self._refused = write, exc
                 break
+            tried |= last
             self.unsaved.remove(write)
-        return claimed
+        return tried, claimed
 
     def judge(self) -> None:
         """The rest of the node's store step succeeded: an outcome refused in it was refused for itself.
