@@ -14,13 +14,19 @@ The interval adapts: ``LOCAL_MIN_INTERVAL`` for ``HOT_PERIOD`` after a submit or
 completion (a quick job's round trip on the embedded store is a few ms;
 ``REMOTE_MIN_INTERVAL`` for a database across the network), then growing by
 ``BACKOFF`` to ``MAX_INTERVAL`` while nothing happens (a long wait costs a few
-queries per second). With nothing tracked the thread sleeps until the next submit.
+queries per second). With nothing tracked the thread sleeps until the next submit. The thread
+sleeps on the store's "done" bell itself (one ``select`` with its own wake-up): a ring wakes the
+thread that queries, and on the embedded store a submit does not query until a ring says something
+finished.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -33,6 +39,7 @@ from core4nb.executor.local import LocalWorkers
 from core4nb.job import FINAL_STATES, Job, State
 from core4nb.remote import outcome
 from core4nb.store import Store, redact_url
+from core4nb.store.bell import Bell
 from core4nb.store.outage import STORE_PATIENCE
 
 log = logging.getLogger("core4nb.executor")
@@ -54,8 +61,6 @@ BATCH = 1000
 WINDOW = 256
 #: The fallback poll interval when the store rings on every finish.
 BELL_MIN_INTERVAL = 0.05
-#: How often the doorbell thread looks whether the poller is stopping.
-BELL_CHECK = 0.25
 
 
 def snapshot(job: Job) -> Progress:
@@ -65,6 +70,42 @@ def snapshot(job: Job) -> Progress:
 def _batches(ids: list[str]) -> Iterator[list[str]]:
     for i in range(0, len(ids), BATCH):
         yield ids[i : i + BATCH]
+
+
+class _Sleep:
+    """What the poller thread sleeps on, in one ``select``: its own wake-up (a track, a stop) and the
+    store's "done" bell. The thread that queries hears the ring itself: no second thread to hand it on."""
+
+    def __init__(self, bell: Bell | None) -> None:
+        self.bell = bell
+        self.rings = 0  # rings heard so far: counted by the poller thread, read by submitters
+        self._wake_in, self._wake_out = socket.socketpair()
+        for end in (self._wake_in, self._wake_out):
+            end.setblocking(False)
+
+    def wake(self) -> None:
+        """End the current or next wait (any thread; a full buffer means a wake-up is pending anyway)."""
+        with contextlib.suppress(OSError):
+            self._wake_out.send(b"!")
+
+    def wait(self, timeout: float | None) -> bool:
+        """Until woken, rung or ``timeout``; False when it timed out. Swallows the wake-ups and rings so far."""
+        ends = [self._wake_in] if self.bell is None else [self._wake_in, self.bell]
+        ready = select.select(ends, [], [], timeout)[0]
+        if self._wake_in in ready:
+            with contextlib.suppress(OSError):
+                while self._wake_in.recv(4096):
+                    pass
+        if self.bell is not None and self.bell in ready:
+            self.bell.drain()
+            self.rings += 1
+        return bool(ready)
+
+    def close(self) -> None:
+        self._wake_in.close()
+        self._wake_out.close()
+        if self.bell is not None:
+            self.bell.close()
 
 
 class FuturePoller:
@@ -78,35 +119,39 @@ class FuturePoller:
         self._lock = threading.Lock()
         self._tracked: dict[str, list[Core4Future]] = {}
         self._printed: dict[str, JobOutput] = {}  # by job id: what its submitter has been shown
-        self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="core4nb-poller", daemon=True)
-        self._thread.start()
         # A store that rings when jobs finish wakes the loop at once. When every writer rings (the
         # embedded store) polling is only a fallback: a hot poll loop would take CPU from the workers
         # on the same machine. A MongoDB queue's bell hears this machine's nodes only: poll on.
-        self._bell = store.listen("done")
-        self._bell_thread = None
-        if self._bell is not None:
-            if self._bell.hears_everyone:
-                self.min_interval = BELL_MIN_INTERVAL
-            self._bell_thread = threading.Thread(target=self._listen, name="core4nb-bell", daemon=True)
-            self._bell_thread.start()
+        bell = store.listen("done")
+        self._bell_hears_everyone = bell is not None and bell.hears_everyone
+        if self._bell_hears_everyone:
+            self.min_interval = BELL_MIN_INTERVAL
+        self._sleep = _Sleep(bell)
+        self._thread = threading.Thread(target=self._run, name="core4nb-poller", daemon=True)
+        self._thread.start()
 
-    def _listen(self) -> None:
-        while not self._stopping.is_set():
-            if self._bell.wait(BELL_CHECK):
-                self._wake.set()  # rings that come while the poller queries are read by its next query
+    @property
+    def rings(self) -> int:
+        """How many times the store's "done" bell woke the poller so far (see :meth:`track`)."""
+        return self._sleep.rings
 
-    def track(self, futures: Iterable[Core4Future]) -> None:
-        """Start watching these futures' jobs (insert the jobs first)."""
+    def track(self, futures: Iterable[Core4Future], *, rings_seen: int | None = None) -> None:
+        """Start watching these futures' jobs (insert the jobs first).
+
+        ``rings_seen``: :attr:`rings` as it was before the jobs were inserted. When the store rings on
+        every finish and no ring came since, none of them can be final yet: the poller waits for the bell
+        rather than asking the store at once (a query that would find nothing, and on a small machine
+        takes a core from the node claiming the job). A ring counted after this look wakes the poller
+        with the futures tracked already."""
         sink = submitters_sink()  # in the submitting thread: a notebook's output goes to this cell
         with self._lock:
             for future in futures:
                 self._tracked.setdefault(future.job_id, []).append(future)
                 if future.job_id not in self._printed:
                     self._printed[future.job_id] = JobOutput(sink)
-        self._wake.set()
+        if rings_seen is None or not self._bell_hears_everyone or self.rings != rings_seen:
+            self._sleep.wake()
 
     def pending(self) -> list[Core4Future]:
         """The tracked futures that are not done yet."""
@@ -115,13 +160,10 @@ class FuturePoller:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
-        self._wake.set()
+        self._sleep.wake()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
-        if self._bell_thread is not None:
-            self._bell.nudge()  # ends the doorbell thread's wait now
-            self._bell_thread.join(timeout)
-            self._bell.close()
+        self._sleep.close()
 
     # -- the loop ---------------------------------------------------------------------------
     def _run(self) -> None:
@@ -131,8 +173,7 @@ class FuturePoller:
             with self._lock:
                 window = list(itertools.islice(self._tracked, WINDOW))
             if not window:
-                self._wake.wait()
-                self._wake.clear()
+                self._sleep.wait(None)
                 interval, active_at = self.min_interval, time.monotonic()
                 continue
             finished = 0
@@ -159,8 +200,7 @@ class FuturePoller:
                 interval = self.min_interval
             else:
                 interval = min(interval * BACKOFF, MAX_INTERVAL)
-            if self._wake.wait(interval):
-                self._wake.clear()
+            if self._sleep.wait(interval):
                 interval, active_at = self.min_interval, time.monotonic()
 
     def _open_ids(self) -> list[str]:

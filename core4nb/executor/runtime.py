@@ -59,9 +59,10 @@ class Runtime:
         """Store ``jobs`` in one insert; return futures for those in ``track`` (being watched)."""
         with self._lock:
             self.check_open()
+            rings = self.poller.rings
             self.store.insert(jobs)
             futures = [Core4Future(job.id, self) for job in track]
-            self.poller.track(futures)
+            self.poller.track(futures, rings_seen=rings)
         return futures
 
     def attach(self, job_id: str) -> Core4Future:

@@ -102,11 +102,6 @@ class Bell:
         self.drain()
         return bool(ready)
 
-    def nudge(self) -> None:
-        """Ring this bell from inside its own process (e.g. to end a wait when stopping)."""
-        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
-            sender.sendto(b"!", str(self.path))
-
     def close(self) -> None:
         self._sock.close()
         with contextlib.suppress(FileNotFoundError):
