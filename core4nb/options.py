@@ -107,6 +107,16 @@ def _check_value(name: str, value: Any, kind: type, low: float | None, optional:
 DEFAULTS = JobOptions()
 
 
+def below_range(values: Mapping[str, Any]) -> str | None:
+    """The first option among ``values`` (of the right types already: a job read back from a store) that is
+    below its lowest allowed value, as ``"attempts=0, expected >= 1"``; None when every one is in range."""
+    for name, (_, low, _) in _RULES.items():
+        value = values.get(name)
+        if low is not None and value is not None and value < low:
+            return f"{name}={value!r}, expected >= {low}"
+    return None
+
+
 def reject_misplaced_options(fn: Callable, kwargs: Mapping[str, Any], call: str) -> None:
     """Raise TypeError for a keyword argument that is a job option ``fn`` does not take.
 

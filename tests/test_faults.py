@@ -455,6 +455,22 @@ def test_finish_and_claim_sets_a_malformed_next_job_aside(queue, raw):
     assert doc["state"] == "error" and "'priority'" in doc["error"]["message"]
 
 
+def test_an_option_out_of_range_in_a_document_is_set_aside(queue, raw):
+    """A value of the right type that no job option allows (attempts=0, error_time=-1: written by hand)
+    makes the document malformed like a wrong type does; the claim moves it to error, naming the field."""
+    store, claimant = queue.store, Claimant(worker="w1", node="node-a", pid=4242)
+    jobs = [make_job(jobfuncs.add, (i, i)) for i in range(3)]
+    store.insert(jobs)
+    raw.change(jobs[0].id, {"attempts": 0})
+    raw.change(jobs[1].id, {"error_time": -1.0})
+    assert store.claim(claimant).id == jobs[2].id
+    for job, problem in ((jobs[0], "'attempts' is out of range: attempts=0, expected >= 1"),
+                         (jobs[1], "'error_time' is out of range: error_time=-1.0, expected >= 0")):
+        doc = raw.read(job.id)
+        assert doc["state"] == "error" and doc["error"]["type"] == "MalformedJob"
+        assert f"field {problem}" in doc["error"]["message"]
+
+
 def test_unclaimable_malformed_documents_are_listed_never_run(queue, raw, tmp_path):
     """Documents no claim matches (a state that is not one, a state or query_at the filter cannot
     read) stay as they are; listing, counting and status show them as placeholders."""

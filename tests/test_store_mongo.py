@@ -200,6 +200,27 @@ def test_one_round_trip_per_verb_for_a_plain_job(counted) -> None:
     assert commands.take() == []
 
 
+def test_an_idle_claim_reads_first_and_remembers_whether_more_were_ready(counted) -> None:
+    """An idle node's claim reads before it writes. Having taken the only job its read found (one job
+    submitted at a time), the next claim reads again: one round trip to find nothing, not two. With
+    more ready, the next claim writes at once."""
+    store, commands = counted
+    assert store.claim(CLAIMANT) is None
+    assert commands.take() == ["findAndModify", "find"]  # a fresh store is not idle: the empty claim's two
+    assert store.claim(CLAIMANT) is None
+    assert commands.take() == ["find"]
+    store.insert([Job(name="one", payload=b"p")])
+    commands.take()
+    assert store.claim(CLAIMANT).name == "one"
+    assert commands.take() == ["find", "findAndModify"]
+    assert store.claim(CLAIMANT) is None
+    assert commands.take() == ["find"]
+    store.insert([Job(name="two", payload=b"p") for _ in range(3)])
+    commands.take()
+    assert store.claim(CLAIMANT) and store.claim(CLAIMANT)
+    assert commands.take() == ["find", "findAndModify", "findAndModify"]
+
+
 def test_finishing_a_limited_job_rings_work_in_one_round_trip(counted) -> None:
     """The store that claimed a limited job knows its max_parallel: its finish rings "work" for the
     freed slot without reading the document, and a kill-flagged job that would wait is killed in two."""

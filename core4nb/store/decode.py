@@ -25,6 +25,7 @@ from core4nb.job import (
     Lease,
     State,
 )
+from core4nb.options import below_range
 
 #: The name listings show for a document that cannot be read as a job.
 MALFORMED_NAME = "<malformed job>"
@@ -108,6 +109,9 @@ def decode_job(data: Mapping[str, Any]) -> Job:
     # A field added after 0.1 that the document lacks takes its default (older versions never wrote it).
     names = [name for name in SCALAR_FIELDS if name in data or name not in ADDED_FIELDS]
     fields = _checked(Job, data, [*names, *(large for large in LARGE_FIELDS if large in data)])
+    low = below_range(fields)  # right type, out of range (attempts=0): the options' own rules say so
+    if low is not None:
+        raise MalformedJob(f"field {low.partition('=')[0]!r} is out of range: {low}")
     if data.get("lease_token") is not None:
         fields["lease"] = decode_lease(data)
     error = data.get("error")
@@ -116,10 +120,7 @@ def decode_job(data: Mapping[str, Any]) -> Job:
             raise MalformedJob(f"field 'error' is {_describe(error)}, expected an object with the keys "
                                f"{', '.join(_TYPES[JobError])}")
         fields["error"] = JobError(**_checked(JobError, error, _TYPES[JobError], label="error."))
-    try:
-        return Job(**fields)
-    except ValueError as exc:  # right type, out of range; __post_init__'s messages start with the field's name
-        raise MalformedJob(f"field {str(exc).split()[0]!r} is out of range: {exc}") from None
+    return Job(**fields)
 
 
 def decode_lease(data: Mapping[str, Any]) -> Lease:

@@ -64,7 +64,7 @@ class MongoStore(MongoHousekeeping, Store):
         self._options = {} if wait_given else {"serverSelectionTimeoutMS": CONNECT_TIMEOUT_MS}
         self._closed = False
         self._bells = bell.bell_dir(redact_url(url))  # this machine's nodes and executors of this queue
-        self._idle = False  # the last claim found nothing: the next one looks (a read) before it writes
+        self._idle = False  # the last claim found nothing more: the next one looks (a read) before it writes
         # (max_parallel, parent_id) of the jobs this store claimed that have either: finish rings "work" for
         # the slot it frees and settles the gathering parent without reading the document (its update answers
         # no fields).
@@ -235,9 +235,13 @@ class MongoStore(MongoHousekeeping, Store):
         the job, instead of leaving it running under a lease nobody holds until it expires.
         """
         queue = self._col("queue")
-        if self._idle and queue.find_one(claims.ready_filter(claims.epoch(time.time()), claimant.key_id),
-                                         {"_id": 1}) is None:
-            return None  # an idle node's poll: one read, no write (an empty claim is two round trips)
+        alone = False  # the look found one job ready: once it is taken, the next claim looks first again
+        if self._idle:  # an idle node's poll: one read, no write (an empty claim is two round trips)
+            found = list(queue.find(claims.ready_filter(claims.epoch(time.time()), claimant.key_id),
+                                    {"_id": 1}, limit=2))
+            if not found:
+                return None
+            alone = len(found) == 1
         lost = getattr(self._in_flight, "token", None)
         if lost is not None:
             doc = queue.find_one({"lease_token": lost, "state": State.RUNNING})
@@ -251,7 +255,7 @@ class MongoStore(MongoHousekeeping, Store):
             self._in_flight.token = token  # until the job is decoded: its payload download may fail too
             ready, update = claims.ready_filter(now, claimant.key_id), claims.claim_update(lease, now)
             doc = claims.claim_document(queue, ready, update, token)
-            self._idle = doc is None
+            self._idle = doc is None or alone
             if doc is None:
                 self._in_flight.token = None
                 return None
