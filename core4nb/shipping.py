@@ -16,7 +16,6 @@ differs, instead of a bare ``AttributeError`` from deep inside the unpickler.
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import os
 import site
 import sys
@@ -64,13 +63,19 @@ def new_local_modules() -> list[ModuleType]:
     return [m for m in modules if isinstance(m, ModuleType) and is_local(m)]
 
 
+# importlib.metadata is imported where it is used: it costs a node, and each of its children, 15-20 ms at
+# start, and they need it only to explain a payload that fails to load.
 @functools.cache
 def _distributions() -> dict[str, list[str]]:
+    import importlib.metadata
+
     return importlib.metadata.packages_distributions()
 
 
 @functools.cache
 def _version(distribution: str) -> str | None:
+    import importlib.metadata
+
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
