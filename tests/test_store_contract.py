@@ -197,6 +197,31 @@ def test_claim_sets_running_lease_trial_and_returns_payload(store: Store) -> Non
     assert store.claim(CLAIMANT) is None  # a running job is not claimable
 
 
+def test_a_claim_the_work_bell_woke_keeps_every_rule(store: Store) -> None:
+    """``rung`` skips only a claim's first look at what is due: what it may take stays the same."""
+    assert store.claim(CLAIMANT, rung=True) is None
+    later, due, killed = make(query_at=time.time() + 60, priority=10), make(), make(kill_requested=True, priority=9)
+    store.insert([later, due, killed])
+    assert store.claim(CLAIMANT, rung=True).id == due.id
+    assert store.claim(CLAIMANT, rung=True) is None
+    assert store.get(later.id).state is State.PENDING and store.get(killed.id).state is State.PENDING
+
+
+def test_a_sqlite_claim_the_work_bell_woke_does_not_read_first(tmp_path) -> None:
+    """An idle poll reads whether anything is due before it takes the write lock; a claim woken by the work
+    bell (work was just added) goes straight to the lock."""
+    with open_store(f"sqlite:///{tmp_path / 'q.db'}") as store:
+        store.insert([make()])
+        statements: list[str] = []
+        store._conn().set_trace_callback(statements.append)
+        assert store.claim(CLAIMANT, rung=True) is not None
+        assert not any(s.startswith("SELECT 1 FROM queue") for s in statements), statements
+        statements.clear()
+        assert store.claim(CLAIMANT) is None
+        assert [s for s in statements if not s.startswith("PRAGMA")] == [statements[0]]  # the look alone
+        assert statements[0].startswith("SELECT 1 FROM queue")
+
+
 def test_claim_gives_fresh_tokens(store: Store) -> None:
     store.insert([make(), make()])
     a, b = store.claim(CLAIMANT), store.claim(CLAIMANT)

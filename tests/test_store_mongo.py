@@ -203,7 +203,7 @@ def test_one_round_trip_per_verb_for_a_plain_job(counted) -> None:
 def test_an_idle_claim_reads_first_and_remembers_whether_more_were_ready(counted) -> None:
     """An idle node's claim reads before it writes. Having taken the only job its read found (one job
     submitted at a time), the next claim reads again: one round trip to find nothing, not two. With
-    more ready, the next claim writes at once."""
+    more ready, the next claim writes at once; so does one the work bell woke."""
     store, commands = counted
     assert store.claim(CLAIMANT) is None
     assert commands.take() == ["findAndModify", "find"]  # a fresh store is not idle: the empty claim's two
@@ -215,10 +215,15 @@ def test_an_idle_claim_reads_first_and_remembers_whether_more_were_ready(counted
     assert commands.take() == ["find", "findAndModify"]
     assert store.claim(CLAIMANT) is None
     assert commands.take() == ["find"]
-    store.insert([Job(name="two", payload=b"p") for _ in range(3)])
+    store.insert([Job(name="two", payload=b"p") for _ in range(2)])
     commands.take()
     assert store.claim(CLAIMANT) and store.claim(CLAIMANT)
     assert commands.take() == ["find", "findAndModify", "findAndModify"]
+    assert store.claim(CLAIMANT) is None  # idle again
+    store.insert([Job(name="rung", payload=b"p")])
+    commands.take()
+    assert store.claim(CLAIMANT, rung=True).name == "rung"  # woken by the work bell: no look first
+    assert commands.take() == ["findAndModify"]
 
 
 def test_finishing_a_limited_job_rings_work_in_one_round_trip(counted) -> None:

@@ -139,7 +139,8 @@ class Store(abc.ABC):
         """The key ids of the jobs in a claimable state ("" for jobs that carry none)."""
 
     @abc.abstractmethod
-    def claim(self, claimant: Claimant, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Job | None:
+    def claim(self, claimant: Claimant, *, lease_seconds: float = DEFAULT_LEASE_SECONDS,
+              rung: bool = False) -> Job | None:
         """Atomically take the best claimable job, or None.
 
         Claimable: state pending/deferred/failed, ``query_at <= now``, no kill
@@ -148,6 +149,9 @@ class Store(abc.ABC):
         The job comes back ``running`` with a fresh lease, ``trial`` + 1 and its
         payload loaded. A malformed document the claim takes is moved to error
         instead and the claim goes on to the next.
+
+        ``rung``: the caller was woken by the store's "work" bell, so work was just added: the claim
+        writes at once instead of first reading whether anything is due (as an idle poll does).
         """
 
     @abc.abstractmethod

@@ -227,7 +227,8 @@ class MongoStore(MongoHousekeeping, Store):
         return {row["_id"] or "" for row in self._col("queue").aggregate(pipeline)}
 
     @guarded
-    def claim(self, claimant: Claimant, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Job | None:
+    def claim(self, claimant: Claimant, *, lease_seconds: float = DEFAULT_LEASE_SECONDS,
+              rung: bool = False) -> Job | None:
         """Take the best claimable job (see :meth:`Store.claim` and :mod:`~core4nb.store.mongo_claim`).
 
         A claim whose reply the connection lost (the server went down mid-write) may have
@@ -236,7 +237,7 @@ class MongoStore(MongoHousekeeping, Store):
         """
         queue = self._col("queue")
         alone = False  # the look found one job ready: once it is taken, the next claim looks first again
-        if self._idle:  # an idle node's poll: one read, no write (an empty claim is two round trips)
+        if self._idle and not rung:  # an idle node's poll: one read, no write (an empty claim is two round trips)
             found = list(queue.find(claims.ready_filter(claims.epoch(time.time()), claimant.key_id),
                                     {"_id": 1}, limit=2))
             if not found:

@@ -220,10 +220,12 @@ class SQLiteStore(SQLiteHousekeeping, Store):
     def waiting_key_ids(self) -> set[str]:
         return {row[0] for row in self._read(f"SELECT DISTINCT key_id FROM queue WHERE state IN {sql.CLAIMABLE}")}
 
-    def claim(self, claimant: Claimant, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Job | None:
-        for _ in range(MAX_SET_ASIDE):
+    def claim(self, claimant: Claimant, *, lease_seconds: float = DEFAULT_LEASE_SECONDS,
+              rung: bool = False) -> Job | None:
+        for attempt in range(MAX_SET_ASIDE):
             params = sql.claim_params(claimant, lease_seconds)
-            if not self._read(sql.ANY_DUE, params):  # idle nodes poll without taking the write lock
+            # Idle nodes poll without taking the write lock; a node the work bell woke needs no look.
+            if not (rung and attempt == 0) and not self._read(sql.ANY_DUE, params):
                 return None
             with self._tx() as conn:  # the lock is held for the UPDATE alone: decoding waits until it is released
                 rows = sql.claim_rows(conn, params)

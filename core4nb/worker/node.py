@@ -149,7 +149,7 @@ class WorkerNode:
                 if self._outage.wait_time() == 0:
                     self._step_started = time.monotonic()
                     try:
-                        claimed = self._store_step()
+                        claimed = self._store_step(rung=bell is not None and ready is not None and bell in ready)
                         self._outage.ended()
                     except StoreUnavailable as exc:
                         self._outage.failed(exc)
@@ -169,13 +169,14 @@ class WorkerNode:
             self._shutdown()
         return self.jobs_done
 
-    def _store_step(self) -> bool:
-        """Everything the loop does with the store; raises StoreUnavailable when it is down. True: claimed."""
+    def _store_step(self, *, rung: bool = False) -> bool:
+        """Everything the loop does with the store; raises StoreUnavailable when it is down. True: claimed.
+        ``rung``: the work bell woke the loop."""
         # Outcomes first: they free the jobs' max_parallel slots in the store. With a slot free, the last
         # outcome's write also claims the next job (on SQLite in one transaction: one write lock per job, not two).
         # A finish that claimed and found nothing due answers for the other free slots too: one look per step.
         tried, first = self._writer.flush(claim=self._drain_deadline is None and len(self._busy()) < self.processes)
-        claimed = self._claim(first, more=first is not None or not tried)
+        claimed = self._claim(first, more=first is not None or not tried, rung=rung and not tried)
         now = time.monotonic()
         if now >= self._next_control:
             self._control()
@@ -272,9 +273,9 @@ class WorkerNode:
     def _busy(self) -> list[Slot]:
         return [s for s in self.slots if s.is_busy]
 
-    def _claim(self, first: Job | None = None, *, more: bool = True) -> bool:
+    def _claim(self, first: Job | None = None, *, more: bool = True, rung: bool = False) -> bool:
         """Start ``first`` (claimed along with an outcome), then, with ``more``, claim a job for every other
-        free slot."""
+        free slot; the first of those claims skips the look at what is due when the work bell ``rung``."""
         claimed = False
         for slot in self.slots:
             if slot.is_busy:
@@ -284,7 +285,7 @@ class WorkerNode:
             elif self._drain_deadline is not None or not more:
                 break
             else:
-                job = self.store.claim(self.claimant, lease_seconds=self.lease_seconds)
+                job, rung = self.store.claim(self.claimant, lease_seconds=self.lease_seconds, rung=rung), False
             if job is None:
                 break
             log.debug("claimed %s %s (trial %d)", job.id, job.name, job.trial)
