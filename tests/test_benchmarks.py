@@ -172,3 +172,21 @@ def test_a_missing_peer_is_reported_as_skipped(tmp_path: Path) -> None:
     assert loky["status"] == "skipped"
     assert "loky hidden by the test" in loky["reason"]
     assert results(data, "startup")["serial"]["status"] == "ok"
+
+
+def test_compare_runs_this_checkout_against_a_commit_alternately(tmp_path: Path) -> None:
+    """``benchmarks.compare``: both trees run each repetition, in turn; the table gives this ÷ the commit; the
+    commit's worktree is gone afterwards."""
+    out = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.compare", "HEAD", "latency", "--reps", "2", "--size",
+                           "tiny", "--backends", "core4nb", "--out", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=8 * PATIENCE, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert proc.returncode == 0, f"compare failed:\n{proc.stdout}\n{proc.stderr}"
+    assert sorted(p.name for p in out.glob("*.json")) == ["latency-HEAD-0.json", "latency-HEAD-1.json",
+                                                          "latency-this-0.json", "latency-this-1.json"]
+    order = [line.split(": ")[1] for line in proc.stdout.splitlines() if line.startswith("latency run")]
+    assert order == ["this", "HEAD", "HEAD", "this"]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| latency (ms) | core4nb |"))
+    assert len(row.split("|")) == 7
+    trees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert str(tmp_path) not in trees
