@@ -53,13 +53,11 @@ class OutcomeWriter:
         for write in list(self.unsaved):
             if write.retry_at > now:
                 continue
-            last = claim and write is self.unsaved[-1]
             try:
-                claimed = self._finish(write, claim=last)
+                tried, claimed = self._finish(write, claim=claim and write is self.unsaved[-1])
             except StoreUnavailable as exc:
                 self._refused = write, exc
                 break
-            tried |= last
             self.unsaved.remove(write)
         return tried, claimed
 
@@ -81,7 +79,9 @@ class OutcomeWriter:
                   write.state, write.tries, exc)
         self.unsaved[self.unsaved.index(write)] = outcomes.unstorable(write, exc, tries=write.tries)
 
-    def _finish(self, write: Write, *, claim: bool) -> Job | None:
+    def _finish(self, write: Write, *, claim: bool) -> tuple[bool, Job | None]:
+        """Write one outcome (with ``claim``, claiming the next job with it); returns (whether the claim
+        was made: not when the outcome was refused and its error written instead, the claimed job)."""
         try:
             done, claimed = self._write(write, claim)
         except StoreUnavailable:
@@ -89,7 +89,7 @@ class OutcomeWriter:
         except Exception as exc:  # this job's data, not the store (too large, unencodable): it errs, the node lives
             log.error("job %s: the queue refused its %s outcome (%s: %s); recording it as error",
                       write.job.id, write.state, type(exc).__name__, str(exc)[:300])
-            write, claimed = outcomes.unstorable(write, exc), None
+            write, claim, claimed = outcomes.unstorable(write, exc), False, None
             try:
                 done, _ = self._write(write, False)
             except StoreUnavailable:
@@ -97,14 +97,14 @@ class OutcomeWriter:
             except Exception as again:
                 log.error("job %s: the queue refused its error too (%s: %s); it runs again once its lease "
                           "expires", write.job.id, type(again).__name__, again)
-                return None
+                return False, None
         if done:
             self.jobs_done += write.state.is_final
             log.debug("job %s %s", write.job.id, write.state)
         else:
             log.warning("job %s: lease no longer held, its %s outcome is discarded (another node owns it)",
                         write.job.id, write.state)
-        return claimed
+        return claim, claimed
 
     def _write(self, write: Write, claim: bool) -> tuple[bool, Job | None]:
         job = write.job
