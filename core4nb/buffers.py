@@ -97,7 +97,8 @@ def out_of_band_bytes(value: Any, threshold: int, depth: int = 2) -> Any:
     if depth == 0 or kind not in _CONTAINERS or len(value) > _SCAN_ITEMS:
         return value
     pairs = value.items() if kind is dict else enumerate(value)
-    changed = {k: new for k, v in pairs if (new := out_of_band_bytes(v, threshold, depth - 1)) is not v}
+    changed = {k: new for k, v in pairs
+               if type(v) in _LOOKED_INTO and (new := out_of_band_bytes(v, threshold, depth - 1)) is not v}
     if not changed:
         return value
     if kind is dict:
@@ -107,3 +108,4 @@ def out_of_band_bytes(value: Any, threshold: int, depth: int = 2) -> Any:
 
 _BYTES = (bytes, bytearray)
 _CONTAINERS = (list, tuple, dict)
+_LOOKED_INTO = frozenset({*_BYTES, *_CONTAINERS})  # an item of another type is returned as it is

@@ -7,6 +7,7 @@ and named in public (jobs, ``status``) only by its key id.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import secrets
@@ -69,6 +70,7 @@ def _long_enough(key: str, where: str) -> str:
     return key
 
 
+@functools.lru_cache(maxsize=16)  # every job submitted carries it: one hash per key, not per job
 def key_id(key: bytes) -> str:
     """The key's public name: a fingerprint that tells keys apart without revealing them. Jobs carry it;
     a node claims only jobs of its own key id."""

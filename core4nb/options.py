@@ -89,6 +89,8 @@ _RULES: dict[str, tuple[type, float | None, bool]] = {
     "keep": (bool, None, False),
 }
 
+_LOWEST = tuple((name, low) for name, (_, low, _) in _RULES.items() if low is not None)  # read per decoded job
+
 OPTION_NAMES = tuple(field.name for field in dataclasses.fields(JobOptions))
 
 
@@ -110,9 +112,9 @@ DEFAULTS = JobOptions()
 def below_range(values: Mapping[str, Any]) -> str | None:
     """The first option among ``values`` (of the right types already: a job read back from a store) that is
     below its lowest allowed value, as ``"attempts=0, expected >= 1"``; None when every one is in range."""
-    for name, (_, low, _) in _RULES.items():
+    for name, low in _LOWEST:
         value = values.get(name)
-        if low is not None and value is not None and value < low:
+        if value is not None and value < low:
             return f"{name}={value!r}, expected >= {low}"
     return None
 

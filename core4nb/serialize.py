@@ -58,6 +58,7 @@ from core4nb.keys import KEY_ENV, load_key
 MAGIC = b"C4N2"
 _PREFIX = struct.Struct(">4sI")
 _MAC_SIZE = 32
+_NO_BLOBS = b'"blobs": []'  # how dumps writes a frame's empty blob list
 
 
 class Kind(enum.StrEnum):
@@ -277,6 +278,14 @@ def _split(frame: bytes | memoryview, what: str) -> tuple[memoryview, dict, byte
 def frame_digests(frame: bytes | memoryview | None) -> list[str]:
     """The blob digests a frame names, unverified: what a store must keep while the frame is kept."""
     if not frame:
+        return []
+    try:
+        magic, size = _PREFIX.unpack_from(frame)
+        header = bytes(memoryview(frame)[_PREFIX.size : _PREFIX.size + size])
+    except (struct.error, TypeError):
+        return []
+    # Most frames name no blob: this one exact token (no escapes) says so without parsing the header.
+    if magic == MAGIC and _NO_BLOBS in header and header.count(b'"blobs"') == 1 and b"\\" not in header:
         return []
     try:
         return sorted({str(name) for name, _ in _split(frame, "frame")[1].get("blobs", [])})

@@ -46,8 +46,11 @@ _PLAIN_TYPES = {"None": (type(None),), "bool": (bool,), "int": (int,), "float": 
 _VALUES = {"bool": (int, frozenset({0, 1})), "State": (str, _STATE_VALUES)}
 
 
+_Rule = tuple[frozenset[type], dict[type, frozenset], Any]
+
+
 @functools.cache
-def _rule(annotation: str) -> tuple[frozenset[type], dict[type, frozenset], Any]:
+def _rule(annotation: str) -> _Rule:
     """(the types that fit ``annotation`` outright, {type: the values of it that fit}, the conversion of a
     fitting value or None): every field of every job read back is decoded, so the common case is a lookup
     or two."""
@@ -79,21 +82,37 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text if len(text) <= 40 else text[:39] + '…'}"
 
 
-def _checked(cls: type, data: Mapping[str, Any], names: Any, prefix: str = "", label: str = "") -> dict[str, Any]:
+@functools.cache
+def _plan(cls: type, names: tuple[str, ...]) -> tuple[tuple[str, str, *_Rule], ...]:
+    """(name, annotation, *its rule) for the fields ``names`` of ``cls``: worked out once per set of names."""
+    return tuple((name, _TYPES[cls][name], *_rule(_TYPES[cls][name])) for name in names)
+
+
+def _checked(cls: type, data: Mapping[str, Any], names: tuple[str, ...], prefix: str = "",
+             label: str = "") -> dict[str, Any]:
     """The fields ``names`` of ``cls`` read from ``data[prefix + name]``; messages call them ``label + name``."""
-    out, types = {}, _TYPES[cls]
-    for name in names:
-        annotation = types[name]
+    out = {}
+    for name, annotation, plain, by_value, convert in _plan(cls, names):
         try:
             value = data[prefix + name]
         except KeyError:
             raise MalformedJob(f"field {label + name!r} is missing") from None
-        plain, by_value, convert = _rule(annotation)
         kind = type(value)  # the common case inline (decoding runs for every job read): _fits decides the rest
         if kind not in plain and value not in by_value.get(kind, ()) and not _fits(value, annotation):
             raise MalformedJob(f"field {label + name!r} is {_describe(value)}, expected {annotation}")
         out[name] = value if value is None or convert is None else convert(value)
     return out
+
+
+#: The fields a document may lack: added after 0.1 (they take their defaults), or large ones not loaded.
+_OPTIONAL = ADDED_FIELDS | frozenset(LARGE_FIELDS)
+
+
+@functools.cache
+def _job_names(present: frozenset[str]) -> tuple[str, ...]:
+    """The fields to read of a document holding the optional fields ``present``."""
+    return (*(name for name in SCALAR_FIELDS if name in present or name not in ADDED_FIELDS),
+            *(large for large in LARGE_FIELDS if large in present))
 
 
 def decode_job(data: Mapping[str, Any]) -> Job:
@@ -107,8 +126,7 @@ def decode_job(data: Mapping[str, Any]) -> Job:
         MalformedJob: naming the first field that is missing or of the wrong type.
     """
     # A field added after 0.1 that the document lacks takes its default (older versions never wrote it).
-    names = [name for name in SCALAR_FIELDS if name in data or name not in ADDED_FIELDS]
-    fields = _checked(Job, data, [*names, *(large for large in LARGE_FIELDS if large in data)])
+    fields = _checked(Job, data, _job_names(frozenset(data.keys() & _OPTIONAL)))
     low = below_range(fields)  # right type, out of range (attempts=0): the options' own rules say so
     if low is not None:
         raise MalformedJob(f"field {low.partition('=')[0]!r} is out of range: {low}")
@@ -119,13 +137,13 @@ def decode_job(data: Mapping[str, Any]) -> Job:
         if not isinstance(error, Mapping) or set(error) - set(_TYPES[JobError]):
             raise MalformedJob(f"field 'error' is {_describe(error)}, expected an object with the keys "
                                f"{', '.join(_TYPES[JobError])}")
-        fields["error"] = JobError(**_checked(JobError, error, _TYPES[JobError], label="error."))
+        fields["error"] = JobError(**_checked(JobError, error, tuple(_TYPES[JobError]), label="error."))
     return Job(**fields)
 
 
 def decode_lease(data: Mapping[str, Any]) -> Lease:
     """The lease in a store's flat ``lease_*`` fields; raises MalformedJob naming a bad one."""
-    names = [n for n in _TYPES[Lease] if data.get(f"lease_{n}") is not None or n not in ADDED_LEASE_FIELDS]
+    names = tuple(n for n in _TYPES[Lease] if data.get(f"lease_{n}") is not None or n not in ADDED_LEASE_FIELDS)
     return Lease(**_checked(Lease, data, names, prefix="lease_", label="lease_"))
 
 

@@ -51,10 +51,11 @@ def for_outcome(job: Job, outcome: Outcome, key_id: str = "", node: str = "") ->
     if outcome.kind is OutcomeKind.REJECTED and outcome.error.type == "EnvironmentMismatch":
         return hand_back(job, safe_text(f"node {node} cannot load it: {outcome.error.message}")[:500],
                          HAND_BACK_DELAY)
-    error = outcome.error and JobError(*(safe_text(t) for t in (outcome.error.type, outcome.error.message,
-                                                                outcome.error.traceback)), outcome.error.exit_code)
-    outcome = dataclasses.replace(outcome, output=safe_text(outcome.output), message=safe_text(outcome.message),
-                                  error=error)
+    output, message = safe_text(outcome.output), safe_text(outcome.message)
+    if outcome.error is not None or output is not outcome.output or message is not outcome.message:
+        error = outcome.error and JobError(*(safe_text(t) for t in (outcome.error.type, outcome.error.message,
+                                                                    outcome.error.traceback)), outcome.error.exit_code)
+        outcome = dataclasses.replace(outcome, output=output, message=message, error=error)
     if outcome.kind is OutcomeKind.COMPLETE:
         return Write(job, State.COMPLETE, {"result": outcome.result, "runtime": outcome.runtime,
                                            "progress_value": 1.0, "output": outcome.output})
