@@ -96,6 +96,8 @@ def out_of_band_bytes(value: Any, threshold: int, depth: int = 2) -> Any:
         return LargeBytes(value) if len(value) >= threshold else value
     if depth == 0 or kind not in _CONTAINERS or len(value) > _SCAN_ITEMS:
         return value
+    if not any(map(_LOOKED_INTO.__contains__, map(type, value.values() if kind is dict else value))):
+        return value  # the common case, looked at without a Python step per item
     pairs = value.items() if kind is dict else enumerate(value)
     changed = {k: new for k, v in pairs
                if type(v) in _LOOKED_INTO and (new := out_of_band_bytes(v, threshold, depth - 1)) is not v}

@@ -83,6 +83,7 @@ class Packed:
     blobs: dict[str, memoryview] = field(default_factory=dict)
 
 
+@functools.cache  # read for every frame made and loaded; never changes in a process (do not mutate it)
 def fingerprint() -> dict[str, str]:
     """What a payload needs of the process that loads it."""
     return {"python": f"{sys.version_info[0]}.{sys.version_info[1]}", "cloudpickle": cloudpickle.__version__}
@@ -260,14 +261,16 @@ def ship(module: ModuleType | str) -> None:
 def _split(frame: bytes | memoryview, what: str) -> tuple[memoryview, dict, bytes, memoryview]:
     """(signed part, header, mac, body) of a frame, or SignatureError when it is not one."""
     view = memoryview(frame) if isinstance(frame, (bytes, bytearray, memoryview)) else None
-    if view is None or view.nbytes < _PREFIX.size or bytes(view[:4]) != MAGIC:
+    if view is None or view.nbytes < _PREFIX.size:
         raise SignatureError(f"{what} is not a signed core4nb frame; refusing to unpickle it")
-    size = _PREFIX.unpack(view[: _PREFIX.size])[1]
+    magic, size = _PREFIX.unpack_from(view)
+    if magic != MAGIC:
+        raise SignatureError(f"{what} is not a signed core4nb frame; refusing to unpickle it")
     end = _PREFIX.size + size
     if view.nbytes < end + _MAC_SIZE:
         raise SignatureError(f"{what} is truncated; refusing to unpickle it")
-    try:
-        header = json.loads(bytes(view[_PREFIX.size : end]))
+    try:  # text, not bytes: json.loads would first guess the encoding of bytes
+        header = json.loads(str(view[_PREFIX.size : end], "utf-8"))
     except ValueError:
         header = None
     if not isinstance(header, dict):

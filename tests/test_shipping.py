@@ -61,6 +61,27 @@ def test_opting_out_leaves_local_modules_by_reference(sqlite_url, tmp_path, monk
     sys.modules.pop(name, None)
 
 
+def _recorded_env(call: tuple) -> dict:
+    frame = serialize.dumps(call, key=b"k" * 32, job_id="j", kind=Kind.CALL).frame
+    return serialize._split(frame, "call")[1]["env"]
+
+
+def test_a_payload_records_the_versions_of_the_installed_packages_it_names():
+    sklearn = pytest.importorskip("sklearn")
+    shipping._distributions.cache_clear()
+    shipping.installed_version.cache_clear()
+    assert _recorded_env((operator.add, (1, 2), {})) == {}  # the standard library: nothing to record
+    assert _recorded_env((np.sum, (np.arange(3),), {})) == {"numpy": np.__version__}  # named after its module
+    # Only a first submit naming no installed package skipped reading every distribution's file list:
+    assert shipping._distributions.cache_info().currsize == 0
+    from sklearn.linear_model import LinearRegression
+
+    # scikit-learn's module is sklearn: found through the installed distributions' file lists
+    assert _recorded_env((LinearRegression, (), {})) == {"sklearn": sklearn.__version__}
+    assert shipping.environment_differences({"sklearn": "0.0", "numpy": np.__version__}) == [
+        f"sklearn 0.0 in the notebook, {sklearn.__version__} here"]
+
+
 def test_a_package_version_that_breaks_loading_is_named(monkeypatch):
     monkeypatch.setattr(shipping, "referenced_versions", lambda body: {"numpy": "0.0.1"})
     frame = serialize.dumps((identity, (NeedsOtherNumpy(),), {}), key=b"k" * 32, job_id="j", kind=Kind.CALL).frame

@@ -127,12 +127,18 @@ def transition_sql(move: Transition, q: str = "") -> tuple[str, str, dict[str, A
     named by column). A bumped field that is not an integer is left as it is (SQLite would make 'abc' + 1
     a valid 1), so that decoding the row sees the malformed value and sets it aside."""
     values = columns(move.values())
-    sets = [f"{c} = :{c}" for c in values]
-    sets += [f"{c} = CASE WHEN typeof({c}) = 'integer' THEN {c} + 1 ELSE {c} END" for c in move.bump]
-    where = f"{q}state IN {states_sql(move.expect)}"
-    if move.kill_requested is not None:
-        where += f" AND {q}kill_requested = {int(move.kill_requested)}"
-    return ", ".join(sets), where, values
+    return (*_transition_clauses(tuple(values), move.bump, move.expect, move.kill_requested, q), values)
+
+
+@functools.lru_cache(maxsize=256)  # a handful of shapes (finish, retry, defer, reap…), written for every job
+def _transition_clauses(names: tuple[str, ...], bump: tuple[str, ...], expect: frozenset[State],
+                        kill_requested: bool | None, q: str) -> tuple[str, str]:
+    sets = [f"{c} = :{c}" for c in names]
+    sets += [f"{c} = CASE WHEN typeof({c}) = 'integer' THEN {c} + 1 ELSE {c} END" for c in bump]
+    where = f"{q}state IN {states_sql(expect)}"
+    if kill_requested is not None:
+        where += f" AND {q}kill_requested = {int(kill_requested)}"
+    return ", ".join(sets), where
 
 
 # The best claimable job: priority, then FIFO, skipping names already at max_parallel. `busy` counts the
