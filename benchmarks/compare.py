@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 #: What each workload is judged by: (key in a backend's entry, unit, higher is better).
 METRICS = {"latency": ("median_ms", "ms", False), "overhead": ("min_s", "s", False), "primes": ("min_s", "s", False),
-           "startup": ("median_s", "s", False), "scaling": ("efficiency", "at the most nodes", True)}
+           "startup": ("median_s", "s", False), "scaling": ("efficiency_best", "efficiency at the most nodes", True)}
 
 
 def metric(workload: str, entry: dict[str, Any]) -> float | None:
@@ -44,8 +44,7 @@ def run(tree: Path, workload: str, backends: str, size: str, out: Path) -> dict[
                     "--size", size, "--no-report", "--json", str(out)], cwd=tree, env=env, check=True,
                    stdout=subprocess.DEVNULL)
     results = json.loads(out.read_text())["workloads"][workload]["results"]
-    return {e["backend"]: value for e in results if e.get("status") == "ok"
-            and (value := metric(workload, e)) is not None}
+    return {e["backend"]: metric(workload, e) for e in results if e.get("status") == "ok"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{workload} run {rep + 1}/{args.reps}: {name}", flush=True)
                     runs = run(trees[name], workload, args.backends, args.size, out / f"{workload}-{name}-{rep}.json")
                     for backend, value in runs.items():
-                        seen.setdefault((workload, backend, name), []).append(value)
+                        values = seen.setdefault((workload, backend, name), [])
+                        if value is not None:
+                            values.append(value)
         report(seen, args.ref)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False)
@@ -86,12 +87,17 @@ def report(seen: dict[tuple[str, str, str], list[float]], ref: str) -> None:
     print("|---|---|---|---|---|")
     for workload, backend in sorted({(w, b) for w, b, _ in seen}):
         before, after = seen.get((workload, backend, ref)), seen.get((workload, backend, "this"))
-        if not before or not after:
+        if not before or not after:  # a tree whose runs gave no figure is shown, not silently left out
+            print(f"| {workload} ({METRICS[workload][1]}) | {backend} | {_figures(before)} | {_figures(after)} | — |")
             continue
         best = max if METRICS[workload][2] else min
         b, a = (best(before), statistics.median(before)), (best(after), statistics.median(after))
         print(f"| {workload} ({METRICS[workload][1]}) | {backend} | {b[0]:.4g} / {b[1]:.4g} | {a[0]:.4g} / "
               f"{a[1]:.4g} | {a[0] / b[0]:.2f} / {a[1] / b[1]:.2f} |")
+
+
+def _figures(values: list[float] | None) -> str:
+    return "no result" if not values else f"{min(values):.4g} … {max(values):.4g}"
 
 
 if __name__ == "__main__":

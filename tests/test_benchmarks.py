@@ -178,15 +178,21 @@ def test_compare_runs_this_checkout_against_a_commit_alternately(tmp_path: Path)
     """``benchmarks.compare``: both trees run each repetition, in turn; the table gives this ÷ the commit; the
     commit's worktree is gone afterwards."""
     out = tmp_path / "runs"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.compare", "HEAD", "latency", "--reps", "2", "--size",
-                           "tiny", "--backends", "core4nb", "--out", str(out)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=8 * PATIENCE, env={**os.environ, "TMPDIR": str(tmp_path)})
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.compare", "HEAD", "latency", "scaling", "--reps", "2",
+                           "--size", "tiny", "--backends", "core4nb", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=12 * PATIENCE,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})
     assert proc.returncode == 0, f"compare failed:\n{proc.stdout}\n{proc.stderr}"
-    assert sorted(p.name for p in out.glob("*.json")) == ["latency-HEAD-0.json", "latency-HEAD-1.json",
-                                                          "latency-this-0.json", "latency-this-1.json"]
+    assert sorted(p.name for p in out.glob("*.json")) == [
+        f"{w}-{tree}-{rep}.json" for w in ("latency", "scaling") for tree in ("HEAD", "this") for rep in (0, 1)]
     order = [line.split(": ")[1] for line in proc.stdout.splitlines() if line.startswith("latency run")]
     assert order == ["this", "HEAD", "HEAD", "this"]
-    row = next(line for line in proc.stdout.splitlines() if line.startswith("| latency (ms) | core4nb |"))
-    assert len(row.split("|")) == 7
+    rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ")][1:]  # past the header
+    assert [row[:2] for row in rows] == [["| latency (ms)", "core4nb"],
+                                         ["| scaling (efficiency at the most nodes)", "core4nb"]]
+    for row in rows:  # every workload has a figure from both trees, and their ratio
+        assert len(row) == 5 and "no result" not in row[2] + row[3] and "÷" not in row[4]
+        best, median = (float(x) for x in row[4].strip(" |").split(" / "))
+        assert best > 0 and median > 0
     trees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
     assert str(tmp_path) not in trees
