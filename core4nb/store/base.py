@@ -150,8 +150,9 @@ class Store(abc.ABC):
         payload loaded. A malformed document the claim takes is moved to error
         instead and the claim goes on to the next.
 
-        ``rung``: the caller was woken by the store's "work" bell, so work was just added: the claim
-        writes at once instead of first reading whether anything is due (as an idle poll does).
+        ``rung``: the caller was woken by the store's "work" bell, so work was just added. A store may
+        then write at once instead of first reading whether anything is due (as an idle poll does);
+        MongoDB does (one round trip less), SQLite always reads first (see its ``claim``).
         """
 
     @abc.abstractmethod

@@ -222,10 +222,12 @@ class SQLiteStore(SQLiteHousekeeping, Store):
 
     def claim(self, claimant: Claimant, *, lease_seconds: float = DEFAULT_LEASE_SECONDS,
               rung: bool = False) -> Job | None:
-        for attempt in range(MAX_SET_ASIDE):
+        del rung  # a ring wakes every node of the file, and one job leaves all but one with nothing to claim:
+        # each reads first (readers share the file) rather than queue for the write lock. Skipping the read
+        # when rung cost 32 simulated nodes 1-4 points of scaling efficiency, and saved no measurable latency.
+        for _ in range(MAX_SET_ASIDE):
             params = sql.claim_params(claimant, lease_seconds)
-            # Idle nodes poll without taking the write lock; a node the work bell woke needs no look.
-            if not (rung and attempt == 0) and not self._read(sql.ANY_DUE, params):
+            if not self._read(sql.ANY_DUE, params):  # idle nodes poll without taking the write lock
                 return None
             with self._tx() as conn:  # the lock is held for the UPDATE alone: decoding waits until it is released
                 rows = sql.claim_rows(conn, params)
