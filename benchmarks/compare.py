@@ -6,35 +6,27 @@ checkout against an earlier commit, side by side in one run.
 interpreters, alternating (the order rotates each repetition, so neither tree always runs first on a
 machine that warms up or gets busy). It prints, per workload and backend, each tree's best and median
 over the repetitions and the ratio of this checkout to ``REF``; the JSON of every run stays in
-``--out``. Lower is better, except for scaling's efficiency.
+``--out``. Lower is better, except for scaling's efficiency. ``--record`` keeps the comparison in
+``benchmarks/comparison.json`` and rewrites RESULTS.md from ``results.json`` with it (a section, and a
+"no regression" target per workload and backend).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+
+from benchmarks.regression import METRICS, metric, rows, table
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-#: What each workload is judged by: (key in a backend's entry, unit, higher is better).
-METRICS = {"latency": ("median_ms", "ms", False), "overhead": ("min_s", "s", False), "primes": ("min_s", "s", False),
-           "startup": ("median_s", "s", False), "scaling": ("efficiency_best", "efficiency at the most nodes", True)}
-
-
-def metric(workload: str, entry: dict[str, Any]) -> float | None:
-    key = METRICS[workload][0]
-    if workload == "scaling":  # the efficiency at the largest node count measured
-        points = [p for p in entry.get("points", []) if p.get(key) is not None]
-        return max(points, key=lambda p: p["nodes"])[key] if points else None
-    return entry.get(key)
 
 
 def run(tree: Path, workload: str, backends: str, size: str, out: Path) -> dict[str, float]:
@@ -55,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="core4nb,core4nb-mongo", help="default: core4nb,core4nb-mongo")
     parser.add_argument("--size", choices=["tiny", "full"], default="full")
     parser.add_argument("--out", type=Path, help="where the runs' JSON go (default: a temporary directory)")
+    parser.add_argument("--record", type=Path, nargs="?", const=HERE, metavar="DIR",
+                        help="keep the comparison in DIR/comparison.json and rewrite DIR/RESULTS.md from "
+                        "DIR/results.json with it (default DIR: benchmarks/)")
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="core4nb-compare-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -62,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run(["git", "worktree", "add", "--detach", str(old), args.ref], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL)
     trees = {"this": ROOT, args.ref: old}
+    commits = {"ref_commit": _commit(args.ref), "commit": _commit("HEAD", "--dirty")}  # before anything is written
+    load_before = os.getloadavg()[0]
     try:
         seen: dict[tuple[str, str, str], list[float]] = {}
         for workload in args.workloads:
@@ -74,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
                         values = seen.setdefault((workload, backend, name), [])
                         if value is not None:
                             values.append(value)
-        report(seen, args.ref)
+        compared = rows(seen, args.ref)
+        print("", *table(compared, args.ref), sep="\n")
+        if args.record:
+            record(args, commits, compared, [load_before, os.getloadavg()[0]])
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False)
         shutil.rmtree(old.parent, ignore_errors=True)
@@ -82,22 +82,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def report(seen: dict[tuple[str, str, str], list[float]], ref: str) -> None:
-    print(f"\n| workload | backend | {ref} best / median | this best / median | this ÷ {ref} (best, median) |")
-    print("|---|---|---|---|---|")
-    for workload, backend in sorted({(w, b) for w, b, _ in seen}):
-        before, after = seen.get((workload, backend, ref)), seen.get((workload, backend, "this"))
-        if not before or not after:  # a tree whose runs gave no figure is shown, not silently left out
-            print(f"| {workload} ({METRICS[workload][1]}) | {backend} | {_figures(before)} | {_figures(after)} | — |")
-            continue
-        best = max if METRICS[workload][2] else min
-        b, a = (best(before), statistics.median(before)), (best(after), statistics.median(after))
-        print(f"| {workload} ({METRICS[workload][1]}) | {backend} | {b[0]:.4g} / {b[1]:.4g} | {a[0]:.4g} / "
-              f"{a[1]:.4g} | {a[0] / b[0]:.2f} / {a[1] / b[1]:.2f} |")
+def record(args: argparse.Namespace, commits: dict[str, str], compared: list[dict], loadavg: list[float]) -> None:
+    from benchmarks.report import COMPARISON, write_report
+
+    path = args.record / COMPARISON
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "ref": args.ref, **commits, "workloads": args.workloads, "reps": args.reps, "size": args.size,
+        "backends": args.backends, "loadavg": [round(x, 2) for x in loadavg],
+        "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "rows": compared}, indent=1))
+    print(f"wrote {path}")
+    results = args.record / "results.json"
+    if results.exists():
+        for written in write_report(json.loads(results.read_text()), args.record):
+            print(f"wrote {written}")
 
 
-def _figures(values: list[float] | None) -> str:
-    return "no result" if not values else f"{min(values):.4g} … {max(values):.4g}"
+def _commit(rev: str, *flags: str) -> str:
+    """``rev`` as a short hash; ``--dirty`` marks a tree with uncommitted changes."""
+    command = ["git", "describe", "--always", "--abbrev=7", *flags] if flags else ["git", "rev-parse", "--short=7", rev]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
 
 if __name__ == "__main__":

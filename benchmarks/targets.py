@@ -15,7 +15,8 @@ def _target(name: str, goal: str, measured: str | None, met: bool | None) -> dic
     return {"target": name, "goal": goal, "measured": measured or "not measured", "met": met}
 
 
-def evaluate(workloads: dict[str, Any]) -> list[dict[str, Any]]:
+def evaluate(workloads: dict[str, Any], compared: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every target, met or not, from the workloads' results and (``compared``) a ``benchmarks.compare`` record."""
     out = []
     primes = workloads.get("primes")
     c4, serial = _ok(primes, "core4nb"), _ok(primes, "serial")
@@ -66,6 +67,10 @@ def evaluate(workloads: dict[str, Any]) -> list[dict[str, Any]]:
         from benchmarks.sklearn_bench import targets as sklearn_targets
 
         out += [_target(*t) for t in sklearn_targets(workloads["sklearn"]["results"])]
+    if compared:
+        from benchmarks.regression import targets as regression_targets
+
+        out += [_target(*t) for t in regression_targets(compared)]
     for t in out:
         t["met"] = None if t["met"] is None else bool(t["met"])
     return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -176,10 +177,13 @@ def test_a_missing_peer_is_reported_as_skipped(tmp_path: Path) -> None:
 
 def test_compare_runs_this_checkout_against_a_commit_alternately(tmp_path: Path) -> None:
     """``benchmarks.compare``: both trees run each repetition, in turn; the table gives this ÷ the commit; the
-    commit's worktree is gone afterwards."""
-    out = tmp_path / "runs"
+    commit's worktree is gone afterwards; ``--record`` keeps the comparison and puts it into RESULTS.md."""
+    out, kept = tmp_path / "runs", tmp_path / "kept"
+    kept.mkdir()
+    shutil.copy(ROOT / "benchmarks" / "results.json", kept / "results.json")
     proc = subprocess.run([sys.executable, "-m", "benchmarks.compare", "HEAD", "latency", "scaling", "--reps", "2",
-                           "--size", "tiny", "--backends", "core4nb", "--out", str(out)], cwd=ROOT,
+                           "--size", "tiny", "--backends", "core4nb", "--out", str(out), "--record", str(kept)],
+                          cwd=ROOT,
                           capture_output=True, text=True, timeout=12 * PATIENCE,
                           env={**os.environ, "TMPDIR": str(tmp_path)})
     assert proc.returncode == 0, f"compare failed:\n{proc.stdout}\n{proc.stderr}"
@@ -196,3 +200,14 @@ def test_compare_runs_this_checkout_against_a_commit_alternately(tmp_path: Path)
         assert best > 0 and median > 0
     trees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
     assert str(tmp_path) not in trees
+    record = json.loads((kept / "comparison.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert record["ref_commit"] == head.strip() and record["reps"] == 2
+    assert [(r["workload"], r["backend"], len(r["ref"]), len(r["this"])) for r in record["rows"]] == [
+        ("latency", "core4nb", 2, 2), ("scaling", "core4nb", 2, 2)]
+    report = (kept / "RESULTS.md").read_text()
+    assert "## Against an earlier version" in report
+    for row in rows:  # the printed ratios are the ones RESULTS.md judges
+        workload = row[0].strip("| ").split(" ")[0]
+        assert f"| no regression: {workload} on core4nb vs `{head.strip()}` | " in report
+        assert f"{row[4].strip(' |').split(' / ')[0]}× best" in report
