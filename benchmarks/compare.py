@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run(["git", "worktree", "add", "--detach", str(old), args.ref], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL)
     trees = {"this": ROOT, args.ref: old}
-    commits = {"ref_commit": _commit(args.ref), "commit": _commit("HEAD", "--dirty")}  # before anything is written
+    commits = {"ref_commit": _commit(args.ref), "commit": _commit(None)}  # before anything is written
     load_before = os.getloadavg()[0]
     try:
         seen: dict[tuple[str, str, str], list[float]] = {}
@@ -98,9 +98,10 @@ def record(args: argparse.Namespace, commits: dict[str, str], compared: list[dic
             print(f"wrote {written}")
 
 
-def _commit(rev: str, *flags: str) -> str:
-    """``rev`` as a short hash; ``--dirty`` marks a tree with uncommitted changes."""
-    command = ["git", "describe", "--always", "--abbrev=7", *flags] if flags else ["git", "rev-parse", "--short=7", rev]
+def _commit(rev: str | None) -> str:
+    """``rev`` as a short hash; None: this checkout's, marked ``-dirty`` when it has uncommitted changes."""
+    command = ["git", "describe", "--always", "--abbrev=7", "--dirty"] if rev is None else \
+        ["git", "rev-parse", "--short=7", rev]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
 

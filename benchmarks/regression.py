@@ -34,7 +34,7 @@ def ratios(row: dict[str, Any]) -> tuple[float, float] | None:
     before, after = row["ref"], row["this"]
     if not before or not after:
         return None
-    best = max if METRICS[row["workload"]][2] else min
+    best = _best(row["workload"])
     return best(after) / best(before), statistics.median(after) / statistics.median(before)
 
 
@@ -46,7 +46,7 @@ def table(compared: list[dict[str, Any]], ref: str) -> list[str]:
         if both is None:  # a tree whose runs gave no figure is shown, not silently left out
             out.append(f"| {label} | {row['backend']} | {_figures(row['ref'])} | {_figures(row['this'])} | — |")
             continue
-        best = max if METRICS[row["workload"]][2] else min
+        best = _best(row["workload"])
         out.append(f"| {label} | {row['backend']} | {_pair(row['ref'], best)} | {_pair(row['this'], best)} | "
                    f"{both[0]:.2f} / {both[1]:.2f} |")
     return out
@@ -74,6 +74,11 @@ def section(record: dict[str, Any]) -> list[str]:
             f"`{record['size']}`. Lower is better, except for scaling's efficiency. Finished {record['finished']}; "
             f"1-minute load average {record['loadavg'][0]} before, {record['loadavg'][1]} after.", "",
             *table(record["rows"], record["ref"])]
+
+
+def _best(workload: str) -> Any:
+    """The best of a workload's figures: the highest efficiency, the lowest time."""
+    return max if METRICS[workload][2] else min
 
 
 def _pair(values: list[float], best: Any) -> str:
