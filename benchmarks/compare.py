@@ -8,7 +8,8 @@ machine that warms up or gets busy). It prints, per workload and backend, each t
 over the repetitions and the ratio of this checkout to ``REF``; the JSON of every run stays in
 ``--out``. Lower is better, except for scaling's efficiency. ``--record`` keeps the comparison in
 ``benchmarks/comparison.json`` and rewrites RESULTS.md from ``results.json`` with it (a section, and a
-"no regression" target per workload and backend).
+"no regression" target per workload and backend); rows of other workloads recorded there for the same two
+commits stay, so a noisy workload can be run again with more ``--reps`` without re-running the slow ones.
 """
 
 from __future__ import annotations
@@ -83,19 +84,32 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def record(args: argparse.Namespace, commits: dict[str, str], compared: list[dict], loadavg: list[float]) -> None:
+    """Keep this run's rows in DIR/comparison.json, beside the rows kept there of other workloads that compared
+    the same two commits at the same size (a slow workload need not run again to re-measure a noisy one)."""
     from benchmarks.report import COMPARISON, write_report
 
     path = args.record / COMPARISON
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        "ref": args.ref, **commits, "workloads": args.workloads, "reps": args.reps, "size": args.size,
-        "backends": args.backends, "loadavg": [round(x, 2) for x in loadavg],
-        "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "rows": compared}, indent=1))
-    print(f"wrote {path}")
+    finished = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    run = {"reps": args.reps, "finished": finished, "loadavg": [round(x, 2) for x in loadavg]}
+    kept = [row for row in _earlier_rows(path, commits, args.size) if row["workload"] not in args.workloads]
+    rows = sorted(kept + [{**row, **run} for row in compared], key=lambda row: (row["workload"], row["backend"]))
+    path.write_text(json.dumps({"ref": args.ref, **commits, "size": args.size, "rows": rows}, indent=1))
+    print(f"wrote {path}" + (f" (kept {len(kept)} row(s) of an earlier run)" if kept else ""))
     results = args.record / "results.json"
     if results.exists():
         for written in write_report(json.loads(results.read_text()), args.record):
             print(f"wrote {written}")
+
+
+def _earlier_rows(path: Path, commits: dict[str, str], size: str) -> list[dict]:
+    """The rows of an earlier record of the same two commits and size; none from other versions."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    same = all(earlier.get(k) == v for k, v in commits.items()) and earlier.get("size") == size
+    return earlier.get("rows", []) if same and not commits["commit"].endswith("-dirty") else []
 
 
 def _commit(rev: str | None) -> str:

@@ -58,7 +58,7 @@ def targets(record: dict[str, Any]) -> list[tuple[str, str, str | None, bool | N
     for row in record["rows"]:
         higher = METRICS[row["workload"]][2]
         goal = (f"≥ {1 - TOLERANCE:.2f}×" if higher else f"≤ {1 + TOLERANCE:.2f}×") + \
-            f" {record['ref']} (best of {record['reps']} interleaved runs)"
+            f" {record['ref']} (best of {row['reps']} interleaved runs)"
         both = ratios(row)
         measured = both and f"{both[0]:.2f}× best, {both[1]:.2f}× median"
         met = both and (both[0] >= 1 - TOLERANCE if higher else both[0] <= 1 + TOLERANCE)
@@ -68,11 +68,16 @@ def targets(record: dict[str, Any]) -> list[tuple[str, str, str | None, bool | N
 
 
 def section(record: dict[str, Any]) -> list[str]:
-    return [f"`python -m benchmarks.compare {record['ref']} {' '.join(record['workloads'])} --reps {record['reps']} "
-            f"--record`: commit `{record['commit']}` against `{record['ref_commit']}`, each workload's benchmark "
-            "from both trees in fresh interpreters, alternating (the order rotates each repetition), size "
-            f"`{record['size']}`. Lower is better, except for scaling's efficiency. Finished {record['finished']}; "
-            f"1-minute load average {record['loadavg'][0]} before, {record['loadavg'][1]} after.", "",
+    """The comparison for RESULTS.md: how it was run (a command per run whose rows it keeps), then the table."""
+    runs: dict[tuple, list[str]] = {}
+    for row in record["rows"]:
+        runs.setdefault((row["reps"], row["finished"], *row["loadavg"]), []).append(row["workload"])
+    commands = [f"- `python -m benchmarks.compare {record['ref']} {' '.join(dict.fromkeys(names))} --reps {reps} "
+                f"--record`: finished {finished}; 1-minute load average {before} before, {after} after."
+                for (reps, finished, before, after), names in runs.items()]
+    return [f"Commit `{record['commit']}` against `{record['ref_commit']}`: each workload's benchmark from both trees "
+            "in fresh interpreters, alternating (the order rotates each repetition), size "
+            f"`{record['size']}`. Lower is better, except for scaling's efficiency.", "", *commands, "",
             *table(record["rows"], record["ref"])]
 
 

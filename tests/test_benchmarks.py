@@ -177,16 +177,21 @@ def test_a_missing_peer_is_reported_as_skipped(tmp_path: Path) -> None:
 
 def test_compare_runs_this_checkout_against_a_commit_alternately(tmp_path: Path) -> None:
     """``benchmarks.compare``: both trees run each repetition, in turn; the table gives this ÷ the commit; the
-    commit's worktree is gone afterwards; ``--record`` keeps the comparison and puts it into RESULTS.md."""
+    commit's worktree is gone afterwards; ``--record`` keeps the comparison and puts it into RESULTS.md, and a
+    later record of one workload replaces its rows and keeps the others'."""
     out, kept = tmp_path / "runs", tmp_path / "kept"
     kept.mkdir()
     shutil.copy(ROOT / "benchmarks" / "results.json", kept / "results.json")
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.compare", "HEAD", "latency", "scaling", "--reps", "2",
-                           "--size", "tiny", "--backends", "core4nb", "--out", str(out), "--record", str(kept)],
-                          cwd=ROOT,
-                          capture_output=True, text=True, timeout=12 * PATIENCE,
-                          env={**os.environ, "TMPDIR": str(tmp_path)})
-    assert proc.returncode == 0, f"compare failed:\n{proc.stdout}\n{proc.stderr}"
+
+    def compare(*workloads: str, reps: int) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.compare", "HEAD", *workloads, "--reps", str(reps),
+                               "--size", "tiny", "--backends", "core4nb", "--out", str(out), "--record", str(kept)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=12 * PATIENCE,
+                              env={**os.environ, "TMPDIR": str(tmp_path)})
+        assert proc.returncode == 0, f"compare failed:\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    proc = compare("latency", "scaling", reps=2)
     assert sorted(p.name for p in out.glob("*.json")) == [
         f"{w}-{tree}-{rep}.json" for w in ("latency", "scaling") for tree in ("HEAD", "this") for rep in (0, 1)]
     order = [line.split(": ")[1] for line in proc.stdout.splitlines() if line.startswith("latency run")]
@@ -202,12 +207,22 @@ def test_compare_runs_this_checkout_against_a_commit_alternately(tmp_path: Path)
     assert str(tmp_path) not in trees
     record = json.loads((kept / "comparison.json").read_text())
     head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    assert record["ref_commit"] == head.strip() and record["reps"] == 2
-    assert [(r["workload"], r["backend"], len(r["ref"]), len(r["this"])) for r in record["rows"]] == [
-        ("latency", "core4nb", 2, 2), ("scaling", "core4nb", 2, 2)]
+    assert record["ref_commit"] == head.strip()
+    assert [(r["workload"], r["backend"], r["reps"], len(r["ref"]), len(r["this"])) for r in record["rows"]] == [
+        ("latency", "core4nb", 2, 2, 2), ("scaling", "core4nb", 2, 2, 2)]
     report = (kept / "RESULTS.md").read_text()
     assert "## Against an earlier version" in report
     for row in rows:  # the printed ratios are the ones RESULTS.md judges
         workload = row[0].strip("| ").split(" ")[0]
         assert f"| no regression: {workload} on core4nb vs `{head.strip()}` | " in report
         assert f"{row[4].strip(' |').split(' / ')[0]}× best" in report
+    # Latency once more, with other reps: its row is replaced, scaling's (same two commits) is kept.
+    again = compare("latency", reps=1)
+    assert "kept 1 row(s) of an earlier run" in again.stdout
+    record = json.loads((kept / "comparison.json").read_text())
+    assert [(r["workload"], r["reps"], len(r["this"])) for r in record["rows"]] == [
+        ("latency", 1, 1), ("scaling", 2, 2)]
+    report = (kept / "RESULTS.md").read_text()
+    assert "compare HEAD latency --reps 1 --record`" in report and "compare HEAD scaling --reps 2 --record`" in report
+    assert f"| no regression: latency on core4nb vs `{head.strip()}` | ≤ 1.05× HEAD (best of 1 interleaved runs) |" \
+        in report
