@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             start, load_before = time.monotonic(), os.getloadavg()[0]
             result = WORKLOADS[name](ctx, backends)
             result["run"] = {"backends": [b.key for b in backends], "repeat": args.repeat,
-                             "seconds": round(time.monotonic() - start, 1),
+                             "commit": data["meta"].get("commit"), "seconds": round(time.monotonic() - start, 1),
                              "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                              "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
             workloads[name] = result

@@ -136,7 +136,7 @@ def machine_lines(meta: dict[str, Any]) -> list[str]:
     return [f"- **Machine**: {meta['cores']} cores ({meta['usable_cores']} usable), {meta['memory_gb']} GB memory, "
             f"{meta['processor']}; {meta['platform']}",
             f"- **Python** {meta['python']} ({meta['implementation']}); core4nb at commit "
-            f"`{meta.get('commit') or 'unknown'}`",
+            f"`{meta.get('commit') or 'unknown'}` in the latest run (each workload's section names its own)",
             f"- **Versions**: {versions}" + (f"; not installed: {', '.join(missing)}" if missing else ""),
             f"- **Run**: size `{meta['size']}`, {meta['workers']} workers per tool, {meta['repeat']} runs per "
             f"measurement; load average at start {meta['loadavg_at_start']}; updated {meta['updated']}",
@@ -168,7 +168,7 @@ def write_report(data: dict[str, Any], outdir: Path) -> list[Path]:
             lines += [f"![{name}](plots/{plots[name].name})", ""]
         run = workloads[name]["run"]
         load = run.get("loadavg_1min")
-        lines += [f"*Run {run['finished']}, {run['seconds']} s"
+        lines += [f"*Run {run['finished']}, {run['seconds']} s, core4nb at commit `{run.get('commit') or 'unknown'}`"
                   + (f"; 1-minute load average {load[0]} before, {load[1]} after (2 cores)" if load else "")
                   + ".*", ""]
     path = outdir / "RESULTS.md"
