@@ -112,11 +112,20 @@ def _earlier_rows(path: Path, commits: dict[str, str], size: str) -> list[dict]:
     return earlier.get("rows", []) if same and not commits["commit"].endswith("-dirty") else []
 
 
+#: What a benchmark run writes (results, plots): changed in the checkout, they change no measured code.
+_OUTPUTS = ("RESULTS.md", "*.json", "plots")
+
+
 def _commit(rev: str | None) -> str:
-    """``rev`` as a short hash; None: this checkout's, marked ``-dirty`` when it has uncommitted changes."""
-    command = ["git", "describe", "--always", "--abbrev=7", "--dirty"] if rev is None else \
-        ["git", "rev-parse", "--short=7", rev]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    """``rev`` as a short hash; None: this checkout's, marked ``-dirty`` when its code has uncommitted changes
+    (results a run just wrote are not code: a second compare after a first one's ``--record`` is still clean)."""
+    def git(*command: str) -> str:
+        return subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+    if rev is not None:
+        return git("rev-parse", "--short=7", rev)
+    changed = git("status", "--porcelain", "--", ".", *(f":(exclude)benchmarks/{out}" for out in _OUTPUTS))
+    return git("rev-parse", "--short=7", "HEAD") + ("-dirty" if changed else "")
 
 
 if __name__ == "__main__":
