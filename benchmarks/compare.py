@@ -24,6 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.env import compile_bytecode
 from benchmarks.regression import METRICS, metric, rows, table
 
 HERE = Path(__file__).resolve().parent
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run(["git", "worktree", "add", "--detach", str(old), args.ref], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL)
     trees = {"this": ROOT, args.ref: old}
+    for tree in trees.values():
+        compile_bytecode(tree)  # the earlier tree's own benchmarks may not do it
     commits = {"ref_commit": _commit(args.ref), "commit": _commit(None)}  # before anything is written
     load_before = os.getloadavg()[0]
     try:
