@@ -590,6 +590,27 @@ def test_a_node_that_cannot_start_is_reported_not_restarted_forever(tmp_path):
     node.stop()
 
 
+def test_a_local_node_that_crashes_at_import_fails_the_waiting_future(tmp_path, monkeypatch):
+    """The future waits for the bell after submit; a node that dies before it ever rings must still be
+    noticed (the poller's idle wait is bounded), restarted, and then reported, not waited for forever."""
+    import shutil
+
+    from core4nb.errors import NodeStartFailed
+
+    broken = tmp_path / "broken"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "core4nb", broken / "core4nb")
+    with open(broken / "core4nb" / "worker" / "child.py", "a") as child:
+        child.write("\ndef broken(:\n")
+    monkeypatch.syspath_prepend(str(broken))  # the node's PYTHONPATH; this process has core4nb already
+    monkeypatch.chdir(tmp_path)  # `python -m` puts the working directory (this checkout) first
+    with Core4Executor(f"sqlite://{tmp_path}/q.db", workers=1) as ex:
+        future = ex.submit(abs, -1)
+        with pytest.raises(NodeStartFailed, match=f"job {future.job_id} cannot run here: the local worker node "
+                           r".* exited with code 1 within 5 s of starting, 3 times; its error is in "):
+            future.result(timeout=PATIENCE)
+        assert "SyntaxError" in ex.local_workers.log_path.read_text()
+
+
 def test_future_and_map_keep_what_the_jobs_printed(ex):
     from tests.jobfuncs import chatty
 

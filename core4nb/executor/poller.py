@@ -173,7 +173,9 @@ class FuturePoller:
             with self._lock:
                 window = list(itertools.islice(self._tracked, WINDOW))
             if not window:
-                self._sleep.wait(None)
+                # Bounded: track() may add futures without waking us (they wait for the bell), and a
+                # local node that died before it could ring must still be noticed by _check_local.
+                self._sleep.wait(PROGRESS_INTERVAL)
                 interval, active_at = self.min_interval, time.monotonic()
                 continue
             finished = 0
