@@ -59,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run(["git", "worktree", "add", "--detach", str(old), args.ref], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL)
     trees = {"this": ROOT, args.ref: old}
-    for tree in trees.values():
-        compile_bytecode(tree)  # the earlier tree's own benchmarks may not do it
+    compile_bytecode(old)  # this tree's runs do it themselves (Context.prepare_environment); REF's may not
     commits = {"ref_commit": _commit(args.ref), "commit": _commit(None)}  # before anything is written
     load_before = os.getloadavg()[0]
     try:

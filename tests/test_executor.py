@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import pickle
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -593,12 +594,10 @@ def test_a_node_that_cannot_start_is_reported_not_restarted_forever(tmp_path):
 def test_a_local_node_that_crashes_at_import_fails_the_waiting_future(tmp_path, monkeypatch):
     """The future waits for the bell after submit; a node that dies before it ever rings must still be
     noticed (the poller's idle wait is bounded), restarted, and then reported, not waited for forever."""
-    import shutil
-
     from core4nb.errors import NodeStartFailed
 
     broken = tmp_path / "broken"
-    shutil.copytree(Path(__file__).resolve().parent.parent / "core4nb", broken / "core4nb")
+    shutil.copytree(ROOT / "core4nb", broken / "core4nb")
     with open(broken / "core4nb" / "worker" / "child.py", "a") as child:
         child.write("\ndef broken(:\n")
     monkeypatch.syspath_prepend(str(broken))  # the node's PYTHONPATH; this process has core4nb already

@@ -14,7 +14,8 @@ The interval adapts: ``LOCAL_MIN_INTERVAL`` for ``HOT_PERIOD`` after a submit or
 completion (a quick job's round trip on the embedded store is a few ms;
 ``REMOTE_MIN_INTERVAL`` for a database across the network), then growing by
 ``BACKOFF`` to ``MAX_INTERVAL`` while nothing happens (a long wait costs a few
-queries per second). With nothing tracked the thread sleeps until the next submit. The thread
+queries per second). With nothing tracked the thread sleeps until the next submit, and at most
+``PROGRESS_INTERVAL``: a submit need not wake it (see ``track``), and a crashed local node must be seen. The thread
 sleeps on the store's "done" bell itself (one ``select`` with its own wake-up): a ring wakes the
 thread that queries, and on the embedded store a submit does not query until a ring says something
 finished.
