@@ -123,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from core4nb.worker import forkserver
+
+    forkserver.start()  # preloads while the node imports and opens its store (see forkserver.start)
     from core4nb.worker import WorkerNode
 
     # The level is core4nb's own: DEBUG from drivers (pymongo logs every command) would drown it.

@@ -10,17 +10,15 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-import multiprocessing
 import os
 import select
 import signal
 import time
 
 from core4nb.job import Job
+from core4nb.worker import forkserver
 from core4nb.worker.child import child_main
 
-_CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["core4nb.worker.child"])
 
 class StopReason(enum.StrEnum):
     """Why a node stops a job's child: a kill request, past ``wall_time``, the node stopping, or the lease lost."""
@@ -49,8 +47,8 @@ class Slot:
         self._spawn()
 
     def _spawn(self) -> None:
-        self.conn, child_end = _CONTEXT.Pipe()
-        self.process = _CONTEXT.Process(
+        self.conn, child_end = forkserver.CONTEXT.Pipe()
+        self.process = forkserver.CONTEXT.Process(
             target=child_main, args=(child_end, self.url, self.key, os.getpid(), self.memory_limit_mb,
                                      logging.getLogger("core4nb").getEffectiveLevel()),
             daemon=True, name="core4nb-child",
