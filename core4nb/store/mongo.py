@@ -277,8 +277,34 @@ class MongoStore(MongoHousekeeping, Store):
             self._claimed[job.id] = (job.max_parallel, job.parent_id)
         return job
 
-    @guarded
     def finish(self, job_id: str, token: str, state: State, **fields: Any) -> bool:
+        return self._finish(job_id, token, state, None, DEFAULT_LEASE_SECONDS, fields)[0]
+
+    def finish_and_claim(self, job_id: str, token: str, state: State, claimant: Claimant, *,
+                         lease_seconds: float = DEFAULT_LEASE_SECONDS, **fields: Any) -> tuple[bool, Job | None]:
+        return self._finish(job_id, token, state, claimant, lease_seconds, fields)
+
+    def _finish(self, job_id: str, token: str, state: State, claimant: Claimant | None, lease_seconds: float,
+                fields: dict[str, Any]) -> tuple[bool, Job | None]:
+        """finish(), and with a claimant the claim of the next job, before the gathering parent is checked:
+        that check costs a read per chunk, which neither the free slot nor the client (it waits on the
+        chunks, rung at the write) need wait for."""
+        written, claimed = self._write_outcome(job_id, token, state, fields), None
+        try:
+            if claimant:
+                claimed = self.claim(claimant, lease_seconds=lease_seconds)
+        except StoreUnavailable:  # the outcome is recorded; the node claims again on its next step
+            pass
+        finally:
+            if written:
+                bell.ring_after(self._bells, self._gather(*written))
+        return written is not None, claimed
+
+    @guarded
+    def _write_outcome(self, job_id: str, token: str, state: State,
+                       fields: dict[str, Any]) -> tuple[list[str | None], bool] | None:
+        """Record the outcome under the lease ``token`` and ring for it; None when the lease is lost. Else
+        what :meth:`_gather` settles next (its gathering parent may be done now; settle_roots repairs a gap)."""
         moves = transitions.finish(state, fields, claims.epoch(time.time()))
         stored = {}
         if "result" in fields:
@@ -291,14 +317,12 @@ class MongoStore(MongoHousekeeping, Store):
             update["$set"].update(stored)
             query = {"_id": job_id, "lease_token": token, **claims.expect_filter(move)}
             if queue.update_one(query, update).matched_count:
-                # Its gathering parent may be done now: the next write (settle_roots repairs a gap between them).
-                gathered = self._gather([parent], completed=move.state is State.COMPLETE) if move.state.is_final else []
-                bell.ring_after(self._bells, [(move.state, limit), *gathered])
-                return True
+                bell.ring_after(self._bells, [(move.state, limit)])
+                return [parent] if move.state.is_final else [], move.state is State.COMPLETE
         # The lease is lost: this store finishes the job never.
         if stored.get("result_ref"):
             self.frames.delete([stored["result_ref"]])
-        return False
+        return None
 
     @guarded
     def heartbeat(self, leases: dict[str, str], *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> set[str]:
@@ -337,7 +361,7 @@ class MongoStore(MongoHousekeeping, Store):
         bell.ring_after(self._bells, [(job.state, job.max_parallel) for job in reaped] + gathered)
         return reaped
 
-    def _gather(self, root_ids: Iterable[str | None], *, completed: bool = False) -> list[tuple[State, None]]:
+    def _gather(self, root_ids: Iterable[str | None], completed: bool = False) -> list[tuple[State, None]]:
         """Settle gathering roots after the write that changed a child (done: a failure is left to settle_roots)."""
         try:
             return claims.gather_roots(self._col("queue"), root_ids, claims.epoch(time.time()),
