@@ -19,7 +19,6 @@ no lock collection.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
@@ -37,7 +36,7 @@ from core4nb.job import LARGE_FIELDS, OUTPUT_LIMIT, SCALAR_FIELDS, Job, Lease, S
 from core4nb.serialize import frame_digests
 from core4nb.store import base, bell, mongo_lease
 from core4nb.store import mongo_claim as claims
-from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, WorkerInfo, lease_for
+from core4nb.store.base import DEFAULT_LEASE_SECONDS, Claimant, Store, lease_for
 from core4nb.store.blobfiles import FileBlobs
 from core4nb.store.decode import decode_job, placeholder_job
 from core4nb.store.mongo_blobs import Bucket, FrameFiles, GridFSBlobs, cache_dir, cache_limit
@@ -399,31 +398,3 @@ class MongoStore(MongoHousekeeping, Store):
     def kill_requests(self, job_ids: Iterable[str]) -> set[str]:
         query = {"_id": {"$in": list(job_ids)}, "state": State.RUNNING, "kill_requested": True}
         return {doc["_id"] for doc in self._col("queue").find(query, {"_id": 1})}
-
-    @guarded
-    def remove(self, job_id: str) -> int:
-        queue = self._col("queue")
-        ids = [doc["_id"] for doc in queue.find(self._subtree(job_id, tree=True)[0], {"_id": 1})]
-        named = self._referenced({"_id": {"$in": ids}})
-        removed = queue.delete_many({"_id": {"$in": ids}}).deleted_count
-        # After the documents: a crash leaves orphan files, never dangling references.
-        self.frames.delete_for_jobs(ids)
-        if named:
-            self.blobs.delete(named - self._referenced({"$or": [{"payload_refs": {"$in": list(named)}},
-                                                                 {"result_refs": {"$in": list(named)}}]}))
-        return removed
-
-    # -- worker nodes ---------------------------------------------------------------------------------
-    @guarded
-    def save_worker(self, info: WorkerInfo) -> None:
-        # _id in the document too: on upsert nx ignores the filter's _id and would mint an ObjectId.
-        self._col("worker").replace_one({"_id": info.name}, {"_id": info.name, **dataclasses.asdict(info)},
-                                        upsert=True)
-
-    @guarded
-    def workers(self) -> list[WorkerInfo]:
-        return [base.decode_worker(doc, doc.get("_id")) for doc in self._col("worker").find().sort("_id", ASCENDING)]
-
-    @guarded
-    def remove_worker(self, name: str) -> None:
-        self._col("worker").delete_one({"_id": name})

@@ -1,4 +1,5 @@
-"""The MongoDB store's housekeeping: blob sweeps, left-behind roots, retention of finished trees, settings.
+"""The MongoDB store's housekeeping: removing trees and sweeping the blobs they leave, left-behind roots,
+retention of finished trees, settings, the registry of worker nodes.
 
 A mixin of :class:`~core4nb.store.mongo.MongoStore`. Without transactions, a tree is pruned only when
 every job in it is final and none is pinned, found by separate reads; a job that reopens in between
@@ -9,9 +10,11 @@ tree, and that new job is open, so the tree is no longer a candidate once it is 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from typing import Any
 
+from pymongo import ASCENDING
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from core4nb.job import FINAL_STATES, OPEN_STATES, State
@@ -25,8 +28,8 @@ _PINNED = {"keep": {"$in": [True, 1]}}  # nx stores a set True as 1
 
 
 class MongoHousekeeping:
-    """Blob sweeps, settling left-behind roots, prune, usage, settings and the housekeeping turn of the MongoDB
-    store."""
+    """Remove and blob sweeps, settling left-behind roots, prune, usage, settings, the housekeeping turn and the worker
+    registry of the MongoDB store."""
 
     @guarded
     def settle_roots(self) -> int:
@@ -39,6 +42,19 @@ class MongoHousekeeping:
         docs = self._col("queue").find(query, {"payload_refs": 1, "result_refs": 1})
         return {name for doc in docs for refs in (doc.get("payload_refs"), doc.get("result_refs"))
                 if isinstance(refs, list) for name in refs if isinstance(name, str)}
+
+    @guarded
+    def remove(self, job_id: str) -> int:
+        queue = self._col("queue")
+        ids = [doc["_id"] for doc in queue.find(self._subtree(job_id, tree=True)[0], {"_id": 1})]
+        named = self._referenced({"_id": {"$in": ids}})
+        removed = queue.delete_many({"_id": {"$in": ids}}).deleted_count
+        # After the documents: a crash leaves orphan files, never dangling references.
+        self.frames.delete_for_jobs(ids)
+        if named:
+            self.blobs.delete(named - self._referenced({"$or": [{"payload_refs": {"$in": list(named)}},
+                                                                 {"result_refs": {"$in": list(named)}}]}))
+        return removed
 
     @guarded
     def sweep_blobs(self, older_than: float = base.DEFAULT_SWEEP_AGE, *, dry_run: bool = False) -> base.BlobSweep:
@@ -121,4 +137,17 @@ class MongoHousekeeping:
                                    {"$set": {"value": now, "by": worker}})
         return turn.modified_count == 1
 
+    # -- the registry of worker nodes ------------------------------------------------------------------
+    @guarded
+    def save_worker(self, info: base.WorkerInfo) -> None:
+        # _id in the document too: on upsert nx ignores the filter's _id and would mint an ObjectId.
+        self._col("worker").replace_one({"_id": info.name}, {"_id": info.name, **dataclasses.asdict(info)},
+                                        upsert=True)
 
+    @guarded
+    def workers(self) -> list[base.WorkerInfo]:
+        return [base.decode_worker(doc, doc.get("_id")) for doc in self._col("worker").find().sort("_id", ASCENDING)]
+
+    @guarded
+    def remove_worker(self, name: str) -> None:
+        self._col("worker").delete_one({"_id": name})
