@@ -264,6 +264,25 @@ def test_a_map_chunk_settles_its_gathering_root_in_the_writes_right_after_its_ow
     assert store.get(root.id).state is State.COMPLETE
 
 
+def test_a_chunk_whose_finish_claims_a_sibling_skips_the_check_of_its_root(counted) -> None:
+    """finish_and_claim claims before it checks the root; a claimed sibling is open under this node's
+    lease, so the root cannot be done and is not read. The node's last chunk checks it and completes it."""
+    store, commands = counted
+    root = Job(name="map:fn", state=State.GATHERING, gather=True)
+    store.insert([Job(name="fn", parent_id=root.id, root_id=root.id) for _ in range(2)] + [root])
+    first = store.claim(CLAIMANT)
+    commands.take()
+    done, second = store.finish_and_claim(first.id, first.lease.token, State.COMPLETE, CLAIMANT)
+    assert done and second.parent_id == root.id
+    assert commands.take() == ["update", "findAndModify"]
+    assert store.get(root.id).state is State.GATHERING
+    commands.take()
+    assert store.finish_and_claim(second.id, second.lease.token, State.COMPLETE, CLAIMANT) == (True, None)
+    claim_of_nothing, check_and_complete = ["findAndModify", "find"], ["find", "find", "find", "update"]
+    assert commands.take() == ["update", *claim_of_nothing, *check_and_complete]
+    assert store.get(root.id).state is State.COMPLETE
+
+
 def test_settle_roots_completes_a_root_whose_last_childs_writer_stopped_short(store: MongoStore) -> None:
     """Without a transaction the root is settled in the write after its last child's: a node that dies (or
     loses the store) in between leaves it gathering, and housekeeping's sweep settles it."""

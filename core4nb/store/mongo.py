@@ -285,9 +285,12 @@ class MongoStore(MongoHousekeeping, Store):
 
     def _finish(self, job_id: str, token: str, state: State, claimant: Claimant | None, lease_seconds: float,
                 fields: dict[str, Any]) -> tuple[bool, Job | None]:
-        """finish(), and with a claimant the claim of the next job, before the gathering parent is checked:
-        that check costs a read per chunk, which neither the free slot nor the client (it waits on the
-        chunks, rung at the write) need wait for."""
+        """finish(), and with a claimant the claim of the next job, before the gathering parent is checked.
+
+        The check is a read that scans the parent's children (on the nx test server a full scan): neither
+        the free slot nor the client (it waits on the chunks, rung at the write) waits for it, and when the
+        claim took a sibling of a completed chunk it is skipped, as that sibling is open under this node's
+        lease: a map's parent is checked once per node that runs out of its chunks, not once per chunk."""
         written, claimed = self._write_outcome(job_id, token, state, fields), None
         try:
             if claimant:
@@ -296,7 +299,10 @@ class MongoStore(MongoHousekeeping, Store):
             pass
         finally:
             if written:
-                bell.ring_after(self._bells, self._gather(*written))
+                parents, completed = written
+                if completed and claimed is not None:
+                    parents = [parent for parent in parents if parent != claimed.parent_id]
+                bell.ring_after(self._bells, self._gather(parents, completed))
         return written is not None, claimed
 
     @guarded
