@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from core4nb.errors import DuplicateJob, JobNotFound, MalformedJob, StoreUnavailable
+from core4nb.errors import DuplicateJob, JobNotFound, MalformedJob
 from core4nb.job import Job, Lease, State
 from core4nb.store.decode import decode_job, placeholder_job
 from core4nb.store.urls import redact_url
@@ -155,7 +155,6 @@ class Store(abc.ABC):
         MongoDB does (one round trip less), SQLite always reads first (see its ``claim``).
         """
 
-    @abc.abstractmethod
     def finish(self, job_id: str, token: str, state: State, **fields: Any) -> bool:
         """Move a running job held under ``token`` to ``state``, setting ``fields``
         (result, error, runtime, query_at, attempts_left, progress…).
@@ -164,17 +163,21 @@ class Store(abc.ABC):
         Raises IllegalTransition when ``running → state`` is not allowed and
         TypeError for a field a job does not have.
         """
+        return self._finish(job_id, token, state, None, DEFAULT_LEASE_SECONDS, fields)[0]
 
     def finish_and_claim(self, job_id: str, token: str, state: State, claimant: Claimant, *,
                          lease_seconds: float = DEFAULT_LEASE_SECONDS, **fields: Any) -> tuple[bool, Job | None]:
         """:meth:`finish`, then :meth:`claim` for ``claimant``: what a node does when a job ends and
-        its slot is free. Returns (finished, claimed job or None). A store that can make it one
-        transaction overrides this (SQLite: one write lock instead of two, per job)."""
-        done = self.finish(job_id, token, state, **fields)
-        try:
-            return done, self.claim(claimant, lease_seconds=lease_seconds)
-        except StoreUnavailable:  # the outcome is recorded; the node claims again on its next step
-            return done, None
+        its slot is free. Returns (finished, claimed job or None; None too when the store failed after
+        recording the outcome, in the claim: the node claims again on its next step)."""
+        return self._finish(job_id, token, state, claimant, lease_seconds, fields)
+
+    @abc.abstractmethod
+    def _finish(self, job_id: str, token: str, state: State, claimant: Claimant | None, lease_seconds: float,
+                fields: dict[str, Any]) -> tuple[bool, Job | None]:
+        """:meth:`finish`, and with a ``claimant`` the claim of its next job, in whatever order and
+        grouping the store does best (SQLite: one transaction, one write lock per job instead of two;
+        MongoDB: the claim before the gathering parent's check)."""
 
     @abc.abstractmethod
     def heartbeat(self, leases: dict[str, str], *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> set[str]:

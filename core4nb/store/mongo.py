@@ -276,13 +276,6 @@ class MongoStore(MongoHousekeeping, Store):
             self._claimed[job.id] = (job.max_parallel, job.parent_id)
         return job
 
-    def finish(self, job_id: str, token: str, state: State, **fields: Any) -> bool:
-        return self._finish(job_id, token, state, None, DEFAULT_LEASE_SECONDS, fields)[0]
-
-    def finish_and_claim(self, job_id: str, token: str, state: State, claimant: Claimant, *,
-                         lease_seconds: float = DEFAULT_LEASE_SECONDS, **fields: Any) -> tuple[bool, Job | None]:
-        return self._finish(job_id, token, state, claimant, lease_seconds, fields)
-
     def _finish(self, job_id: str, token: str, state: State, claimant: Claimant | None, lease_seconds: float,
                 fields: dict[str, Any]) -> tuple[bool, Job | None]:
         """finish(), and with a claimant the claim of the next job, before the gathering parent is checked.
