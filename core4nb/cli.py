@@ -127,7 +127,9 @@ def _worker(args: argparse.Namespace) -> int:
 
     forkserver.start()  # preloads while the node imports and opens its store (see forkserver.start)
     from core4nb.worker import WorkerNode
+    from core4nb.worker.heap import keep_freed_memory
 
+    keep_freed_memory()  # this process is the node: see core4nb.worker.heap
     # The level is core4nb's own: DEBUG from drivers (pymongo logs every command) would drown it.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("core4nb").setLevel(args.log_level)

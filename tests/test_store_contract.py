@@ -854,3 +854,20 @@ def test_sqlite_store_unusable_path_names_it(tmp_path) -> None:
         open_store(f"sqlite://{tmp_path}")
     with pytest.raises(ConfigError):
         open_store("sqlite://")
+
+
+def test_claim_many_takes_the_best_jobs_until_none_is_due(store: Store) -> None:
+    jobs = [make(priority=p) for p in (0, 5, 1)] + [make(query_at=time.time() + 60, priority=9)]
+    store.insert(jobs)
+    first = store.claim_many(CLAIMANT, 2, lease_seconds=30)
+    assert [j.id for j in first] == [jobs[1].id, jobs[2].id]
+    assert all(j.state is State.RUNNING and j.trial == 1 for j in first)
+    assert first[0].lease.token != first[1].lease.token
+    assert [j.id for j in store.claim_many(CLAIMANT, 5)] == [jobs[0].id]  # the one left due; the later one waits
+    assert store.claim_many(CLAIMANT, 3) == [] and store.get(jobs[3].id).state is State.PENDING
+
+
+def test_claim_many_keeps_max_parallel(store: Store) -> None:
+    limited = [make("limited", max_parallel=1) for _ in range(3)]
+    store.insert(limited)
+    assert [j.id for j in store.claim_many(CLAIMANT, 3)] == [limited[0].id]

@@ -14,7 +14,9 @@ import time
 import pytest
 
 from core4nb import Queue, State
-from core4nb.errors import JobFailed
+from core4nb.errors import JobFailed, StoreUnavailable
+from core4nb.worker.node import WorkerNode
+from core4nb.worker.slot import Slot
 from tests import jobfuncs
 from tests.nodes import PATIENCE, start_node, stop_node, wait_for
 
@@ -259,3 +261,28 @@ def test_what_a_job_prints_is_kept_with_it(queue):
     assert queue.result(handed) == 0 and queue.output(handed) == ""
     log = stop_node(node)
     assert "to stdout" in log and "from a subprocess" in log
+
+
+def test_a_failing_claim_still_starts_the_job_claimed_before_it(sqlite_url):
+    """On the embedded store a node starts its jobs once every free slot has had its claim. A claim
+    that fails (the store went away) must not strand the job its last outcome claimed under its lease."""
+    with Queue(sqlite_url) as q:
+        job_id = q.enqueue(jobfuncs.add, 2, 3)
+        node = WorkerNode(sqlite_url, processes=2, name="claimer")
+        node.slots = [Slot(node.url, node.key) for _ in range(2)]
+        first = node.store.claim(node.claimant)  # as finish_and_claim hands it over with an outcome
+
+        def fail(*args, **kwargs):
+            raise StoreUnavailable("queue file cannot be used: disk I/O error")
+
+        node.store.claim_many = fail
+        try:
+            with pytest.raises(StoreUnavailable):
+                node._claim(first)
+            assert [slot.job.id if slot.job else None for slot in node.slots] == [job_id, None]
+            done = wait_for(lambda: [m for m in node.slots[0].receive() if m[0] == "done"], what="the job's outcome")
+            assert done[0][1].kind == "complete" and q.get(job_id).state is State.RUNNING
+        finally:
+            for slot in node.slots:
+                slot.close()
+            node.store.close()

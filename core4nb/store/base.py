@@ -19,7 +19,7 @@ import abc
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from core4nb.errors import DuplicateJob, JobNotFound, MalformedJob
 from core4nb.job import Job, Lease, State
@@ -98,6 +98,8 @@ class Store(abc.ABC):
     url: str
     #: The queue's blobs (the large buffers of payloads and results): ``put``, ``open``, ``delete``, ``listing``.
     blobs: Any
+    #: A claim is work of the claiming process (a file on this machine), not a wait on a server.
+    claims_locally: ClassVar[bool] = False
 
     # -- jobs ------------------------------------------------------------------
     @abc.abstractmethod
@@ -154,6 +156,18 @@ class Store(abc.ABC):
         then write at once instead of first reading whether anything is due (as an idle poll does);
         MongoDB does (one round trip less), SQLite always reads first (see its ``claim``).
         """
+
+    def claim_many(self, claimant: Claimant, n: int, *, lease_seconds: float = DEFAULT_LEASE_SECONDS,
+                   rung: bool = False) -> list[Job]:
+        """Up to ``n`` jobs, each taken as :meth:`claim` takes one (best first), until a claim finds none:
+        what a node with ``n`` free slots asks. ``rung`` as for :meth:`claim`, for the first of them."""
+        jobs: list[Job] = []
+        while len(jobs) < n:
+            job = self.claim(claimant, lease_seconds=lease_seconds, rung=rung and not jobs)
+            if job is None:
+                break
+            jobs.append(job)
+        return jobs
 
     def finish(self, job_id: str, token: str, state: State, **fields: Any) -> bool:
         """Move a running job held under ``token`` to ``state``, setting ``fields``

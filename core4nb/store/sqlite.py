@@ -55,6 +55,8 @@ _UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_READONLY
 class SQLiteStore(SQLiteHousekeeping, Store):
     """The queue in one SQLite file: ``SQLiteStore("sqlite:///path/to/queue.db")``."""
 
+    claims_locally = True
+
     def __init__(self, url: str, *, read_only: bool = False) -> None:
         self.url = url
         scheme, _, raw = url.partition("://")
@@ -222,21 +224,38 @@ class SQLiteStore(SQLiteHousekeeping, Store):
 
     def claim(self, claimant: Claimant, *, lease_seconds: float = DEFAULT_LEASE_SECONDS,
               rung: bool = False) -> Job | None:
+        jobs = self.claim_many(claimant, 1, lease_seconds=lease_seconds, rung=rung)
+        return jobs[0] if jobs else None
+
+    def claim_many(self, claimant: Claimant, n: int, *, lease_seconds: float = DEFAULT_LEASE_SECONDS,
+                   rung: bool = False) -> list[Job]:
         del rung  # a ring wakes every node of the file, and one job leaves all but one with nothing to claim:
         # each reads first (readers share the file) rather than queue for the write lock. Skipping the read
         # when rung cost 32 simulated nodes 1-4 points of scaling efficiency, and saved no measurable latency.
+        jobs: list[Job] = []
+        key = {"key_id": claimant.key_id}
         for _ in range(MAX_SET_ASIDE):
-            params = sql.claim_params(claimant, lease_seconds)
-            if not self._read(sql.ANY_DUE, params):  # idle nodes poll without taking the write lock
-                return None
-            with self._tx() as conn:  # the lock is held for the UPDATE alone: decoding waits until it is released
-                rows = sql.claim_rows(conn, params)
-            if not rows:
-                return None
-            job = self._decoded(rows[0], params["now"])
-            if job is not None:
-                return job
-        return None
+            # Idle nodes poll without taking the write lock, and without making a lease they would not use.
+            if len(jobs) >= n or not self._read(sql.ANY_DUE, {"now": time.time(), **key}):
+                break
+            claimed: list[tuple[sqlite3.Row, float]] = []
+            with self._tx() as conn:  # the lock is held for the UPDATEs alone: decoding waits until it is released
+                while len(jobs) + len(claimed) < n:
+                    params = sql.claim_params(claimant, lease_seconds)
+                    rows = sql.claim_rows(conn, params)
+                    if not rows:
+                        break
+                    claimed.append((rows[0], params["now"]))
+                    # Another slot to fill: a look under the lock, cheaper than the claim it most often spares
+                    # (a lone job, the end of a map), and than a claim of its own after this one.
+                    if len(jobs) + len(claimed) < n and not conn.execute(sql.ANY_DUE, {"now": params["now"],
+                                                                                     **key}).fetchone():
+                        break
+            decoded = [job for row, now in claimed if (job := self._decoded(row, now)) is not None]
+            jobs += decoded
+            if len(decoded) == len(claimed):  # none was malformed and set aside: what was due is taken
+                break
+        return jobs
 
     def _decoded(self, row: sqlite3.Row, now: float) -> Job | None:
         """The claimed row as a job; a malformed one is moved to error (it is ours: we hold its lease)."""

@@ -7,7 +7,8 @@ One loop, one thread::
     │   store    unless backing off from an outage:
     │              flush   outcomes → finish(job, state) under the job's lease token; the last
     │                      one with a slot free also claims the next job (finish_and_claim)
-    │              claim   while a slot is free (atomic, max_parallel-safe, in the store)
+    │              claim   while a slot is free (atomic, max_parallel-safe, in the store; on the
+    │                      embedded file every free slot's job at once, then started: _claim)
     │              control every 0.5 s: progress, what running jobs printed, kill requests
     │              lease   every lease/6 s: heartbeat leases (lost → stop that child),
     │                      sys.worker heartbeat, reap the jobs of dead nodes (judged by
@@ -54,6 +55,7 @@ from core4nb.worker.child import exit_description, process_is_gone
 from core4nb.worker.housekeeping import Housekeeper
 from core4nb.worker.outcomes import Write
 from core4nb.worker.reaper import Reaper
+from core4nb.worker.reports import LiveReports
 from core4nb.worker.slot import Slot, StopReason
 from core4nb.worker.writer import OutcomeWriter
 
@@ -110,9 +112,7 @@ class WorkerNode:
         self.slots: list[Slot] = []
         self._drain_deadline: float | None = None
         self._stop_now = threading.Event()
-        self._progress: dict[str, tuple[float | None, str]] = {}
-        self._printed: dict[str, list[str]] = {}  # output batches of running jobs, not in the store yet
-        self._printing: set[str] = set()  # running jobs with output in the store from this trial
+        self._reports = LiveReports()  # progress and output of running jobs, until the next control tick
         self._writer = OutcomeWriter(self.store, self.claimant, lease_seconds)  # outcomes owed, in order
         self._outage = Outage(f"queue {redact_url(url)}", log)
         self._reaper = Reaper(self.store, host, lease_seconds)
@@ -275,23 +275,35 @@ class WorkerNode:
 
     def _claim(self, first: Job | None = None, *, more: bool = True, rung: bool = False) -> bool:
         """Start ``first`` (claimed along with an outcome), then, with ``more``, claim a job for every other
-        free slot; the first of those claims skips the look at what is due when the work bell ``rung``."""
-        claimed = False
-        for slot in self.slots:
-            if slot.is_busy:
-                continue
-            if first is not None:
-                job, first = first, None
-            elif self._drain_deadline is not None or not more:
-                break
-            else:
-                job, rung = self.store.claim(self.claimant, lease_seconds=self.lease_seconds, rung=rung), False
+        free slot; the first of those claims skips the look at what is due when the work bell ``rung``.
+
+        On the embedded file a claim is this process's own work: the jobs are claimed at once and started
+        after, since a child woken by its job often runs on the node's core, where a claim made after
+        waking it would hold it up. On a server the next claim is a wait on the network, which the child
+        spends running: each job starts as soon as it is claimed."""
+        free = [slot for slot in self.slots if not slot.is_busy]
+        jobs = [first] if first is not None else []
+        wanted = len(free) - len(jobs) if more and self._drain_deadline is None else 0
+        if self.store.claims_locally and wanted > 0:
+            try:
+                jobs += self.store.claim_many(self.claimant, wanted, lease_seconds=self.lease_seconds, rung=rung)
+            finally:  # a claim that fails (the store went down) must not strand the job claimed before it
+                self._start(free, jobs)
+            return bool(jobs)
+        self._start(free, jobs)
+        for slot in free[len(jobs):] if wanted > 0 else ():
+            job, rung = self.store.claim(self.claimant, lease_seconds=self.lease_seconds, rung=rung), False
             if job is None:
                 break
+            self._start([slot], [job])
+            jobs.append(job)
+        return bool(jobs)
+
+    @staticmethod
+    def _start(slots: list[Slot], jobs: list[Job]) -> None:
+        for slot, job in zip(slots, jobs, strict=False):
             log.debug("claimed %s %s (trial %d)", job.id, job.name, job.trial)
             slot.start(job)
-            claimed = True
-        return claimed
 
     def _collect(self, ready: set | None) -> None:
         """Messages and deaths of the children whose pipe or sentinel woke the loop (all when ``ready`` is None)."""
@@ -302,9 +314,9 @@ class WorkerNode:
     def _collect_slot(self, slot: Slot) -> None:
         for message in slot.receive():
             if message[0] == "progress" and slot.job is not None:
-                self._progress[slot.job.id] = message[1], message[2]
+                self._reports.progress(slot.job.id, message[1], message[2])
             elif message[0] == "output" and slot.job is not None:
-                self._printed.setdefault(slot.job.id, []).append(message[1])
+                self._reports.printed(slot.job.id, message[1])
             elif message[0] == "done" and slot.job is not None:
                 job = slot.release()
                 write = outcomes.for_outcome(job, message[1], self.key_id, self.name)
@@ -321,9 +333,7 @@ class WorkerNode:
 
     def _owe(self, write: Write | None) -> None:
         if write is not None:
-            self._progress.pop(write.job.id, None)
-            self._printed.pop(write.job.id, None)  # the outcome carries the trial's whole tail
-            self._printing.discard(write.job.id)
+            self._reports.forget(write.job.id)
             self._writer.owe(write)
 
     def _police(self) -> None:
@@ -338,7 +348,7 @@ class WorkerNode:
 
     def _control(self) -> None:
         busy = self._busy()
-        self._flush_progress(busy)
+        self._reports.flush(self.store, {s.job.id: s.job.lease.token for s in busy})
         killed = self.store.kill_requests([s.job.id for s in busy]) if busy else set()
         for slot in busy:
             if slot.job.id in killed:
@@ -372,26 +382,3 @@ class WorkerNode:
             heartbeat=time.time(), running=[s.job.id for s in self._busy()],
             state="draining" if self._drain_deadline is not None else "running", key_id=self.key_id,
             python=platform.python_version()))
-
-    def _flush_progress(self, busy: list[Slot]) -> None:
-        tokens = {s.job.id: s.job.lease.token for s in busy}
-        for job_id, (value, message) in self._progress.items():
-            if job_id in tokens:
-                try:
-                    self.store.set_progress(job_id, tokens[job_id], value, message)
-                except StoreUnavailable:
-                    raise
-                except Exception as exc:  # this job's progress, not the store: drop it, never the node
-                    log.error("job %s: the queue refused its progress (%s: %s)", job_id, type(exc).__name__, exc)
-        self._progress.clear()
-        for job_id, batches in self._printed.items():
-            if job_id in tokens:
-                try:
-                    first = job_id not in self._printing
-                    if self.store.append_output(job_id, tokens[job_id], "".join(batches), first=first):
-                        self._printing.add(job_id)
-                except StoreUnavailable:
-                    raise
-                except Exception as exc:  # as with progress: this job's output, never the node
-                    log.error("job %s: the queue refused its output (%s: %s)", job_id, type(exc).__name__, exc)
-        self._printed.clear()
