@@ -75,7 +75,7 @@ class SQLiteStore(SQLiteHousekeeping, Store):
         self._conns: list[sqlite3.Connection] = []
         self._closed = False
         with self._errors():
-            current = sqlite_file.schema_is_current(self._conn(), self.path)
+            current = sqlite_file.retry_busy(lambda: sqlite_file.schema_is_current(self._conn(), self.path))
         if current:  # a read first: a reader never waits for another's write lock
             return
         if self.read_only:
@@ -93,7 +93,7 @@ class SQLiteStore(SQLiteHousekeeping, Store):
             return
         try:
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # recorded now, applied by the VACUUM
-            conn.execute("VACUUM")
+            sqlite_file.retry_busy(lambda: conn.execute("VACUUM"))
         except sqlite3.OperationalError as exc:  # busy: another process holds the lock; the next open tries again
             log.info("queue file %s not converted to incremental vacuum yet: %s", self.path, exc)
 
@@ -109,7 +109,9 @@ class SQLiteStore(SQLiteHousekeeping, Store):
             with self._errors():
                 conn = sqlite_file.connect(self.path, sqlite_file.BUSY_TIMEOUT, read_only=self.read_only)
                 conn.row_factory = sqlite3.Row
-                conn.execute(f"PRAGMA busy_timeout = {int(sqlite_file.BUSY_TIMEOUT * 1000)}")
+                # SQLite's busy handler off: a lock is waited for in sqlite_file.retry_busy (short jittered
+                # steps). Setting the timeout around each write instead cost two statements per transaction.
+                conn.execute("PRAGMA busy_timeout = 0")
             self._local.conn = conn
             with self._lock:
                 self._conns.append(conn)
@@ -147,8 +149,8 @@ class SQLiteStore(SQLiteHousekeeping, Store):
             conn.execute("COMMIT")
 
     def _read(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
-        with self._errors():
-            return self._conn().execute(sql, params).fetchall()
+        with self._errors():  # a WAL reader meets a lock only while another connection recovers the log
+            return sqlite_file.retry_busy(lambda: self._conn().execute(sql, params).fetchall())
 
     def close(self) -> None:
         if os.getpid() == self._pid:  # a forked child must not close its parent's connections

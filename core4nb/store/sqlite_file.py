@@ -14,8 +14,10 @@ import random
 import sqlite3
 import stat
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote
 
 from core4nb.errors import ConfigError, StoreUnavailable
@@ -26,9 +28,10 @@ FIX = "point the queue URL at a writable file, e.g. sqlite://~/.core4nb/queue.db
 PRIVATE = "keep the queue in a directory only you own and can write, e.g. sqlite://~/.core4nb/queue.db"
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for the lock before giving up
 # SQLite's own busy handler sleeps up to 100 ms between tries: when 32 idle nodes are woken at once,
-# the last ones then claim long after the lock is free. Short jittered sleeps in Python instead.
+# the last ones then claim long after the lock is free. Short jittered sleeps in Python instead (retry_busy).
 _LOCK_RETRY = (0.0005, 0.002)
 log = logging.getLogger("core4nb.store")
+T = TypeVar("T")
 
 
 def check_path(path: Path) -> bool:
@@ -137,18 +140,20 @@ def create_schema(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def retry_busy(action: Callable[[], T]) -> T:
+    """``action()``, tried again in short jittered steps while another connection holds a lock it needs
+    (SQLITE_BUSY), for up to :data:`BUSY_TIMEOUT`. A store's connections run with SQLite's own busy
+    timeout at 0 (see ``SQLiteStore._conn``), so every statement that may meet a lock goes through this."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            return action()
+        except sqlite3.OperationalError as exc:
+            if not getattr(exc, "sqlite_errorname", "").startswith("SQLITE_BUSY") or time.monotonic() > deadline:
+                raise
+        time.sleep(random.uniform(*_LOCK_RETRY))
+
+
 def begin_immediate(conn: sqlite3.Connection) -> None:
     """Take the write lock, retrying briefly and often while another writer holds it."""
-    deadline = time.monotonic() + BUSY_TIMEOUT
-    conn.execute("PRAGMA busy_timeout = 0")
-    try:
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if getattr(exc, "sqlite_errorname", "") != "SQLITE_BUSY" or time.monotonic() > deadline:
-                    raise
-                time.sleep(random.uniform(*_LOCK_RETRY))
-    finally:
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+    retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))

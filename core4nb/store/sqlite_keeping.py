@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 
-from core4nb.store import base, bell
+from core4nb.store import base, bell, sqlite_file
 from core4nb.store import sqlite_sql as sql
 
 
@@ -61,7 +61,7 @@ class SQLiteHousekeeping:
         with self._errors():
             # Free pages back to the file system. executescript: it runs the pragma to its end (execute
             # would free one page per step), in its own short write transaction.
-            self._conn().executescript("PRAGMA incremental_vacuum;")
+            sqlite_file.retry_busy(lambda: self._conn().executescript("PRAGMA incremental_vacuum;"))
             # The write-ahead log shrinks too, once no reader is inside it.
             self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         report.freed = max(0, before - self._disk_size())
